@@ -1,0 +1,43 @@
+# trainbench: `make run ARGS="..."` trains, `make test` runs the test suite; both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The torch pair that installs from local disk on the course machines; override on your own: make TORCH=torch
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+ARGS   ?=
+
+.PHONY: venv run test test-all lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev,launchers]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(PY) train.py $(ARGS)
+
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check src tests benchmarks train.py
+	$(PY) -m ruff format --check src tests benchmarks train.py
+
+format: venv
+	$(PY) -m ruff format src tests benchmarks train.py
+	$(PY) -m ruff check --fix src tests benchmarks train.py
+
+bench: venv
+	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

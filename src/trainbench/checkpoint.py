@@ -1,0 +1,114 @@
+"""End-of-epoch checkpoints: atomic writes, RNG capture/restore, and a config fingerprint to refuse mismatches."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .records import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption without changing what is computed.
+RESUMABLE_KEYS = ("epochs", "progress", "resume", "checkpoint", "faults", "timing", "test_eval")
+_NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (unreadable, or from a different config)."""
+
+
+def training_config(cfg: DictConfig) -> dict:
+    """The resolved config minus the keys that may change on resume."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(c, dict)
+    for k in RESUMABLE_KEYS:
+        c.pop(k, None)
+    c.get("data", {}).pop("root", None)  # the same data may be moved
+    return c
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A short hash of training_config(cfg)."""
+    return hashlib.sha256(json.dumps(training_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    """Every global RNG that training draws from."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() captured."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of the checkpoints in run_dir, newest first."""
+    found = [(int(m.group(1)), p) for p in run_dir.glob("checkpoint_epoch*.pt") if (m := _NAME.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def save_checkpoint(run_dir: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
+    """Atomically write the checkpoint of finished epoch `epoch`; prune to the newest `keep`."""
+    buf = io.BytesIO()
+    torch.save({**state, "epoch": epoch}, buf)
+    path = run_dir / f"checkpoint_epoch{epoch}.pt"
+    atomic_write_bytes(path, buf.getvalue())
+    for _, old in list_checkpoints(run_dir)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(run_dir: Path) -> Optional[dict]:
+    """The newest readable checkpoint; an unreadable one is skipped with a warning, never loaded silently."""
+    bad = []
+    for epoch, path in list_checkpoints(run_dir):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or state.get("epoch") != epoch or "model" not in state:
+                raise ValueError("contents do not match a trainbench checkpoint")
+        except Exception as e:  # truncated zip, bad pickle, wrong content: all unusable
+            log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path.name, type(e).__name__, e)
+            bad.append(path)
+            continue
+        state["path"] = str(path)
+        return state
+    if bad:
+        raise CheckpointError(
+            f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in bad)} unreadable, "
+            "probably truncated); nothing was loaded. Move the run dir away to start again, or resume.enabled=false "
+            "with a new hydra.run.dir"
+        )
+    return None
+
+
+def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    out = []
+    for k in sorted(set(saved) | set(current)):
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out

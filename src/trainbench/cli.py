@@ -1,0 +1,71 @@
+"""What train.py's Hydra task does: run one job, keep a bad job from leaving debris or stopping a sweep."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, validate
+from .data import DataError, check_available
+from .device import resolve_device
+from .records import read_json, write_json
+from .run import _now, hydra_info, run
+
+log = logging.getLogger("trainbench")
+
+OUR_FILES = ("run.json", "epochs.csv", "batches.csv")
+
+
+def discard_if_untouched(run_dir: Path) -> None:
+    """Remove a run dir that holds only what Hydra wrote for this job (config copies, log file)."""
+    if not run_dir.is_dir() or any((run_dir / f).exists() for f in OUR_FILES) or any(run_dir.glob("checkpoint_*")):
+        return
+    if set(p.name for p in run_dir.iterdir()) <= {".hydra", "train.log", ".lock"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        parent = run_dir.parent  # outputs/<date>/ left empty by this job
+        if parent.name != "outputs" and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+def run_job(cfg: DictConfig) -> None:
+    """Run one Hydra job; in a multirun a failing job is recorded and logged, and the sweep goes on."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        # Every check that needs no data runs here, before any trainbench file is written.
+        validate(cfg)
+        resolve_device(cfg.device.name)
+        check_available(cfg.data)
+    except (ConfigError, DataError) as e:
+        if not multirun:
+            discard_if_untouched(run_dir)
+            raise
+        _record_failure(cfg, run_dir, e)
+        log.error("job %s failed before training: %s", hc.job.num, e)
+        return
+    try:
+        run(cfg, run_dir)
+    except Exception as e:
+        if not multirun:
+            raise
+        if read_json(run_dir / "run.json") is None:
+            _record_failure(cfg, run_dir, e)
+        log.exception("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)
+
+
+def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception) -> None:
+    """Leave a run.json with status failed so that the sweep's summary lists this job."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an unresolvable value may be the failure itself
+        config = None
+    write_json(
+        run_dir / "run.json",
+        {"status": "failed", "error": f"{type(e).__name__}: {e}", "config": config, "finished_at": _now(), **hydra_info()},
+    )

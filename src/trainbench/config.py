@@ -1,0 +1,163 @@
+"""Typed config schema (registered in Hydra's ConfigStore) and the range checks run before any work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str, hint: str = "") -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        msg = f"invalid config: {key}={value!r}; allowed: {allowed}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "auto"  # auto | cpu | cuda | mps
+
+
+@dataclass
+class LoaderConfig:
+    name: str = "torch"  # torch: the lab's DataLoader; device: dataset on the device, batch augmentation
+    pin_memory: Optional[bool] = None  # null: on when the device is CUDA
+    persistent_workers: bool = False
+    prefetch_factor: Optional[int] = None  # null: PyTorch's default (2) when workers > 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"  # cifar10 | synthetic | imagefolder
+    root: str = "${oc.env:TRAINBENCH_DATA,data}"
+    download: bool = True
+    train_size: Optional[int] = None  # null = all; N = fixed class-balanced subset
+    test_size: Optional[int] = None
+    normalize: str = "lab"  # lab: std (0.2023, 0.1994, 0.2010) as the lab; true: CIFAR-10's real std
+    image_size: int = 32  # imagefolder images are resized to this
+
+
+@dataclass
+class NormConfig:
+    name: str = "batchnorm"  # batchnorm | none
+
+
+@dataclass
+class ModelConfig:
+    width: int = 64  # channels of the first stage; 64 is ResNet-18 (11,173,962 parameters)
+    num_classes: int = 10
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: Optional[float] = 0.9  # null where the optimizer has none
+    nesterov: Optional[bool] = None
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    keep: int = 1  # how many epoch checkpoints to keep (the newest)
+
+
+@dataclass
+class ResumeConfig:
+    enabled: bool = True  # continue a run dir from its last checkpoint
+    restore_rng: bool = True  # false exists only for the negative-control test
+
+
+@dataclass
+class FaultsConfig:
+    nan_at_step: Optional[int] = None  # inject a NaN loss at this global step (tests)
+
+
+@dataclass
+class TrainConfig:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    epochs: int = 5
+    # DataLoader worker processes (loader=torch). A typed key, not a config group: Hydra cannot take an
+    # integer group choice from the command line ("Config group override must be a string"), and any count works.
+    workers: int = 2
+    batch_size: int = 128
+    seed: int = 0
+    test_eval: bool = True  # test loss/accuracy after each epoch, outside the timed region
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    timing: str = "sync"  # sync: exact per-step split; events: CUDA events read once per epoch
+    cudnn_benchmark: bool = True
+    progress: str = "auto"  # auto (bar on a terminal only) | true | false
+
+
+CHOICES = {
+    "device.name": ("auto", "cpu", "cuda", "mps"),
+    "loader.name": ("torch", "device"),
+    "data.name": ("cifar10", "synthetic", "imagefolder"),
+    "data.normalize": ("lab", "true"),
+    "norm.name": ("batchnorm", "none"),
+    "optimizer.name": ("sgd", "nesterov", "adagrad", "adadelta", "adam"),
+    "precision": ("fp32", "bf16", "fp16"),
+    "timing": ("sync", "events"),
+    "progress": ("auto", "true", "false"),
+}
+
+
+def register_configs() -> None:
+    """Register the schema so that config.yaml can name it in its defaults list."""
+    ConfigStore.instance().store(name="trainbench_schema", node=TrainConfig)
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(key, value, allowed)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range-check a composed config; raises ConfigError before any data is touched."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if key == "optimizer.name" and value not in allowed:
+            continue  # custom optimizers via optimizer._target_ are allowed
+        _check(value in allowed, key, value, "one of " + ", ".join(allowed))
+    _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
+    _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
+    _check(cfg.workers >= 0, "workers", cfg.workers, ">= 0")
+    pf = cfg.loader.prefetch_factor
+    _check(pf is None or pf >= 1, "loader.prefetch_factor", pf, "null or an integer >= 1")
+    lr = cfg.optimizer.lr
+    _check(math.isfinite(lr) and lr > 0, "optimizer.lr", lr, "a finite number > 0")
+    wd = cfg.optimizer.weight_decay
+    _check(math.isfinite(wd) and wd >= 0, "optimizer.weight_decay", wd, "a finite number >= 0")
+    mom = cfg.optimizer.momentum
+    _check(mom is None or 0 <= mom < 1, "optimizer.momentum", mom, "null or 0 <= momentum < 1")
+    for key in ("data.train_size", "data.test_size"):
+        v = OmegaConf.select(cfg, key)
+        _check(v is None or v >= 1, key, v, "null (all images) or an integer >= 1")
+    _check(cfg.data.image_size >= 8, "data.image_size", cfg.data.image_size, "an integer >= 8")
+    _check(cfg.model.width >= 1, "model.width", cfg.model.width, "an integer >= 1")
+    _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
+    nan = cfg.faults.nan_at_step
+    _check(nan is None or nan >= 0, "faults.nan_at_step", nan, "null or an integer >= 0")
+    if cfg.precision == "fp16" and cfg.device.name not in ("cuda", "auto"):
+        raise ConfigError("precision", "fp16", "fp32 or bf16 on " + cfg.device.name,
+                          "fp16 autocast with a gradient scaler needs device=cuda")

@@ -1,0 +1,186 @@
+"""Data sources (CIFAR-10, synthetic, image folders) as uint8 arrays, and fixed class-balanced subsets."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import urllib.error
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = {"lab": (0.2023, 0.1994, 0.2010), "true": (0.2470, 0.2435, 0.2616)}
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+SYNTHETIC_SIZES = {"train": 50_000, "test": 10_000}  # CIFAR-10's, so that timings compare
+SUBSET_SEED = 20190101  # fixed: subsets never depend on the training seed
+
+
+class DataError(RuntimeError):
+    """The data cannot be found or read; the message says where and what to do."""
+
+
+@dataclass
+class ArrayDataset:
+    """Images as uint8 HWC (N, H, W, 3), integer labels, class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> "ArrayDataset":
+        """The images at idx, in that order."""
+        return ArrayDataset(self.images[idx], self.labels[idx], self.classes)
+
+
+def balanced_subset(labels: np.ndarray, n: int, key: str = "data.train_size") -> np.ndarray:
+    """Indices of n images, balanced across classes, identical in every run (fixed seed)."""
+    if n > len(labels):
+        raise DataError(f"{key}={n} but the split has only {len(labels)} images; use null for all")
+    rng = np.random.default_rng(SUBSET_SEED)
+    perm = rng.permutation(len(labels))
+    classes = np.unique(labels)
+    rank = np.empty(len(labels), dtype=np.int64)
+    for c in classes:  # rank of each image within its class, in the permuted order
+        members = perm[labels[perm] == c]
+        rank[members] = np.arange(len(members))
+    order = np.lexsort((labels, rank))  # round-robin over classes: all rank 0, then rank 1, ...
+    return np.sort(order[:n])
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock so that concurrent jobs sharing a data root never download twice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # blocks while another job downloads/extracts
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _missing(root: Path, why: str) -> DataError:
+    return DataError(
+        f"CIFAR-10 not available at {root / 'cifar-10-batches-py'} ({why}). Ways out: point data.root=DIR "
+        "at a folder holding cifar-10-batches-py, set data.download=true (needs a network), "
+        "or use data=synthetic"
+    )
+
+
+def load_cifar10(root: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset]:
+    """CIFAR-10 from root/cifar-10-batches-py via torchvision (download and md5 checks included)."""
+    from torchvision.datasets import CIFAR10
+
+    if not download and not (root / "cifar-10-batches-py").is_dir():
+        raise _missing(root, "folder missing and data.download=false")
+    try:
+        with _locked(root / ".cifar10.lock"):
+            train = CIFAR10(str(root), train=True, download=download)
+            test = CIFAR10(str(root), train=False, download=False)
+    except (urllib.error.URLError, OSError) as e:
+        raise _missing(root, f"download failed: {e}") from e
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        raise _missing(root, str(e)) from e
+    classes = list(train.classes)
+    return (
+        ArrayDataset(np.asarray(train.data), np.asarray(train.targets, dtype=np.int64), classes),
+        ArrayDataset(np.asarray(test.data), np.asarray(test.targets, dtype=np.int64), classes),
+    )
+
+
+def _prototypes(num_classes: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1234)
+    low = torch.rand(num_classes, 3, 4, 4, generator=g)
+    return F.interpolate(low, size=32, mode="bilinear", align_corners=False)  # smooth colour blobs
+
+
+def make_synthetic(n: int, split: str, num_classes: int = 10) -> ArrayDataset:
+    """n CIFAR-shaped images whose class is a shifted, noisy colour pattern; image i is the same for any n."""
+    protos = _prototypes(num_classes)
+    labels = np.arange(n, dtype=np.int64) % num_classes  # balanced for any n
+    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    chunk = 1000
+    for k, start in enumerate(range(0, n, chunk)):
+        stop = min(n, start + chunk)
+        g = torch.Generator().manual_seed(2 * k + (split == "test") + 7)  # per chunk: image i fixed for any n
+        m = stop - start
+        y = torch.from_numpy(labels[start:stop])
+        shift = torch.randint(-4, 5, (m, 2), generator=g)
+        contrast = 0.25 + 0.35 * torch.rand(m, 1, 1, 1, generator=g)
+        base = torch.stack([torch.roll(protos[c], (int(s[0]), int(s[1])), (1, 2)) for c, s in zip(y.tolist(), shift)])
+        noise = F.interpolate(torch.randn(m, 3, 8, 8, generator=g), size=32, mode="bilinear", align_corners=False)
+        img = 0.5 + contrast * (base - 0.5) * 2 + 0.12 * noise + 0.06 * torch.randn(m, 3, 32, 32, generator=g)
+        out[start:stop] = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return ArrayDataset(out, labels, [f"class{c}" for c in range(num_classes)])
+
+
+def load_imagefolder(root: Path, image_size: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """root/train/<class>/* and root/test/<class>/* (PNG or JPEG), resized to image_size."""
+    from PIL import Image
+
+    train_dir = root / "train"
+    if not train_dir.is_dir() or not (root / "test").is_dir():
+        raise DataError(f"data=imagefolder needs {root}/train/<class>/* and {root}/test/<class>/*; set data.root=DIR")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"no class folders in {train_dir}")
+
+    def read(split: str) -> ArrayDataset:
+        images, labels = [], []
+        for d in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            if d.name not in classes:
+                raise DataError(f"{root / split} has class {d.name!r} that {train_dir} lacks ({classes})")
+            for f in sorted(d.iterdir()):
+                if f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                    continue
+                with Image.open(f) as im:
+                    im = im.convert("RGB")
+                    if im.size != (image_size, image_size):
+                        im = im.resize((image_size, image_size), Image.BILINEAR)
+                    images.append(np.asarray(im, dtype=np.uint8))
+                labels.append(classes.index(d.name))
+        if not images:
+            raise DataError(f"no PNG/JPEG images under {root / split}")
+        return ArrayDataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+
+    return read("train"), read("test")
+
+
+def load_data(cfg_data, test_needed: bool = True) -> tuple[ArrayDataset, Optional[ArrayDataset]]:
+    """The configured train and test splits, subset as data.train_size / data.test_size say."""
+    name, root = cfg_data.name, Path(str(cfg_data.root)).expanduser()
+    if name == "synthetic":
+        train = make_synthetic(cfg_data.train_size or SYNTHETIC_SIZES["train"], "train")
+        test = make_synthetic(cfg_data.test_size or SYNTHETIC_SIZES["test"], "test") if test_needed else None
+        return train, test
+    if name == "cifar10":
+        train, test = load_cifar10(root, bool(cfg_data.download))
+    elif name == "imagefolder":
+        train, test = load_imagefolder(root, int(cfg_data.image_size))
+    else:
+        raise DataError(f"data.name={name!r}; allowed: cifar10, synthetic, imagefolder")
+    if cfg_data.train_size is not None:
+        train = train.subset(balanced_subset(train.labels, cfg_data.train_size, "data.train_size"))
+    if cfg_data.test_size is not None:
+        test = test.subset(balanced_subset(test.labels, cfg_data.test_size, "data.test_size"))
+    return train, (test if test_needed else None)
+
+
+def check_available(cfg_data) -> None:
+    """Fail fast, before any run file is written, when the data cannot possibly be read."""
+    root = Path(str(cfg_data.root)).expanduser()
+    if cfg_data.name == "cifar10" and not cfg_data.download and not (root / "cifar-10-batches-py").is_dir():
+        raise _missing(root, "folder missing and data.download=false")
+    if cfg_data.name == "imagefolder" and not ((root / "train").is_dir() and (root / "test").is_dir()):
+        raise DataError(f"data=imagefolder needs {root}/train/<class>/* and {root}/test/<class>/*; set data.root=DIR")

@@ -1,0 +1,93 @@
+"""Device choice, device synchronization, and a description of the machine for run.json."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda, else mps, else cpu; a requested device that is absent is a ConfigError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda", "cpu or auto on this machine", "no CUDA device is visible; use device=cpu or device=auto")
+    if name == "mps" and not _mps_available():
+        raise ConfigError("device", "mps", "cpu or auto on this machine", "Apple MPS is not available; use device=cpu or device=auto")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ConfigError("device", name, "auto, cpu, cuda, mps")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for all queued work on device (no-op on CPU, where every op is already synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # note: this is a CPU-GPU sync point
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else platform)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """A human name for the training device."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU: {cpu_model()}"
+
+
+def git_commit() -> str | None:
+    """The project's git commit, or None outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and hardware that produced a run's numbers."""
+    import torchvision
+
+    cuda = device.type == "cuda"
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "git_commit": git_commit(),
+    }

@@ -1,0 +1,166 @@
+"""Run-dir files: flushed CSV logs, atomic JSON, the run-dir lock. Every write error names the file."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+EPOCH_COLUMNS = [
+    "epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc",
+    "data_time_s", "compute_time_s", "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr",
+]  # fmt: skip
+BATCH_COLUMNS = ["epoch", "batch", "step", "size", "loss", "acc", "data_time_s", "compute_time_s"]
+
+
+class RunWriteError(OSError):
+    """Writing into the run dir failed (disk full, read-only, ...); earlier rows are intact."""
+
+
+class RunDirLocked(RuntimeError):
+    """Another live process holds this run dir."""
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.9g}"
+    return str(v)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via temp file + fsync + rename, so that path holds either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunWriteError(e.errno, f"cannot write {path}: {e.strerror or e}; the previous version is intact") from e
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write obj as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Optional[dict]:
+    """The JSON in path, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
+    """Complete rows of a CSV log; a truncated last line (killed mid-write) is dropped."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    rows = []
+    for i, row in enumerate(csv.reader(io.StringIO(text))):
+        if i == 0:
+            continue  # header
+        if len(row) != len(columns):
+            continue
+        rows.append(dict(zip(columns, row)))
+    if rows and not text.endswith("\n"):
+        rows.pop()  # last line written only in part
+    return rows
+
+
+class CsvLog:
+    """Append-only CSV with fixed columns: header written once, every row flushed as written."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+        try:
+            new = not path.exists() or path.stat().st_size == 0
+            self.fh = open(path, "a", newline="")
+            if new:
+                self.fh.write(",".join(columns) + "\n")
+                self.fh.flush()
+        except OSError as e:
+            raise RunWriteError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row and flush it to the OS (a killed run keeps every written row)."""
+        line = ",".join(_fmt(row.get(c)) for c in self.columns) + "\n"
+        try:
+            self.fh.write(line)
+            self.fh.flush()
+        except OSError as e:
+            raise RunWriteError(
+                e.errno, f"cannot write {self.path}: {e.strerror or e}; earlier rows and checkpoints are intact"
+            ) from e
+
+    def close(self) -> None:
+        """Close the file, ignoring errors of a file that could not be flushed."""
+        try:
+            self.fh.close()
+        except OSError:
+            pass
+
+
+def keep_rows(path: Path, columns: list[str], keep: Callable[[dict[str, str]], bool]) -> int:
+    """Atomically rewrite a CSV log with only the complete rows that keep() accepts; returns rows dropped."""
+    if not path.exists():
+        return 0
+    rows = read_rows(path, columns)
+    kept = [r for r in rows if keep(r)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows([r[c] for c in columns] for r in kept)
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return len(rows) - len(kept)
+
+
+class RunLock:
+    """Exclusive lock on a run dir (flock: released by the OS if the holder dies)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.fh: Optional[Any] = None
+
+    def __enter__(self) -> "RunLock":
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "unknown"
+            self.fh.close()
+            raise RunDirLocked(
+                f"run dir {self.path.parent} is in use by another live run (pid {holder}); "
+                "wait for it to end or choose another hydra.run.dir"
+            ) from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.fh is not None
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def rows_as_floats(rows: Iterable[dict[str, str]], key: str) -> list[float]:
+    """Column key of rows as floats (empty cells become NaN)."""
+    return [float(r[key]) if r[key] != "" else math.nan for r in rows]

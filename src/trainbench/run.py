@@ -1,0 +1,345 @@
+"""One training run, end to end: validate, load, train with clocks, write CSVs/run.json/checkpoints, resume."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from . import checkpoint as ckpt_mod
+from .config import validate
+from .data import load_data
+from .device import environment, resolve_device, synchronize
+from .engine import Diverged, EpochStats, Interrupted, StepContext, evaluate, train_epoch
+from .loaders import DeviceLoader, make_loader
+from .model import ResNet18, count_trainable
+from .records import (
+    BATCH_COLUMNS,
+    EPOCH_COLUMNS,
+    CsvLog,
+    RunLock,
+    keep_rows,
+    read_json,
+    read_rows,
+    rows_as_floats,
+    write_json,
+)
+
+log = logging.getLogger("trainbench")
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def build_optimizer(cfg_opt: DictConfig, params: Any) -> torch.optim.Optimizer:
+    """optimizer._target_ (a torch.optim class) with the config's hyperparameters; null ones are left out."""
+    kwargs = {k: v for k, v in cfg_opt.items() if k not in ("name", "_target_", "_partial_") and v is not None}
+    return get_class(cfg_opt._target_)(params, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def hydra_info() -> dict:
+    """Group choices and command-line overrides of the Hydra job, when there is one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+    return {"choices": choices, "overrides": list(hc.overrides.task), "job_num": hc.job.get("num")}
+
+
+def hydra_run_dir() -> Path:
+    """The Hydra job's output dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to stop at the next batch boundary; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: stopping after the current batch", signal.Signals(signum).name)
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+def totals(rows: list[dict[str, str]]) -> dict[str, float]:
+    """The lab's cumulative figures over all epoch rows: total and average of each time, loss, accuracy."""
+    out: dict[str, float] = {"epochs": len(rows)}
+    if not rows:
+        return out
+    for key in ("epoch_time_s", "data_time_s", "compute_time_s", "other_time_s"):
+        vals = rows_as_floats(rows, key)
+        out[f"total_{key}"] = sum(vals)
+        out[f"avg_{key}"] = sum(vals) / len(vals)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        vals = [v for v in rows_as_floats(rows, key) if not math.isnan(v)]
+        out[f"avg_{key}"] = sum(vals) / len(vals) if vals else math.nan
+        out[f"final_{key}"] = vals[-1] if vals else math.nan
+    samples = sum(rows_as_floats(rows, "samples"))
+    out["samples_per_s"] = samples / out["total_epoch_time_s"] if out["total_epoch_time_s"] > 0 else math.nan
+    return out
+
+
+class Trainer:
+    """State of one run dir; `fit()` trains from scratch or from the last checkpoint."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, run_dir: Path) -> None:
+        self.cfg, self.device, self.run_dir = cfg, device, run_dir
+        self.json_path = run_dir / "run.json"
+        self.info: dict[str, Any] = read_json(self.json_path) or {}
+
+    def _save_info(self, **updates: Any) -> None:
+        self.info.update(updates, updated_at=_now())
+        write_json(self.json_path, self.info)
+
+    def _check_existing(self, ckpt: Optional[dict], fp: str) -> None:
+        """Refuse to mix a different config into, or write over, what the run dir already holds."""
+        rows = read_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
+        saved = ckpt or ({"fingerprint": self.info.get("fingerprint"), "config": self.info.get("config")} if rows else None)
+        if saved and saved.get("fingerprint") and saved["fingerprint"] != fp:
+            diff = ckpt_mod.config_diff(saved.get("train_config") or {}, ckpt_mod.training_config(self.cfg))
+            raise ckpt_mod.CheckpointError(
+                f"run dir {self.run_dir} holds a run of a different config ({'; '.join(diff) or 'fingerprint differs'}); "
+                "refusing to resume it. Use the original settings, or another hydra.run.dir"
+            )
+        if rows and ckpt is None:
+            why = "resume.enabled=false" if not self.cfg.resume.enabled else "no checkpoint to resume from"
+            raise ckpt_mod.CheckpointError(
+                f"run dir {self.run_dir} already holds {len(rows)} epoch rows and {why}; nothing was overwritten. "
+                "Choose another hydra.run.dir"
+            )
+
+    def fit(self) -> dict[str, Any]:
+        """Train cfg.epochs epochs (continuing from a checkpoint), keeping run.json's status true throughout."""
+        cfg, dev = self.cfg, self.device
+        fp = ckpt_mod.fingerprint(cfg)
+        ckpt = ckpt_mod.load_latest(self.run_dir) if cfg.resume.enabled else None
+        self._check_existing(ckpt, fp)
+        start_epoch = ckpt["epoch"] + 1 if ckpt else 0
+        if ckpt and start_epoch >= cfg.epochs and self.info.get("status") == "complete":
+            log.info("run dir %s is already complete (%d epochs); nothing to do", self.run_dir, start_epoch)
+            return self.info
+
+        timing = cfg.timing if dev.type == "cuda" else "sync"
+        if timing != cfg.timing:
+            log.warning("timing=%s needs CUDA; using timing=sync on %s", cfg.timing, dev)
+        self.info.setdefault("started_at", _now())
+        self._save_info(
+            status="running", error=None, fingerprint=fp, config=OmegaConf.to_container(cfg, resolve=True),
+            train_config=ckpt_mod.training_config(cfg), environment=environment(dev), timing_mode=timing,
+            run_dir=str(self.run_dir), resumed_from_epoch=start_epoch if ckpt else None, **hydra_info(),
+        )  # fmt: skip
+        try:
+            result = self._fit(ckpt, start_epoch, timing)
+        except Diverged as e:
+            self._finish("diverged", error=str(e), diverged={"epoch": e.epoch, "batch": e.batch, "step": e.step})
+            raise
+        except (Interrupted, KeyboardInterrupt) as e:
+            self._finish("interrupted", error=str(e) or "interrupted")
+            raise Interrupted(str(e) or "interrupted") from e
+        except BaseException as e:
+            self._finish("failed", error=f"{type(e).__name__}: {e}")
+            raise
+        return result
+
+    def _finish(self, status: str, **extra: Any) -> None:
+        rows = read_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
+        try:
+            self._save_info(status=status, finished_at=_now(), epochs_done=len(rows), totals=totals(rows), **extra)
+        except OSError as e:  # the disk may be what failed; the status cannot be recorded then
+            log.error("could not record status %s in %s: %s", status, self.json_path, e)
+
+    def _fit(self, ckpt: Optional[dict], start_epoch: int, timing: str) -> dict[str, Any]:
+        cfg, dev, run_dir = self.cfg, self.device, self.run_dir
+        seed_everything(cfg.seed)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+        t = time.perf_counter()
+        train_data, test_data = load_data(cfg.data, test_needed=cfg.test_eval)
+        log.info(
+            "data=%s: %d train / %s test images (data.train_size=%s, data.test_size=%s) in %.1fs",
+            cfg.data.name, len(train_data), len(test_data) if test_data is not None else "no", cfg.data.train_size,
+            cfg.data.test_size, time.perf_counter() - t,
+        )  # fmt: skip
+        model = ResNet18(cfg.norm.name, cfg.model.width, len(train_data.classes)).to(dev)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(cfg.optimizer, model.parameters())
+        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        train_loader = make_loader(cfg, train_data, True, dev, shuffle_gen)
+        test_loader = make_loader(cfg, test_data, False, dev, None) if test_data is not None else None
+        loader_gen = train_loader.generator if isinstance(train_loader, DeviceLoader) else shuffle_gen
+        log.info(
+            "device=%s -> %s; loader=%s workers=%d; optimizer=%s lr=%g; norm=%s; precision=%s "
+            "channels_last=%s compile=%s timing=%s; %d trainable parameters",
+            cfg.device.name, dev, cfg.loader.name, cfg.workers, cfg.optimizer.name, cfg.optimizer.lr,
+            cfg.norm.name, cfg.precision, cfg.channels_last, cfg.compile, timing, count_trainable(model),
+        )  # fmt: skip
+        if cfg.loader.name == "device" and cfg.workers:
+            log.info("loader=device uses no worker processes; workers is ignored")
+
+        global_step = 0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            if cfg.resume.restore_rng:
+                loader_gen.set_state(ckpt["loader_generator"])
+                ckpt_mod.set_rng_state(ckpt["rng"])
+            else:
+                log.warning("resume.restore_rng=false: RNG and sampler state NOT restored (results will differ)")
+            global_step = ckpt["global_step"]
+            dropped = keep_rows(run_dir / "epochs.csv", EPOCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
+            dropped_b = keep_rows(run_dir / "batches.csv", BATCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
+            log.info(
+                "resuming from %s: epochs 0..%d done; dropped %d epoch and %d batch rows written after it",
+                Path(ckpt["path"]).name, start_epoch - 1, dropped, dropped_b,
+            )  # fmt: skip
+
+        ctx = StepContext(
+            model=model, optimizer=optimizer, device=dev, autocast_dtype=AUTOCAST[cfg.precision], scaler=scaler,
+            channels_last=cfg.channels_last, nan_at_step=cfg.faults.nan_at_step,
+        )  # fmt: skip
+        if cfg.compile:
+            ctx.model = torch.compile(model)
+            self._save_info(compile_time_s=self._warm_compile(ctx, model, train_loader, loader_gen))
+
+        epochs_log = CsvLog(run_dir / "epochs.csv", EPOCH_COLUMNS)
+        batches_log = CsvLog(run_dir / "batches.csv", BATCH_COLUMNS)
+        disable = {"auto": None, "true": False, "false": True}[cfg.progress]
+        try:
+            with _StopFlag() as stop:
+                for epoch in range(start_epoch, cfg.epochs):
+                    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{cfg.epochs - 1}", disable=disable,
+                               leave=False, mininterval=0.5, unit="batch")  # fmt: skip
+
+                    def on_batch(rec, stats: EpochStats) -> None:
+                        batches_log.write(dataclasses.asdict(rec))
+                        bar.update(1)
+                        busy = stats.data_time_s + stats.compute_time_s
+                        bar.set_postfix(loss=f"{rec.loss:.3f}", acc=f"{stats.acc:.3f}",
+                                        img_s=f"{stats.samples / busy:.0f}" if busy else "-", refresh=False)  # fmt: skip
+
+                    try:
+                        stats = train_epoch(ctx, train_loader, epoch, first_step=global_step, on_batch=on_batch,
+                                            stop_requested=stop, timing=timing)  # fmt: skip
+                    finally:
+                        bar.close()
+                    global_step += stats.batches
+                    # Test evaluation runs after the epoch clock stopped: it is in no timed figure.
+                    t = time.perf_counter()
+                    test_loss, test_acc = evaluate(ctx, test_loader) if test_loader is not None else (math.nan, math.nan)
+                    synchronize(dev)
+                    eval_s = time.perf_counter() - t if test_loader is not None else math.nan
+                    row = {
+                        "epoch": epoch, "batches": stats.batches, "samples": stats.samples,
+                        "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": test_loss, "test_acc": test_acc,
+                        "data_time_s": stats.data_time_s, "compute_time_s": stats.compute_time_s,
+                        "other_time_s": stats.other_time_s, "epoch_time_s": stats.epoch_time_s,
+                        "samples_per_s": stats.samples / stats.epoch_time_s, "eval_time_s": eval_s,
+                        "lr": optimizer.param_groups[0]["lr"],
+                    }  # fmt: skip
+                    epochs_log.write(row)
+                    log.info(
+                        "epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | data %.2fs compute %.2fs "
+                        "other %.2fs epoch %.2fs | %.0f img/s",
+                        epoch, cfg.epochs - 1, stats.loss, stats.acc, test_loss, test_acc, stats.data_time_s,
+                        stats.compute_time_s, stats.other_time_s, stats.epoch_time_s, row["samples_per_s"],
+                    )  # fmt: skip
+                    if cfg.checkpoint.enabled:
+                        state = {
+                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict() if scaler is not None else None,
+                            "rng": ckpt_mod.rng_state(), "loader_generator": loader_gen.get_state(),
+                            "global_step": global_step, "fingerprint": self.info["fingerprint"],
+                            "train_config": self.info["train_config"],
+                        }  # fmt: skip
+                        ckpt_mod.save_checkpoint(run_dir, epoch, state, cfg.checkpoint.keep)
+                    self._save_info(epochs_done=epoch + 1)
+                    if stop():
+                        raise Interrupted(f"stop requested; stopped after epoch {epoch}")
+        finally:
+            epochs_log.close()
+            batches_log.close()
+        rows = read_rows(run_dir / "epochs.csv", EPOCH_COLUMNS)
+        tot = totals(rows)
+        self._save_info(status="complete", finished_at=_now(), epochs_done=len(rows), totals=tot)
+        log.info(
+            "done: %d epochs | total epoch %.2fs (avg %.2fs) = data %.2fs + compute %.2fs + other %.2fs | run dir %s",
+            len(rows), tot.get("total_epoch_time_s", 0), tot.get("avg_epoch_time_s", 0), tot.get("total_data_time_s", 0),
+            tot.get("total_compute_time_s", 0), tot.get("total_other_time_s", 0), run_dir,
+        )  # fmt: skip
+        return self.info
+
+    def _warm_compile(self, ctx: StepContext, model: torch.nn.Module, loader: Any, gen: torch.Generator) -> float:
+        """Compile on one real batch outside every timed epoch; model, optimizer and RNGs are restored after."""
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        opt_state = copy.deepcopy(ctx.optimizer.state_dict())
+        rng, gen_state = ckpt_mod.rng_state(), gen.get_state()
+        t = time.perf_counter()
+        x, y = next(iter(loader))
+        ctx.step(x, y, global_step=-1)
+        synchronize(self.device)
+        elapsed = time.perf_counter() - t
+        model.load_state_dict(saved)
+        ctx.optimizer.load_state_dict(opt_state)
+        ckpt_mod.set_rng_state(rng)
+        gen.set_state(gen_state)
+        log.info("compile=true: compiled in %.1fs (reported as compile_time_s, not in any epoch)", elapsed)
+        return elapsed
+
+
+def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Validate cfg, then train in run_dir (default: the Hydra job's output dir); returns run.json's content."""
+    validate(cfg)
+    device = resolve_device(cfg.device.name)
+    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return Trainer(cfg, device, run_dir).fit()
