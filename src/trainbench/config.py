@@ -106,7 +106,7 @@ class TrainConfig:
     compile: bool = False
     timing: str = "sync"  # sync: exact per-step split; events: CUDA events read once per epoch
     cudnn_benchmark: bool = True
-    progress: str = "auto"  # auto (bar on a terminal only) | true | false
+    progress: Optional[bool] = None  # null: a progress bar on a terminal only; true/false: always/never
 
 
 CHOICES = {
@@ -118,7 +118,6 @@ CHOICES = {
     "optimizer.name": ("sgd", "nesterov", "adagrad", "adadelta", "adam"),
     "precision": ("fp32", "bf16", "fp16"),
     "timing": ("sync", "events"),
-    "progress": ("auto", "true", "false"),
 }
 
 

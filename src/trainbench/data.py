@@ -110,18 +110,19 @@ def make_synthetic(n: int, split: str, num_classes: int = 10) -> ArrayDataset:
     protos = _prototypes(num_classes)
     labels = np.arange(n, dtype=np.int64) % num_classes  # balanced for any n
     out = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    chunk = 1000
+    # every class pattern under every shift in [-4, 4]^2: (classes, 81, 3, 32, 32)
+    shifted = torch.stack([torch.roll(protos, (dy, dx), (2, 3)) for dy in range(-4, 5) for dx in range(-4, 5)], 1)
+    chunk = 1000  # always drawn whole, then cut: image i is the same whatever n
     for k, start in enumerate(range(0, n, chunk)):
-        stop = min(n, start + chunk)
-        g = torch.Generator().manual_seed(2 * k + (split == "test") + 7)  # per chunk: image i fixed for any n
-        m = stop - start
-        y = torch.from_numpy(labels[start:stop])
-        shift = torch.randint(-4, 5, (m, 2), generator=g)
-        contrast = 0.25 + 0.35 * torch.rand(m, 1, 1, 1, generator=g)
-        base = torch.stack([torch.roll(protos[c], (int(s[0]), int(s[1])), (1, 2)) for c, s in zip(y.tolist(), shift)])
-        noise = F.interpolate(torch.randn(m, 3, 8, 8, generator=g), size=32, mode="bilinear", align_corners=False)
-        img = 0.5 + contrast * (base - 0.5) * 2 + 0.12 * noise + 0.06 * torch.randn(m, 3, 32, 32, generator=g)
-        out[start:stop] = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        g = torch.Generator().manual_seed(2 * k + (split == "test") + 7)
+        y = torch.arange(start, start + chunk) % num_classes
+        shift = torch.randint(-4, 5, (chunk, 2), generator=g)
+        contrast = 0.25 + 0.35 * torch.rand(chunk, 1, 1, 1, generator=g)
+        base = shifted[y, (shift[:, 0] + 4) * 9 + (shift[:, 1] + 4)]
+        noise = F.interpolate(torch.randn(chunk, 3, 8, 8, generator=g), size=32, mode="bilinear", align_corners=False)
+        img = 0.5 + contrast * (base - 0.5) * 2 + 0.12 * noise + 0.06 * torch.randn(chunk, 3, 32, 32, generator=g)
+        m = min(n, start + chunk) - start
+        out[start : start + m] = (img[:m].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return ArrayDataset(out, labels, [f"class{c}" for c in range(num_classes)])
 
 

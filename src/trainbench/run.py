@@ -252,7 +252,7 @@ class Trainer:
 
         epochs_log = CsvLog(run_dir / "epochs.csv", EPOCH_COLUMNS)
         batches_log = CsvLog(run_dir / "batches.csv", BATCH_COLUMNS)
-        disable = {"auto": None, "true": False, "false": True}[cfg.progress]
+        disable = None if cfg.progress is None else not cfg.progress  # None: tqdm turns itself off off-terminal
         try:
             with _StopFlag() as stop:
                 for epoch in range(start_epoch, cfg.epochs):

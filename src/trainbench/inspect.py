@@ -1,0 +1,137 @@
+"""`python -m trainbench.inspect [overrides] [--json PATH]`: lab questions Q1-Q4 for the configured model.
+
+Q1 convolutional layers (with and without the 1x1 shortcut convs), Q2 the last linear layer's input size,
+Q3/Q4 trainable parameters and gradients (counted from .grad after a real forward/backward/step with the
+configured optimizer), what the optimizer keeps as state, and a per-layer table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .model import ResNet18
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if node is None or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
+    """Q1-Q4 for cfg (a DictConfig or the plain dict stored in run.json)."""
+    from .run import build_optimizer
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    torch.manual_seed(0)
+    norm, width = _get(cfg, "norm.name", "batchnorm"), _get(cfg, "model.width", 64)
+    model = ResNet18(norm, width, _get(cfg, "model.num_classes", 10))
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    rows: list[dict[str, Any]] = []
+    hooks = []
+    if layers:
+        for name, mod in model.named_modules():
+            if name and not list(mod.children()):
+
+                def hook(m: nn.Module, i: Any, o: torch.Tensor, name: str = name) -> None:
+                    rows.append({"layer": name, "type": type(m).__name__, "output_shape": list(o.shape),
+                                 "parameters": sum(p.numel() for p in m.parameters(recurse=False))})  # fmt: skip
+
+                hooks.append(mod.register_forward_hook(hook))
+    opt = build_optimizer(cfg.optimizer, model.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.tensor([0, 1])
+    loss = nn.functional.cross_entropy(model(x), y)  # a real forward and backward pass
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    opt.step()
+    state: dict[str, dict[str, int]] = {}
+    for s in opt.state.values():
+        for k, v in s.items():
+            e = state.setdefault(k, {"tensors": 0, "elements": 0})
+            if torch.is_tensor(v):
+                e["tensors"] += 1
+                e["elements"] += v.numel()
+    return {
+        "norm": norm,
+        "optimizer": _get(cfg, "optimizer.name", "?"),
+        "width": width,
+        "conv_layers": len(convs),
+        "conv_layers_without_shortcut": sum(1 for n, _ in convs if "shortcut" not in n),
+        "linear_in_features": model.linear.in_features,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "gradients": sum(g.numel() for g in grads),
+        "gradient_tensors": len(grads),
+        "optimizer_state": state,
+        "optimizer_state_tensors": sum(v["tensors"] for v in state.values()),
+        "optimizer_state_elements": sum(v["elements"] for v in state.values()),
+        "norm_layers": sum(1 for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)),
+        **({"layers": rows} if layers else {}),
+    }
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The config train.py would use with these overrides (real Hydra composition)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from .config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def render(f: dict[str, Any]) -> str:
+    """The answers as text."""
+    lines = [
+        f"model: ResNet-18 (norm={f['norm']}, model.width={f['width']}), optimizer={f['optimizer']}",
+        f"Q1  convolutional layers: {f['conv_layers_without_shortcut']} without the 1x1 shortcut convs, "
+        f"{f['conv_layers']} with them",
+        f"Q2  input dimension of the last linear layer: {f['linear_in_features']}",
+        f"Q3/Q4 trainable parameters: {f['trainable_parameters']:,}; gradients after backward: {f['gradients']:,} "
+        f"(in {f['gradient_tensors']} .grad tensors)",
+        f"    optimizer state after one step: {f['optimizer_state_elements']:,} elements in "
+        f"{f['optimizer_state_tensors']} tensors",
+    ]
+    lines += [f"      {k}: {v['tensors']} tensors, {v['elements']:,} elements" for k, v in f["optimizer_state"].items()]
+    lines.append(f"    normalization layers: {f['norm_layers']}")
+    if f.get("layers"):
+        lines += ["", f"{'layer':<28}{'type':<14}{'output shape':<22}{'parameters':>12}"]
+        lines += [f"{r['layer']:<28}{r['type']:<14}{str(r['output_shape']):<22}{r['parameters']:>12,}" for r in f["layers"]]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(prog="python -m trainbench.inspect", description=__doc__.splitlines()[0])
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optimizer=adam norm=none")
+    p.add_argument("--json", type=Path, default=Path("inspect.json"), help="where to write the JSON (default inspect.json)")
+    p.add_argument("--no-layers", action="store_true", help="leave out the per-layer table")
+    a = p.parse_args(argv)
+    facts = model_facts(compose(a.overrides), layers=not a.no_layers)
+    print(render(facts))
+    a.json.write_text(json.dumps(facts, indent=2) + "\n")
+    print(f"\nwrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Shared helpers: real Hydra composition, tiny fast configs, subprocess runs of train.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough to train in a second on 2 CPU cores, real in every other respect.
+TINY = [
+    "data=synthetic", "data.train_size=64", "data.test_size=32", "batch_size=32", "model.width=8",
+    "workers=0", "epochs=1", "progress=false",
+]  # fmt: skip
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def compose(overrides: list[str] | None = None):
+    """Compose the config exactly as train.py does."""
+    from trainbench.inspect import compose as _compose
+
+    return _compose(list(overrides or []))
+
+
+def train_cli(args: list[str], cwd: Path, timeout: float = 240, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run `python train.py ARGS` in a subprocess (cwd: a temp dir so outputs/ and multirun/ land there)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("TRAINBENCH_DATA", None)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout, **kw,
+    )  # fmt: skip
+    if check and p.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def popen_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start `python train.py ARGS` without waiting."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
