@@ -68,7 +68,7 @@ def read_json(path: Path) -> Optional[dict]:
 
 def read_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
     """Complete rows of a CSV log; a truncated last line (killed mid-write) is dropped."""
-    if not path.exists():
+    if not path.is_file():  # missing, or not a regular file (a device, a fifo): nothing to read
         return []
     text = path.read_text()
     rows = []
@@ -118,10 +118,10 @@ class CsvLog:
 
 def keep_rows(path: Path, columns: list[str], keep: Callable[[dict[str, str]], bool]) -> int:
     """Atomically rewrite a CSV log with only the complete rows that keep() accepts; returns rows dropped."""
-    if not path.exists():
-        return 0
     rows = read_rows(path, columns)
     kept = [r for r in rows if keep(r)]
+    if len(kept) == len(rows):
+        return 0  # nothing to drop: leave the file untouched
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)

@@ -146,8 +146,8 @@ class Trainer:
                 f"run dir {self.run_dir} holds a run of a different config ({'; '.join(diff) or 'fingerprint differs'}); "
                 "refusing to resume it. Use the original settings, or another hydra.run.dir"
             )
-        if rows and ckpt is None:
-            why = "resume.enabled=false" if not self.cfg.resume.enabled else "no checkpoint to resume from"
+        if rows and ckpt is None and not (self.cfg.resume.enabled and self.info.get("fingerprint") == fp):
+            why = "resume.enabled=false" if not self.cfg.resume.enabled else "no checkpoint or record of its config"
             raise ckpt_mod.CheckpointError(
                 f"run dir {self.run_dir} already holds {len(rows)} epoch rows and {why}; nothing was overwritten. "
                 "Choose another hydra.run.dir"
@@ -235,11 +235,13 @@ class Trainer:
             else:
                 log.warning("resume.restore_rng=false: RNG and sampler state NOT restored (results will differ)")
             global_step = ckpt["global_step"]
-            dropped = keep_rows(run_dir / "epochs.csv", EPOCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
-            dropped_b = keep_rows(run_dir / "batches.csv", BATCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
+        # Rows written after the checkpoint (killed between an epoch row and its checkpoint) are redone.
+        dropped = keep_rows(run_dir / "epochs.csv", EPOCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
+        dropped_b = keep_rows(run_dir / "batches.csv", BATCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
+        if ckpt is not None or dropped or dropped_b:
             log.info(
-                "resuming from %s: epochs 0..%d done; dropped %d epoch and %d batch rows written after it",
-                Path(ckpt["path"]).name, start_epoch - 1, dropped, dropped_b,
+                "resuming %s: epochs 0..%d done; dropped %d epoch and %d batch rows written after it",
+                Path(ckpt["path"]).name if ckpt else "from scratch", start_epoch - 1, dropped, dropped_b,
             )  # fmt: skip
 
         ctx = StepContext(

@@ -1,0 +1,63 @@
+"""End-to-end runs of train.py in subprocesses: files, columns, statuses, sums, learning."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import TINY, compose, train_cli
+from trainbench.run import run
+
+EPOCH_SPEC = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "data_time_s", "compute_time_s",
+              "epoch_time_s", "other_time_s", "samples", "samples_per_s"]  # fmt: skip
+BATCH_SPEC = ["epoch", "batch", "size", "loss", "acc", "data_time_s", "compute_time_s"]
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_run_writes_spec_files(tmp_path):
+    d = tmp_path / "run"
+    p = train_cli([*TINY, "epochs=2", "data.train_size=128", "data.test_size=64", f"hydra.run.dir={d}"], tmp_path, check=True)
+    ep, ba = rows(d / "epochs.csv"), rows(d / "batches.csv")
+    assert set(EPOCH_SPEC) <= set(ep[0]) and set(BATCH_SPEC) <= set(ba[0])
+    assert [int(r["epoch"]) for r in ep] == [0, 1]
+    assert len(ba) == 2 * 128 // 32
+    for r in ep:
+        parts = float(r["data_time_s"]) + float(r["compute_time_s"]) + float(r["other_time_s"])
+        assert parts == pytest.approx(float(r["epoch_time_s"]), rel=1e-3)
+        batch_data = sum(float(b["data_time_s"]) for b in ba if b["epoch"] == r["epoch"])
+        assert batch_data == pytest.approx(float(r["data_time_s"]), rel=1e-3)
+        assert 0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["test_acc"]) <= 1
+        assert int(r["samples"]) == 128
+        assert float(r["samples_per_s"]) == pytest.approx(128 / float(r["epoch_time_s"]), rel=1e-3)
+    info = json.loads((d / "run.json").read_text())
+    assert info["status"] == "complete"
+    assert info["config"]["epochs"] == 2 and info["choices"]["optimizer"] == "sgd"
+    env = info["environment"]
+    for k in ("python", "torch", "torchvision", "device_name", "cpu_model", "cpu_count"):
+        assert env[k], k
+    t = info["totals"]
+    assert t["total_epoch_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in ep), rel=1e-6)
+    assert t["avg_train_acc"] == pytest.approx(sum(float(r["train_acc"]) for r in ep) / 2, rel=1e-6)
+    log = (d / "train.log").read_text()
+    assert "epoch 1/1" in log and "data " in log and "compute " in log  # Hydra's log file has the epoch lines
+    assert "epoch 0/1" in p.stdout + p.stderr
+
+
+def test_test_eval_can_be_switched_off(tmp_path):
+    info = run(compose([*TINY, "test_eval=false"]), tmp_path / "r")
+    r = rows(tmp_path / "r" / "epochs.csv")[0]
+    assert r["test_loss"] == "" and r["test_acc"] == "" and info["status"] == "complete"
+
+
+def test_short_synthetic_run_learns(tmp_path):
+    cfg = compose([*TINY, "data.train_size=1000", "data.test_size=500", "model.width=16", "epochs=3",
+                   "batch_size=50", "optimizer.lr=0.05"])  # fmt: skip
+    run(cfg, tmp_path / "r")
+    last = rows(tmp_path / "r" / "epochs.csv")[-1]
+    assert float(last["train_acc"]) > 0.3 and float(last["test_acc"]) > 0.3  # chance is 0.1

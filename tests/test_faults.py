@@ -1,0 +1,245 @@
+"""Fault injection: SIGKILL/SIGTERM and resume, NaN, truncated checkpoints, locks, write failures, sweeps."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from conftest import TINY, compose, popen_cli, train_cli
+from trainbench import records
+from trainbench.checkpoint import CheckpointError
+from trainbench.engine import StepContext, train_epoch
+from trainbench.records import RunLock, RunWriteError
+from trainbench.run import run
+
+RESUME = [*TINY, "data.train_size=256", "epochs=3", "seed=7"]  # ~0.5 s per epoch: room to kill mid-run
+METRICS = ["epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc"]
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def metrics(d: Path) -> list[dict]:
+    return [{k: r[k] for k in METRICS} for r in rows(d / "epochs.csv")]
+
+
+def batch_losses(d: Path) -> list[tuple]:
+    return [(r["epoch"], r["batch"], r["loss"]) for r in rows(d / "batches.csv")]
+
+
+def status(d: Path) -> str:
+    return json.loads((d / "run.json").read_text())["status"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run to compare resumed runs with."""
+    d = tmp_path_factory.mktemp("ref") / "run"
+    train_cli([*RESUME, f"hydra.run.dir={d}"], d.parent, check=True)
+    return d
+
+
+def wait_for(pred, timeout: float = 60.0, proc=None) -> None:
+    end = time.time() + timeout
+    while not pred():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early:\n{proc.stdout.read()}")
+        if time.time() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+def n_rows(path: Path) -> int:
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def kill_after_first_epoch(d: Path, sig: int = signal.SIGKILL) -> int:
+    p = popen_cli([*RESUME, f"hydra.run.dir={d}"], d.parent)
+    wait_for(lambda: n_rows(d / "epochs.csv") >= 1 and (d / "checkpoint_epoch0.pt").exists(), proc=p)
+    p.send_signal(sig)
+    p.wait(60)
+    assert n_rows(d / "epochs.csv") < 3, "the run finished before the kill; the test proves nothing"
+    return p.returncode
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, reference):
+    d = tmp_path / "run"
+    assert kill_after_first_epoch(d) == -signal.SIGKILL
+    assert status(d) == "running"  # SIGKILL leaves no chance to write; the rerun sorts it out
+    train_cli([*RESUME, f"hydra.run.dir={d}"], tmp_path, check=True)
+    assert [r["epoch"] for r in rows(d / "epochs.csv")] == ["0", "1", "2"]
+    assert metrics(d) == metrics(reference)  # loss and accuracy identical, to the last printed digit
+    assert batch_losses(d) == batch_losses(reference)
+    info = json.loads((d / "run.json").read_text())
+    assert info["status"] == "complete" and info["resumed_from_epoch"] >= 1
+
+
+def test_negative_control_skipping_rng_restore_breaks_equality(tmp_path, reference):
+    d = tmp_path / "run"
+    kill_after_first_epoch(d)
+    train_cli([*RESUME, "resume.restore_rng=false", f"hydra.run.dir={d}"], tmp_path, check=True)
+    assert len(metrics(d)) == 3
+    assert metrics(d) != metrics(reference)  # so the equality above is owed to the restored state
+
+
+def test_sigterm_mid_epoch_marks_interrupted_and_resumes(tmp_path, reference):
+    d = tmp_path / "run"
+    p = popen_cli([*RESUME, f"hydra.run.dir={d}"], tmp_path)
+    wait_for(lambda: n_rows(d / "batches.csv") >= 10, proc=p)  # inside epoch 1
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode != 0
+    assert status(d) == "interrupted", out
+    assert "SIGTERM" in out
+    assert list(d.glob("checkpoint_epoch*.pt"))  # the last checkpoint is kept
+    train_cli([*RESUME, f"hydra.run.dir={d}"], tmp_path, check=True)
+    assert status(d) == "complete"
+    assert metrics(d) == metrics(reference)
+
+
+def test_rows_past_the_checkpoint_are_reconciled(tmp_path, reference):
+    """Epoch rows written after the last checkpoint (killed between row and checkpoint) are redone once."""
+    d = tmp_path / "run"
+    train_cli([*RESUME, "checkpoint.keep=3", f"hydra.run.dir={d}"], tmp_path, check=True)
+    for e in (1, 2):
+        (d / f"checkpoint_epoch{e}.pt").unlink()  # as if killed right after writing rows 1 and 2
+    info = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    train_cli([*RESUME, "checkpoint.keep=3", f"hydra.run.dir={d}"], tmp_path, check=True)
+    assert [r["epoch"] for r in rows(d / "epochs.csv")] == ["0", "1", "2"]
+    assert metrics(d) == metrics(reference)
+    assert batch_losses(d) == batch_losses(reference)
+
+
+def test_nan_at_chosen_step_marks_diverged(tmp_path):
+    d = tmp_path / "run"
+    p = train_cli([*RESUME, "faults.nan_at_step=11", f"hydra.run.dir={d}"], tmp_path)
+    assert p.returncode != 0
+    info = json.loads((d / "run.json").read_text())
+    assert info["status"] == "diverged"
+    assert info["diverged"] == {"epoch": 1, "batch": 3, "step": 11}  # 8 batches per epoch
+    assert n_rows(d / "batches.csv") == 11  # stopped within the step: no row for the NaN step
+    assert n_rows(d / "epochs.csv") == 1
+
+
+def test_truncated_checkpoint_is_never_loaded(tmp_path):
+    d = tmp_path / "run"
+    train_cli([*TINY, "epochs=2", f"hydra.run.dir={d}"], tmp_path, check=True)
+    ck = d / "checkpoint_epoch1.pt"
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+    before = (d / "epochs.csv").read_text()
+    p = train_cli([*TINY, "epochs=3", f"hydra.run.dir={d}"], tmp_path)
+    assert p.returncode != 0
+    assert "unreadable" in p.stderr + p.stdout and "checkpoint_epoch1.pt" in p.stderr + p.stdout
+    assert (d / "epochs.csv").read_text() == before
+
+
+def test_truncated_newest_checkpoint_falls_back_to_older(tmp_path):
+    d = tmp_path / "run"
+    cfg = compose([*TINY, "epochs=2", "checkpoint.keep=2"])
+    run(cfg, d)
+    ck = d / "checkpoint_epoch1.pt"
+    ck.write_bytes(ck.read_bytes()[:100])
+    info = run(compose([*TINY, "epochs=3", "checkpoint.keep=2"]), d)
+    assert info["status"] == "complete" and info["resumed_from_epoch"] == 1
+    assert [r["epoch"] for r in rows(d / "epochs.csv")] == ["0", "1", "2"]
+
+
+def test_different_config_is_refused(tmp_path):
+    d = tmp_path / "run"
+    run(compose([*TINY]), d)
+    with pytest.raises(CheckpointError, match="optimizer.lr: 0.1 -> 0.05"):
+        run(compose([*TINY, "epochs=2", "optimizer.lr=0.05"]), d)
+
+
+def test_completed_run_is_not_redone(tmp_path):
+    d = tmp_path / "run"
+    run(compose(TINY), d)
+    before = (d / "epochs.csv").read_text()
+    info = run(compose(TINY), d)
+    assert info["status"] == "complete" and (d / "epochs.csv").read_text() == before
+
+
+def test_locked_run_dir_is_refused(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    with RunLock(d):
+        p = train_cli([*TINY, f"hydra.run.dir={d}"], tmp_path)
+    assert p.returncode != 0
+    assert "in use by another live run" in p.stderr + p.stdout
+    assert not (d / "epochs.csv").exists()
+
+
+def test_write_failure_is_clear_and_keeps_earlier_rows(tmp_path, monkeypatch):
+    d = tmp_path / "run"
+    real_init = records.CsvLog.__init__
+
+    class FullDisk:
+        """The file object of epochs.csv once the disk is full: the row of epoch 1 cannot be written."""
+
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, line):
+            if line.startswith("1,"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(line)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def init(self, path, columns):
+        real_init(self, path, columns)
+        if path.name == "epochs.csv":
+            self.fh = FullDisk(self.fh)
+
+    monkeypatch.setattr(records.CsvLog, "__init__", init)
+    with pytest.raises(RunWriteError, match="cannot write .*epochs.csv: No space left on device; earlier rows"):
+        run(compose([*TINY, "epochs=3"]), d)
+    assert [r["epoch"] for r in rows(d / "epochs.csv")] == ["0"]
+    assert (d / "checkpoint_epoch0.pt").exists() and not (d / "checkpoint_epoch1.pt").exists()
+    assert status(d) == "failed"
+    monkeypatch.setattr(records.CsvLog, "__init__", real_init)  # the disk has room again: resume finishes the run
+    assert run(compose([*TINY, "epochs=3"]), d)["status"] == "complete"
+    assert [r["epoch"] for r in rows(d / "epochs.csv")] == ["0", "1", "2"]
+
+
+def test_full_disk_on_a_real_file(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "batches.csv").symlink_to("/dev/full")  # every write to /dev/full fails with ENOSPC
+    p = train_cli([*TINY, f"hydra.run.dir={d}"], tmp_path)
+    assert p.returncode != 0
+    assert "batches.csv" in p.stderr and "No space left on device" in p.stderr
+    assert status(d) == "failed"
+
+
+class _DyingData(Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i):
+        if i == 20:
+            import os
+
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies
+        return torch.zeros(3, 8, 8), 0
+
+
+def test_dead_dataloader_worker_is_an_error_not_a_hang():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    ctx = StepContext(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"))
+    t = time.time()
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        train_epoch(ctx, DataLoader(_DyingData(), batch_size=8, num_workers=1), 0)
+    assert time.time() - t < 30
