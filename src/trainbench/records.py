@@ -71,6 +71,8 @@ def read_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
     if not path.is_file():  # missing, or not a regular file (a device, a fifo): nothing to read
         return []
     text = path.read_text()
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # the last line was written only in part
     rows = []
     for i, row in enumerate(csv.reader(io.StringIO(text))):
         if i == 0:
@@ -78,8 +80,6 @@ def read_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
         if len(row) != len(columns):
             continue
         rows.append(dict(zip(columns, row)))
-    if rows and not text.endswith("\n"):
-        rows.pop()  # last line written only in part
     return rows
 
 

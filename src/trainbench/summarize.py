@@ -83,7 +83,8 @@ def find_runs(root: Path) -> list[Run]:
 def _varying(runs: list[Run]) -> list[str]:
     flat = [_flatten(r.info.get("config") or {}) for r in runs]
     keys = sorted({k for f in flat for k in f})
-    vary = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1 and not k.startswith(IGNORED)]
+    # a key varies when the runs that record it disagree (a failed job's run.json may record less)
+    vary = [k for k in keys if len({repr(f[k]) for f in flat if k in f}) > 1 and not k.startswith(IGNORED)]
     groups_varying = {k.split(".")[0] for k in vary if k in SHORT}
     # keys inside a group whose choice varies are explained by the choice (e.g. optimizer.momentum)
     vary = [k for k in vary if k in SHORT or k.split(".")[0] not in groups_varying]
@@ -207,13 +208,6 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
         md += ["## All runs", "", _md(ok[[*varying, "run", "epochs", *avg_cols[:4], "avg_train_loss", "avg_train_acc",
                                           "samples_per_s"]]), ""]  # fmt: skip
 
-    # C2: per epoch, Total and Avg rows, for each complete run (at most 6 shown in the report)
-    for i, r in enumerate(done):
-        t = _c2(r)
-        tables[f"c2_{r.name.replace('/', '_')}"] = t
-        if i < 6:
-            md += [f"## C2: time per epoch, run {r.name} {r.settings or ''}", "", _md(t), ""]
-
     if "workers" in by and len(ok):
         agg = _agg(ok, ["workers"], ["total_data_time_s", "total_compute_time_s", "total_epoch_time_s", "avg_epoch_time_s"])
         best, more = best_workers(agg["workers"].tolist(), agg["total_data_time_s"].tolist())
@@ -263,6 +257,13 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
             if key == "device" and len(agg) > 1:
                 slow, quick = agg["avg_epoch_time_s"].max(), agg["avg_epoch_time_s"].min()
                 findings.append(f"C5: the slowest device takes {slow / quick:.3g}x as long per epoch as the fastest.")
+    # C2: per epoch, Total and Avg rows, for each complete run (at most 6 shown in the report)
+    for i, r in enumerate(done):
+        t = _c2(r)
+        tables[f"c2_{r.name.replace('/', '_')}"] = t
+        if i < 6:
+            md += [f"## C2: time per epoch, run {r.name} {r.settings or ''}", "", _md(t), ""]
+
     if inspect_models and done:
         from .inspect import model_facts
 

@@ -1,0 +1,162 @@
+"""The summarizer on crafted run dirs, the C3 rule, inspect's numbers, and real multirun sweeps."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, compose, train_cli
+from trainbench.inspect import model_facts
+from trainbench.records import EPOCH_COLUMNS
+from trainbench.summarize import best_workers, summarize
+
+
+@pytest.mark.parametrize(
+    "counts,times,best,more",
+    [
+        ([0, 4, 8, 12], [74.8, 7.0, 13.3, 13.6], 4, False),  # the lab's own figures
+        ([0, 4, 8, 12, 16], [50, 20, 10, 10.5, 5], 8, False),  # first stop counts, not the global minimum
+        ([16, 0, 8, 4], [1, 9, 2, 4], 16, True),  # unsorted input; still decreasing at 16
+        ([0, 4], [5.0, 5.0], 0, False),  # equal is not a decrease
+    ],
+)
+def test_best_worker_rule(counts, times, best, more):
+    assert best_workers(counts, times) == (best, more)
+
+
+def write_run(d: Path, status: str, settings: dict, epochs: list[dict], truncate: bool = False, seed: int = 0) -> None:
+    d.mkdir(parents=True)
+    config = {"workers": settings.get("workers", 2), "seed": seed, "optimizer": {"name": "sgd", "lr": 0.1},
+              "norm": {"name": "batchnorm"}, "model": {"width": 8}, "data": {"root": str(d)}}  # fmt: skip
+    info = {"status": status, "config": config, "environment": {"device_name": "CPU: test", "hostname": "h"},
+            "started_at": f"2026-01-01T00:00:0{len(list(d.parent.iterdir()))}", "error": None if status == "complete" else "boom"}  # fmt: skip
+    info["finished_at"] = info["started_at"][:-1] + str(int(info["started_at"][-1]))
+    (d / "run.json").write_text(json.dumps(info))
+    with open(d / "epochs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, EPOCH_COLUMNS)
+        w.writeheader()
+        for e in epochs:
+            w.writerow({c: e.get(c, "") for c in EPOCH_COLUMNS})
+    if truncate:
+        with open(d / "epochs.csv", "a") as f:
+            f.write("1,4,512,2.3,0.1")  # killed mid-row
+
+
+def epoch(i: int, data: float, compute: float, other: float = 0.1, acc: float = 0.5) -> dict:
+    return {"epoch": i, "batches": 4, "samples": 512, "train_loss": 1.0 + i, "train_acc": acc, "test_loss": 1.0,
+            "test_acc": acc, "data_time_s": data, "compute_time_s": compute, "other_time_s": other,
+            "epoch_time_s": data + compute + other}  # fmt: skip
+
+
+def test_summarizer_on_crafted_runs(tmp_path):
+    for i, (w, data) in enumerate([(0, 8.0), (1, 5.0), (4, 1.0), (8, 2.0)]):
+        for seed in (0, 1):
+            write_run(tmp_path / f"w{w}_s{seed}", "complete", {"workers": w},
+                      [epoch(0, data + seed, 3.0), epoch(1, data + seed, 3.0)], seed=seed)  # fmt: skip
+    write_run(tmp_path / "failed", "failed", {"workers": 12}, [epoch(0, 0.01, 1.0)])
+    write_run(tmp_path / "running", "running", {"workers": 16}, [epoch(0, 0.01, 1.0)], truncate=True)
+    (tmp_path / "diverged").mkdir()
+    (tmp_path / "diverged" / "run.json").write_text(json.dumps({"status": "diverged", "error": "loss=nan", "config": {"workers": 2}}))
+    s = summarize(tmp_path, inspect_models=False)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 11
+    assert set(summary.columns[:2]) == {"workers", "seed"} and summary.columns[2] == "run"  # the settings that vary come first
+    assert summary.set_index("run").loc["running", "epochs"] == 1  # truncated last line dropped
+    assert set(summary["status"]) == {"complete", "failed", "running", "diverged"}
+    c3 = s.tables["c3_workers"]
+    assert sorted(c3["workers"]) == [0, 1, 4, 8]  # failed/unfinished runs are in no table
+    row4 = c3.set_index("workers").loc[4]
+    assert row4["total_data_time_s"] == pytest.approx((1.0 * 2 + 2.0 * 2) / 2)  # two epochs each; mean over seeds 0 and 1
+    assert row4["total_data_time_s_std"] > 0 and row4["runs"] == 2
+    report = (tmp_path / "report.md").read_text()
+    assert "**4**" in report  # best count from the numbers
+    assert "failed" in report and "diverged" in report and "loss=nan" in report
+    assert "C4: 1 worker against 4 workers" in report
+    assert (tmp_path / "plots" / "c3_workers.png").stat().st_size > 1000
+    assert (tmp_path / "tables" / "c3_workers.csv").exists()
+
+
+def _expected_params(width: int = 64, bn: bool = True, classes: int = 10) -> int:
+    """ResNet-18 (CIFAR) parameters from its definition in SPEC, counted independently of the code."""
+    def norm(c):
+        return 2 * c if bn else 0
+
+    total = 3 * width * 9 + norm(width)
+    cin = width
+    for i, stride in enumerate((1, 2, 2, 2)):
+        c = width * 2**i
+        for b in range(2):
+            s = stride if b == 0 else 1
+            total += cin * c * 9 + norm(c) + c * c * 9 + norm(c)
+            if s != 1 or cin != c:
+                total += cin * c + norm(c)
+            cin = c
+    return total + cin * classes + classes
+
+
+@pytest.mark.parametrize("opt,norm", [("sgd", "batchnorm"), ("adam", "batchnorm"), ("sgd", "none")])
+def test_inspect_numbers(opt, norm):
+    f = model_facts(compose([f"optimizer={opt}", f"norm={norm}"]), layers=True)
+    n = _expected_params(bn=norm == "batchnorm")
+    assert f["trainable_parameters"] == n and f["gradients"] == n
+    assert (f["conv_layers"], f["conv_layers_without_shortcut"], f["linear_in_features"]) == (20, 17, 512)
+    if norm == "batchnorm":
+        assert n == 11_173_962
+    tensors = 20 + 1 + 1 + (2 * 20 if norm == "batchnorm" else 0)  # conv weights, linear w+b, BN w+b
+    if opt == "sgd":
+        assert f["optimizer_state"] == {"momentum_buffer": {"tensors": tensors, "elements": n}}
+    else:
+        assert f["optimizer_state"]["exp_avg"] == {"tensors": tensors, "elements": n}
+        assert f["optimizer_state"]["exp_avg_sq"] == {"tensors": tensors, "elements": n}
+    assert f["norm_layers"] == (20 if norm == "batchnorm" else 0)
+    assert f["layers"][0]["layer"] == "conv1" and f["layers"][0]["output_shape"] == [2, 64, 32, 32]
+
+
+def test_inspect_cli(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "trainbench.inspect", "optimizer=adam", "--json", str(tmp_path / "i.json")],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    assert "17 without the 1x1 shortcut convs, 20 with them" in p.stdout and "exp_avg_sq" in p.stdout
+    assert json.loads((tmp_path / "i.json").read_text())["optimizer"] == "adam"
+
+
+def test_multirun_of_five_optimizers_ends_with_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    train_cli(["-m", "optimizer=sgd,nesterov,adagrad,adadelta,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True)
+    s = pd.read_csv(sweep / "summary.csv")
+    assert len(s) == 5 and list(s["optimizer"]) == ["sgd", "nesterov", "adagrad", "adadelta", "adam"]
+    assert (s["status"] == "complete").all()
+    report = (sweep / "report.md").read_text()
+    assert "## C6: per optimizer" in report and "## Q1-Q4" in report and "## Findings" in report
+    for png in ("time_split.png", "curves.png"):
+        assert (sweep / "plots" / png).stat().st_size > 1000
+
+
+def test_failing_job_and_sweep_rerun(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optimizer.lr=0.1,0.05,-1,0.02,0.01", *TINY, f"hydra.sweep.dir={sweep}"]
+    p = train_cli(args, tmp_path)
+    assert p.returncode != 0  # the sweep reports its failed job ...
+    s = pd.read_csv(sweep / "summary.csv")
+    assert list(s["status"]) == ["complete", "complete", "failed", "complete", "complete"]  # ... after the others ran
+    assert "optimizer.lr=-1" in s.loc[2, "error"]
+    assert "1 of 5 jobs did not complete" in p.stdout + p.stderr
+    mtimes = {j: (sweep / str(j) / "epochs.csv").stat().st_mtime_ns for j in (0, 1, 3, 4)}
+    p2 = train_cli(args, tmp_path)  # re-run on the same sweep dir: complete jobs are skipped, the failed re-run
+    assert p2.returncode != 0
+    assert "already complete" in p2.stdout + p2.stderr
+    assert {j: (sweep / str(j) / "epochs.csv").stat().st_mtime_ns for j in (0, 1, 3, 4)} == mtimes
+
+
+def test_submitit_local_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    train_cli(["-m", "launcher=local", "optimizer=sgd,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True)
+    s = pd.read_csv(sweep / "summary.csv")
+    assert list(s["status"]) == ["complete", "complete"]
+    assert "ran at the same time" in (sweep / "report.md").read_text()  # local jobs run concurrently
