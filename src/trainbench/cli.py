@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, validate
 from .data import DataError, check_available
-from .device import resolve_device
+from .device import check_device_options, resolve_device
 from .records import read_json, write_json
 from .run import _now, hydra_info, run
 
@@ -40,7 +40,7 @@ def run_job(cfg: DictConfig) -> None:
     try:
         # Every check that needs no data runs here, before any trainbench file is written.
         validate(cfg)
-        resolve_device(cfg.device.name)
+        check_device_options(cfg, resolve_device(cfg.device.name))
         check_available(cfg.data)
     except (ConfigError, DataError) as e:
         if not multirun:

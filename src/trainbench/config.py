@@ -157,6 +157,3 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     nan = cfg.faults.nan_at_step
     _check(nan is None or nan >= 0, "faults.nan_at_step", nan, "null or an integer >= 0")
-    if cfg.precision == "fp16" and cfg.device.name not in ("cuda", "auto"):
-        raise ConfigError("precision", "fp16", "fp32 or bf16 on " + cfg.device.name,
-                          "fp16 autocast with a gradient scaler needs device=cuda")

@@ -91,3 +91,9 @@ def environment(device: torch.device) -> dict:
         "hostname": platform.node(),
         "git_commit": git_commit(),
     }
+
+
+def check_device_options(cfg, device: torch.device) -> None:
+    """Options that need a particular device, checked once the device is known."""
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision", "fp16", f"fp32 or bf16 on {device.type}", "fp16 with a gradient scaler needs CUDA")

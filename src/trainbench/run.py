@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_mod
 from .config import validate
 from .data import load_data
-from .device import environment, resolve_device, synchronize
+from .device import check_device_options, environment, resolve_device, synchronize
 from .engine import Diverged, EpochStats, Interrupted, StepContext, evaluate, train_epoch
 from .loaders import DeviceLoader, make_loader
 from .model import ResNet18, count_trainable
@@ -341,6 +341,7 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
     """Validate cfg, then train in run_dir (default: the Hydra job's output dir); returns run.json's content."""
     validate(cfg)
     device = resolve_device(cfg.device.name)
+    check_device_options(cfg, device)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):

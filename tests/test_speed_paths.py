@@ -1,0 +1,171 @@
+"""The fast path (loader=device, bf16, channels_last, compile, events timing): same distribution, same numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+
+from conftest import TINY, compose, requires_cuda
+from trainbench import loaders
+from trainbench.config import ConfigError
+from trainbench.data import MEAN, STD, ArrayDataset, make_synthetic
+from trainbench.loaders import PAD, DeviceLoader, crop_flip
+from trainbench.run import run
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_crop_offsets_uniform_and_flip_rate_half(monkeypatch):
+    seen = []
+    real = loaders.crop_flip
+
+    def spy(padded, dy, dx, flip, size):
+        seen.append((dy.clone(), dx.clone(), flip.clone()))
+        return real(padded, dy, dx, flip, size)
+
+    monkeypatch.setattr(loaders, "crop_flip", spy)
+    data = make_synthetic(1000, "train")
+    dl = DeviceLoader(data, train=True, batch_size=250, device=torch.device("cpu"), std=STD["lab"], seed=3)
+    for _ in range(20):  # 20 epochs x 1000 images
+        for _ in dl:
+            pass
+    dy = torch.cat([s[0] for s in seen])
+    dx = torch.cat([s[1] for s in seen])
+    flip = torch.cat([s[2] for s in seen]).float()
+    n = len(dy)
+    counts = torch.bincount(dy * 9 + dx, minlength=81).float()
+    assert dy.min() == 0 and dy.max() == 2 * PAD and dx.min() == 0 and dx.max() == 2 * PAD
+    expected = n / 81
+    # each of the 9x9 positions within 5 standard deviations of a uniform draw, and chi-square plausible
+    assert (counts - expected).abs().max() < 5 * expected**0.5
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 130  # 80 degrees of freedom: p < 1e-3 above 124.8
+    assert abs(flip.mean().item() - 0.5) < 4 * (0.25 / n) ** 0.5
+    assert (dy == dx).float().mean() < 0.2  # the two offsets are drawn independently
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_crop_flip_equals_torchvision(flip):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    std = STD["lab"]
+    padded = torch.nn.functional.pad(torch.from_numpy(img)[None], (0, 0, PAD, PAD, PAD, PAD))
+    for i, j in [(0, 0), (8, 8), (3, 5), (7, 1)]:
+        pil = TF.pad(Image.fromarray(img), PAD)  # what RandomCrop(32, padding=4) does
+        pil = TF.crop(pil, i, j, 32, 32)
+        if flip:
+            pil = TF.hflip(pil)
+        ref = T.Normalize(MEAN, std)(T.ToTensor()(pil))
+        out = crop_flip(padded, torch.tensor([i]), torch.tensor([j]), torch.tensor([flip]), 32)
+        mine = (out.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        torch.testing.assert_close(mine[0], ref, atol=1e-6, rtol=1e-6)
+
+
+def test_device_loader_covers_the_split_once_per_epoch_and_test_is_plain():
+    data = ArrayDataset(np.arange(10 * 32 * 32 * 3, dtype=np.int64).reshape(10, 32, 32, 3).astype(np.uint8),
+                        np.arange(10), ["c"] * 10)  # fmt: skip
+    train = DeviceLoader(data, train=True, batch_size=4, device=torch.device("cpu"), std=STD["lab"], seed=0)
+    labels = torch.cat([y for _, y in train])
+    assert sorted(labels.tolist()) == list(range(10)) and len(train) == 3
+    assert labels.tolist() != list(range(10))  # shuffled
+    test = DeviceLoader(data, train=False, batch_size=4, device=torch.device("cpu"), std=STD["lab"])
+    x, y = next(iter(test))
+    ref = T.Normalize(MEAN, STD["lab"])(T.ToTensor()(Image.fromarray(data.images[0])))
+    torch.testing.assert_close(x[0], ref, atol=1e-6, rtol=1e-6)
+    assert y.tolist() == [0, 1, 2, 3]
+
+
+def test_device_loader_run_counts_its_time_as_data(tmp_path):
+    info = run(compose([*TINY, "loader=device", "epochs=2"]), tmp_path / "r")
+    assert info["status"] == "complete"
+    for r in rows(tmp_path / "r" / "epochs.csv"):
+        assert 0 < float(r["data_time_s"]) < float(r["epoch_time_s"])
+        assert int(r["samples"]) == 64
+
+
+def test_device_loader_works_for_imagefolder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / split / cls / f"{i}.png")
+    cfg = compose([*[a for a in TINY if not a.startswith("data")], "data=imagefolder", f"data.root={tmp_path / 'img'}",
+                   "loader=device", "batch_size=4"])  # fmt: skip
+    assert run(cfg, tmp_path / "r")["status"] == "complete"
+    assert len(rows(tmp_path / "r" / "batches.csv")) == 4
+
+
+def test_bf16_loss_curve_tracks_fp32(tmp_path):
+    """bf16 autocast against fp32, same seed and data: the first loss within 0.02 (only rounding differs),
+    and each epoch's mean training loss within 5% (relative) of fp32's."""
+    base = [*TINY, "data.train_size=128", "optimizer.lr=0.02", "epochs=3", "test_eval=false"]
+    run(compose(base), tmp_path / "fp32")
+    run(compose([*base, "precision=bf16"]), tmp_path / "bf16")
+    a = [float(r["loss"]) for r in rows(tmp_path / "fp32" / "batches.csv")]
+    b = [float(r["loss"]) for r in rows(tmp_path / "bf16" / "batches.csv")]
+    assert len(a) == len(b) == 12 and a != b  # bf16 really ran
+    assert abs(a[0] - b[0]) < 0.02, (a[0], b[0])
+    ea = [float(r["train_loss"]) for r in rows(tmp_path / "fp32" / "epochs.csv")]
+    eb = [float(r["train_loss"]) for r in rows(tmp_path / "bf16" / "epochs.csv")]
+    assert ea[-1] < ea[0] and eb[-1] < eb[0]  # both learn
+    for x, y in zip(ea, eb):
+        assert abs(x - y) / x < 0.05, (ea, eb)
+
+
+def test_channels_last_matches_contiguous(tmp_path):
+    base = [*TINY, "epochs=1", "test_eval=false"]
+    run(compose(base), tmp_path / "a")
+    run(compose([*base, "channels_last=true"]), tmp_path / "b")
+    a = [float(r["loss"]) for r in rows(tmp_path / "a" / "batches.csv")]
+    b = [float(r["loss"]) for r in rows(tmp_path / "b" / "batches.csv")]
+    assert np.allclose(a, b, atol=1e-3), (a, b)
+
+
+def test_fp16_needs_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(ConfigError, match="precision='fp16'.*CUDA"):
+        run(compose([*TINY, "precision=fp16"]), tmp_path / "r")
+
+
+def test_events_timing_falls_back_to_sync_on_cpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    info = run(compose([*TINY, "timing=events"]), tmp_path / "r")
+    assert info["timing_mode"] == "sync"
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["timing"] == "events"
+
+
+@pytest.mark.slow
+def test_compile_time_is_reported_apart(tmp_path):
+    info = run(compose([*TINY, "compile=true", "model.width=4"]), tmp_path / "r")
+    assert info["status"] == "complete" and info["compile_time_s"] > 0
+    r = rows(tmp_path / "r" / "epochs.csv")[0]
+    assert float(r["epoch_time_s"]) < info["compile_time_s"]  # compilation is not in the epoch
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("timing", ["sync", "events"])
+def test_cuda_fast_path(tmp_path, timing):
+    cfg = compose([*TINY, "device=cuda", "loader=device", "precision=bf16", "channels_last=true", f"timing={timing}"])
+    info = run(cfg, tmp_path / "r")
+    assert info["status"] == "complete" and info["timing_mode"] == timing
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_fp16_with_scaler_and_pinned_loader(tmp_path):
+    cfg = compose([*TINY, "device=cuda", "precision=fp16", "workers=2"])
+    assert run(cfg, tmp_path / "r")["status"] == "complete"
