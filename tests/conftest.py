@@ -28,7 +28,9 @@ def compose(overrides: list[str] | None = None):
     return _compose(list(overrides or []))
 
 
-def train_cli(args: list[str], cwd: Path, timeout: float = 240, check: bool = False, **kw) -> subprocess.CompletedProcess:
+def train_cli(
+    args: list[str], cwd: Path, timeout: float = 240, check: bool = False, **kw
+) -> subprocess.CompletedProcess:
     """Run `python train.py ARGS` in a subprocess (cwd: a temp dir so outputs/ and multirun/ land there)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     env.pop("TRAINBENCH_DATA", None)

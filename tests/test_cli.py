@@ -22,7 +22,9 @@ def rows(path):
 
 def test_cli_run_writes_spec_files(tmp_path):
     d = tmp_path / "run"
-    p = train_cli([*TINY, "epochs=2", "data.train_size=128", "data.test_size=64", f"hydra.run.dir={d}"], tmp_path, check=True)
+    p = train_cli(
+        [*TINY, "epochs=2", "data.train_size=128", "data.test_size=64", f"hydra.run.dir={d}"], tmp_path, check=True
+    )
     ep, ba = rows(d / "epochs.csv"), rows(d / "batches.csv")
     assert set(EPOCH_SPEC) <= set(ep[0]) and set(BATCH_SPEC) <= set(ba[0])
     assert [int(r["epoch"]) for r in ep] == [0, 1]

@@ -26,7 +26,12 @@ def test_every_option_composes(group, option):
 def test_defaults_reproduce_c1():
     cfg = compose()
     assert (cfg.epochs, cfg.batch_size, cfg.workers) == (5, 128, 2)
-    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
+        "sgd",
+        0.1,
+        0.9,
+        5e-4,
+    )
     assert (cfg.norm.name, cfg.data.name, cfg.loader.name, cfg.precision) == ("batchnorm", "cifar10", "torch", "fp32")
     assert cfg.data.normalize == "lab"
     validate(cfg)
@@ -69,7 +74,10 @@ def test_range_checks_name_key_value_and_allowed(override, key):
         (["optimizer=nosuch"], ["optimizer", "nosuch", "sgd", "adam"]),
         (["epochs=0"], ["epochs=0", "allowed", ">= 1"]),
         (["batch_size=abc"], ["batch_size", "abc"]),
-        (["data=cifar10", "data.root=NOWHERE", "data.download=false"], ["NOWHERE", "data.root=", "data.download=true", "data=synthetic"]),
+        (
+            ["data=cifar10", "data.root=NOWHERE", "data.download=false"],
+            ["NOWHERE", "data.root=", "data.download=true", "data=synthetic"],
+        ),
         (["device=cuda"], ["device", "device=cpu"]),
     ],
 )

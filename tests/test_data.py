@@ -35,7 +35,9 @@ def write_cifar(root: Path, seed: int = 0) -> dict:
         labels = [int(i % 10) for i in range(n)]
         rows = hwc.transpose(0, 3, 1, 2).reshape(n, 3072)  # the file stores planes R, G, B per image
         with open(d / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": labels, "data": rows, "filenames": [f"{i}.png" for i in range(n)]}, f)
+            pickle.dump(
+                {"batch_label": name, "labels": labels, "data": rows, "filenames": [f"{i}.png" for i in range(n)]}, f
+            )
         images[name] = (hwc, labels)
     with open(d / "batches.meta", "wb") as f:
         pickle.dump({"label_names": D.CIFAR_CLASSES, "num_cases_per_batch": N_TRAIN_PER_BATCH}, f)
@@ -121,7 +123,7 @@ def test_cifar10_download_once_under_concurrency(tmp_path, monkeypatch):
     server.shutdown()
     assert errors == [] and len(results) == 3
     assert len(calls) == 1  # downloaded once; the others waited for the lock and found it verified
-    for train, test in results:
+    for train, _ in results:
         np.testing.assert_array_equal(train.images, results[0][0].images)
 
 
@@ -178,7 +180,9 @@ def test_imagefolder(tmp_path):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
                 size = 32 if i else 40  # one odd size: resized to data.image_size
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
     train, test = D.load_imagefolder(tmp_path, 32)
     assert train.classes == ["cat", "dog"]
     assert train.images.shape == (6, 32, 32, 3) and test.images.shape == (4, 32, 32, 3)

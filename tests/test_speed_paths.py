@@ -99,7 +99,9 @@ def test_device_loader_works_for_imagefolder(tmp_path):
         for cls in ("a", "b"):
             (tmp_path / "img" / split / cls).mkdir(parents=True)
             for i in range(8):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / cls / f"{i}.png"
+                )
     cfg = compose([*[a for a in TINY if not a.startswith("data")], "data=imagefolder", f"data.root={tmp_path / 'img'}",
                    "loader=device", "batch_size=4"])  # fmt: skip
     assert run(cfg, tmp_path / "r")["status"] == "complete"

@@ -53,24 +53,30 @@ def epoch(i: int, data: float, compute: float, other: float = 0.1, acc: float = 
 
 
 def test_summarizer_on_crafted_runs(tmp_path):
-    for i, (w, data) in enumerate([(0, 8.0), (1, 5.0), (4, 1.0), (8, 2.0)]):
+    for w, data in [(0, 8.0), (1, 5.0), (4, 1.0), (8, 2.0)]:
         for seed in (0, 1):
             write_run(tmp_path / f"w{w}_s{seed}", "complete", {"workers": w},
                       [epoch(0, data + seed, 3.0), epoch(1, data + seed, 3.0)], seed=seed)  # fmt: skip
     write_run(tmp_path / "failed", "failed", {"workers": 12}, [epoch(0, 0.01, 1.0)])
     write_run(tmp_path / "running", "running", {"workers": 16}, [epoch(0, 0.01, 1.0)], truncate=True)
     (tmp_path / "diverged").mkdir()
-    (tmp_path / "diverged" / "run.json").write_text(json.dumps({"status": "diverged", "error": "loss=nan", "config": {"workers": 2}}))
+    (tmp_path / "diverged" / "run.json").write_text(
+        json.dumps({"status": "diverged", "error": "loss=nan", "config": {"workers": 2}})
+    )
     s = summarize(tmp_path, inspect_models=False)
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert len(summary) == 11
-    assert set(summary.columns[:2]) == {"workers", "seed"} and summary.columns[2] == "run"  # the settings that vary come first
+    assert (
+        set(summary.columns[:2]) == {"workers", "seed"} and summary.columns[2] == "run"
+    )  # the settings that vary come first
     assert summary.set_index("run").loc["running", "epochs"] == 1  # truncated last line dropped
     assert set(summary["status"]) == {"complete", "failed", "running", "diverged"}
     c3 = s.tables["c3_workers"]
     assert sorted(c3["workers"]) == [0, 1, 4, 8]  # failed/unfinished runs are in no table
     row4 = c3.set_index("workers").loc[4]
-    assert row4["total_data_time_s"] == pytest.approx((1.0 * 2 + 2.0 * 2) / 2)  # two epochs each; mean over seeds 0 and 1
+    assert row4["total_data_time_s"] == pytest.approx(
+        (1.0 * 2 + 2.0 * 2) / 2
+    )  # two epochs each; mean over seeds 0 and 1
     assert row4["total_data_time_s_std"] > 0 and row4["runs"] == 2
     report = (tmp_path / "report.md").read_text()
     assert "**4**" in report  # best count from the numbers
@@ -82,6 +88,7 @@ def test_summarizer_on_crafted_runs(tmp_path):
 
 def _expected_params(width: int = 64, bn: bool = True, classes: int = 10) -> int:
     """ResNet-18 (CIFAR) parameters from its definition in SPEC, counted independently of the code."""
+
     def norm(c):
         return 2 * c if bn else 0
 
@@ -128,7 +135,9 @@ def test_inspect_cli(tmp_path):
 
 def test_multirun_of_five_optimizers_ends_with_report(tmp_path):
     sweep = tmp_path / "sweep"
-    train_cli(["-m", "optimizer=sgd,nesterov,adagrad,adadelta,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True)
+    train_cli(
+        ["-m", "optimizer=sgd,nesterov,adagrad,adadelta,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True
+    )
     s = pd.read_csv(sweep / "summary.csv")
     assert len(s) == 5 and list(s["optimizer"]) == ["sgd", "nesterov", "adagrad", "adadelta", "adam"]
     assert (s["status"] == "complete").all()

@@ -25,4 +25,6 @@ class SummarizeOnMultirunEnd(Callback):
         if bad:
             for r in bad:
                 print(f"[trainbench] job {r.name}: {r.status}: {r.error or ''}", flush=True)
-            raise SystemExit(f"[trainbench] {len(bad)} of {len(result.runs)} jobs did not complete (see {result.report_path})")
+            raise SystemExit(
+                f"[trainbench] {len(bad)} of {len(result.runs)} jobs did not complete (see {result.report_path})"
+            )

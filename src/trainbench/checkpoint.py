@@ -9,7 +9,7 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def save_checkpoint(run_dir: Path, epoch: int, state: dict[str, Any], keep: int)
     return path
 
 
-def load_latest(run_dir: Path) -> Optional[dict]:
+def load_latest(run_dir: Path) -> dict | None:
     """The newest readable checkpoint; an unreadable one is skipped with a warning, never loaded silently."""
     bad = []
     for epoch, path in list_checkpoints(run_dir):

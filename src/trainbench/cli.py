@@ -67,5 +67,11 @@ def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception) -> None:
         config = None
     write_json(
         run_dir / "run.json",
-        {"status": "failed", "error": f"{type(e).__name__}: {e}", "config": config, "finished_at": _now(), **hydra_info()},
+        {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "config": config,
+            "finished_at": _now(),
+            **hydra_info(),
+        },
     )

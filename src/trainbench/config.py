@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -29,9 +29,9 @@ class DeviceConfig:
 @dataclass
 class LoaderConfig:
     name: str = "torch"  # torch: the lab's DataLoader; device: dataset on the device, batch augmentation
-    pin_memory: Optional[bool] = None  # null: on when the device is CUDA
+    pin_memory: bool | None = None  # null: on when the device is CUDA
     persistent_workers: bool = False
-    prefetch_factor: Optional[int] = None  # null: PyTorch's default (2) when workers > 0
+    prefetch_factor: int | None = None  # null: PyTorch's default (2) when workers > 0
 
 
 @dataclass
@@ -39,8 +39,8 @@ class DataConfig:
     name: str = "cifar10"  # cifar10 | synthetic | imagefolder
     root: str = "${oc.env:TRAINBENCH_DATA,data}"
     download: bool = True
-    train_size: Optional[int] = None  # null = all; N = fixed class-balanced subset
-    test_size: Optional[int] = None
+    train_size: int | None = None  # null = all; N = fixed class-balanced subset
+    test_size: int | None = None
     normalize: str = "lab"  # lab: std (0.2023, 0.1994, 0.2010) as the lab; true: CIFAR-10's real std
     image_size: int = 32  # imagefolder images are resized to this
 
@@ -62,8 +62,8 @@ class OptimizerConfig:
     _target_: str = "torch.optim.SGD"
     lr: float = 0.1
     weight_decay: float = 5e-4
-    momentum: Optional[float] = 0.9  # null where the optimizer has none
-    nesterov: Optional[bool] = None
+    momentum: float | None = 0.9  # null where the optimizer has none
+    nesterov: bool | None = None
 
 
 @dataclass
@@ -80,7 +80,7 @@ class ResumeConfig:
 
 @dataclass
 class FaultsConfig:
-    nan_at_step: Optional[int] = None  # inject a NaN loss at this global step (tests)
+    nan_at_step: int | None = None  # inject a NaN loss at this global step (tests)
 
 
 @dataclass
@@ -106,7 +106,7 @@ class TrainConfig:
     compile: bool = False
     timing: str = "sync"  # sync: exact per-step split; events: CUDA events read once per epoch
     cudnn_benchmark: bool = True
-    progress: Optional[bool] = None  # null: a progress bar on a terminal only; true/false: always/never
+    progress: bool | None = None  # null: a progress bar on a terminal only; true/false: always/never
 
 
 CHOICES = {

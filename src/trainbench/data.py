@@ -5,10 +5,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import urllib.error
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: np.ndarray) -> "ArrayDataset":
+    def subset(self, idx: np.ndarray) -> ArrayDataset:
         """The images at idx, in that order."""
         return ArrayDataset(self.images[idx], self.labels[idx], self.classes)
 
@@ -158,7 +158,7 @@ def load_imagefolder(root: Path, image_size: int) -> tuple[ArrayDataset, ArrayDa
     return read("train"), read("test")
 
 
-def load_data(cfg_data, test_needed: bool = True) -> tuple[ArrayDataset, Optional[ArrayDataset]]:
+def load_data(cfg_data, test_needed: bool = True) -> tuple[ArrayDataset, ArrayDataset | None]:
     """The configured train and test splits, subset as data.train_size / data.test_size say."""
     name, root = cfg_data.name, Path(str(cfg_data.root)).expanduser()
     if name == "synthetic":

@@ -24,9 +24,13 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda")
         return torch.device("mps") if _mps_available() else torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "cuda", "cpu or auto on this machine", "no CUDA device is visible; use device=cpu or device=auto")
+        raise ConfigError(
+            "device", "cuda", "cpu or auto on this machine", "no CUDA device is visible; use device=cpu or device=auto"
+        )
     if name == "mps" and not _mps_available():
-        raise ConfigError("device", "mps", "cpu or auto on this machine", "Apple MPS is not available; use device=cpu or device=auto")
+        raise ConfigError(
+            "device", "mps", "cpu or auto on this machine", "Apple MPS is not available; use device=cpu or device=auto"
+        )
     if name not in ("cpu", "cuda", "mps"):
         raise ConfigError("device", name, "auto, cpu, cuda, mps")
     return torch.device(name)
@@ -96,4 +100,6 @@ def environment(device: torch.device) -> dict:
 def check_device_options(cfg, device: torch.device) -> None:
     """Options that need a particular device, checked once the device is known."""
     if cfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision", "fp16", f"fp32 or bf16 on {device.type}", "fp16 with a gradient scaler needs CUDA")
+        raise ConfigError(
+            "precision", "fp16", f"fp32 or bf16 on {device.type}", "fp16 with a gradient scaler needs CUDA"
+        )

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,10 +81,10 @@ class StepContext:
     optimizer: torch.optim.Optimizer
     device: torch.device
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
-    autocast_dtype: Optional[torch.dtype] = None
-    scaler: Optional[Any] = None  # torch.amp.GradScaler for fp16
+    autocast_dtype: torch.dtype | None = None
+    scaler: Any | None = None  # torch.amp.GradScaler for fp16
     channels_last: bool = False
-    nan_at_step: Optional[int] = None  # fault injection
+    nan_at_step: int | None = None  # fault injection
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -93,7 +94,9 @@ class StepContext:
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         non_blocking = self.device.type == "cuda"  # pinned host memory makes this copy asynchronous
-        return x.to(self.device, non_blocking=non_blocking, memory_format=fmt), y.to(self.device, non_blocking=non_blocking)
+        return x.to(self.device, non_blocking=non_blocking, memory_format=fmt), y.to(
+            self.device, non_blocking=non_blocking
+        )
 
     def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step; returns (loss, logits), still on the device (nothing is read back here)."""
@@ -120,7 +123,7 @@ def train_epoch(
     epoch: int,
     *,
     first_step: int = 0,
-    on_batch: Optional[Callable[[BatchRecord, EpochStats], None]] = None,
+    on_batch: Callable[[BatchRecord, EpochStats], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     timing: str = "sync",
 ) -> EpochStats:

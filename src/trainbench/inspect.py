@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -115,15 +115,19 @@ def render(f: dict[str, Any]) -> str:
     lines.append(f"    normalization layers: {f['norm_layers']}")
     if f.get("layers"):
         lines += ["", f"{'layer':<28}{'type':<14}{'output shape':<22}{'parameters':>12}"]
-        lines += [f"{r['layer']:<28}{r['type']:<14}{str(r['output_shape']):<22}{r['parameters']:>12,}" for r in f["layers"]]
+        lines += [
+            f"{r['layer']:<28}{r['type']:<14}{str(r['output_shape']):<22}{r['parameters']:>12,}" for r in f["layers"]
+        ]
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     p = argparse.ArgumentParser(prog="python -m trainbench.inspect", description=__doc__.splitlines()[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optimizer=adam norm=none")
-    p.add_argument("--json", type=Path, default=Path("inspect.json"), help="where to write the JSON (default inspect.json)")
+    p.add_argument(
+        "--json", type=Path, default=Path("inspect.json"), help="where to write the JSON (default inspect.json)"
+    )
     p.add_argument("--no-layers", action="store_true", help="leave out the per-layer table")
     a = p.parse_args(argv)
     facts = model_facts(compose(a.overrides), layers=not a.no_layers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -50,11 +50,11 @@ def torch_loader(
     batch_size: int,
     num_workers: int,
     std: tuple[float, float, float],
-    generator: Optional[torch.Generator],
+    generator: torch.Generator | None,
     pin_memory: bool,
     persistent_workers: bool = False,
-    prefetch_factor: Optional[int] = None,
-    dataset: Optional[Dataset] = None,
+    prefetch_factor: int | None = None,
+    dataset: Dataset | None = None,
 ) -> DataLoader:
     """The lab's DataLoader: shuffled (seeded by generator) when train, workers seeded, optional pinning."""
     size = data.images.shape[1]
@@ -124,7 +124,7 @@ class DeviceLoader:
             yield x, self.labels[idx]
 
 
-def make_loader(cfg, data: ArrayDataset, train: bool, device: torch.device, generator: Optional[torch.Generator]):
+def make_loader(cfg, data: ArrayDataset, train: bool, device: torch.device, generator: torch.Generator | None):
     """The configured loader (cfg.loader.name) for one split."""
     std = STD[cfg.data.normalize]
     if cfg.loader.name == "device":

@@ -8,8 +8,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 EPOCH_COLUMNS = [
     "epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc",
@@ -58,7 +59,7 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
-def read_json(path: Path) -> Optional[dict]:
+def read_json(path: Path) -> dict | None:
     """The JSON in path, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
@@ -135,9 +136,9 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / ".lock"
-        self.fh: Optional[Any] = None
+        self.fh: Any | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.fh = open(self.path, "a+")
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

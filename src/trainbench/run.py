@@ -12,7 +12,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ class _StopFlag:
     """SIGTERM/SIGINT ask the loop to stop at the next batch boundary; a second SIGINT stops at once."""
 
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -92,7 +92,7 @@ class _StopFlag:
         self.signum = signum
         log.warning("received %s: stopping after the current batch", signal.Signals(signum).name)
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGTERM, signal.SIGINT):
                 self._old[s] = signal.signal(s, self._handle)
@@ -136,10 +136,12 @@ class Trainer:
         self.info.update(updates, updated_at=_now())
         write_json(self.json_path, self.info)
 
-    def _check_existing(self, ckpt: Optional[dict], fp: str) -> None:
+    def _check_existing(self, ckpt: dict | None, fp: str) -> None:
         """Refuse to mix a different config into, or write over, what the run dir already holds."""
         rows = read_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
-        saved = ckpt or ({"fingerprint": self.info.get("fingerprint"), "config": self.info.get("config")} if rows else None)
+        saved = ckpt or (
+            {"fingerprint": self.info.get("fingerprint"), "config": self.info.get("config")} if rows else None
+        )
         if saved and saved.get("fingerprint") and saved["fingerprint"] != fp:
             diff = ckpt_mod.config_diff(saved.get("train_config") or {}, ckpt_mod.training_config(self.cfg))
             raise ckpt_mod.CheckpointError(
@@ -193,7 +195,7 @@ class Trainer:
         except OSError as e:  # the disk may be what failed; the status cannot be recorded then
             log.error("could not record status %s in %s: %s", status, self.json_path, e)
 
-    def _fit(self, ckpt: Optional[dict], start_epoch: int, timing: str) -> dict[str, Any]:
+    def _fit(self, ckpt: dict | None, start_epoch: int, timing: str) -> dict[str, Any]:
         cfg, dev, run_dir = self.cfg, self.device, self.run_dir
         seed_everything(cfg.seed)
         if dev.type == "cuda":
@@ -261,7 +263,7 @@ class Trainer:
                     bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{cfg.epochs - 1}", disable=disable,
                                leave=False, mininterval=0.5, unit="batch")  # fmt: skip
 
-                    def on_batch(rec, stats: EpochStats) -> None:
+                    def on_batch(rec, stats: EpochStats, bar=bar) -> None:
                         batches_log.write(dataclasses.asdict(rec))
                         bar.update(1)
                         busy = stats.data_time_s + stats.compute_time_s
@@ -276,7 +278,9 @@ class Trainer:
                     global_step += stats.batches
                     # Test evaluation runs after the epoch clock stopped: it is in no timed figure.
                     t = time.perf_counter()
-                    test_loss, test_acc = evaluate(ctx, test_loader) if test_loader is not None else (math.nan, math.nan)
+                    test_loss, test_acc = (
+                        evaluate(ctx, test_loader) if test_loader is not None else (math.nan, math.nan)
+                    )
                     synchronize(dev)
                     eval_s = time.perf_counter() - t if test_loader is not None else math.nan
                     row = {
@@ -337,7 +341,7 @@ class Trainer:
         return elapsed
 
 
-def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Validate cfg, then train in run_dir (default: the Hydra job's output dir); returns run.json's content."""
     validate(cfg)
     device = resolve_device(cfg.device.name)

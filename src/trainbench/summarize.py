@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 
@@ -36,7 +36,7 @@ class Run:
     path: Path
     name: str
     status: str
-    error: Optional[str]
+    error: str | None
     info: dict
     epochs: pd.DataFrame
     settings: dict = field(default_factory=dict)
@@ -105,7 +105,9 @@ def run_row(r: Run) -> dict[str, Any]:
         row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
         row[f"final_{c}"] = e[c].iloc[-1] if len(e) else math.nan
     row["final_test_acc"] = e["test_acc"].iloc[-1] if len(e) else math.nan
-    row["samples_per_s"] = e["samples"].sum() / e["epoch_time_s"].sum() if len(e) and e["epoch_time_s"].sum() else math.nan
+    row["samples_per_s"] = (
+        e["samples"].sum() / e["epoch_time_s"].sum() if len(e) and e["epoch_time_s"].sum() else math.nan
+    )
     row["timing_mode"] = r.info.get("timing_mode")
     row["error"] = r.error
     return row
@@ -151,7 +153,12 @@ def _md(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
 
 
 def _c2(run: Run) -> pd.DataFrame:
-    cols = ["epoch", "train_loss", "train_acc", *[c for c in ("data_time_s", "compute_time_s", "other_time_s", "epoch_time_s")]]
+    cols = [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        *[c for c in ("data_time_s", "compute_time_s", "other_time_s", "epoch_time_s")],
+    ]
     t = run.epochs[cols].copy()
     total = {"epoch": "Total", **{c: t[c].sum() for c in cols[3:]}, "train_loss": math.nan, "train_acc": math.nan}
     avg = {"epoch": "Avg", **{c: t[c].mean() for c in cols[1:]}}
@@ -159,7 +166,7 @@ def _c2(run: Run) -> pd.DataFrame:
     return pd.concat([t, pd.DataFrame([total, avg])], ignore_index=True)
 
 
-def _concurrency_warning(runs: list[Run]) -> Optional[str]:
+def _concurrency_warning(runs: list[Run]) -> str | None:
     spans = []
     for r in runs:
         try:
@@ -169,7 +176,10 @@ def _concurrency_warning(runs: list[Run]) -> Optional[str]:
             continue
         spans.append((a, b, (r.info.get("environment") or {}).get("hostname"), r.name))
     overlaps = {
-        (x[3], y[3]) for i, x in enumerate(spans) for y in spans[i + 1 :] if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]
+        (x[3], y[3])
+        for i, x in enumerate(spans)
+        for y in spans[i + 1 :]
+        if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]
     }
     if not overlaps:
         return None
@@ -209,7 +219,9 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
                                           "samples_per_s"]]), ""]  # fmt: skip
 
     if "workers" in by and len(ok):
-        agg = _agg(ok, ["workers"], ["total_data_time_s", "total_compute_time_s", "total_epoch_time_s", "avg_epoch_time_s"])
+        agg = _agg(
+            ok, ["workers"], ["total_data_time_s", "total_compute_time_s", "total_epoch_time_s", "avg_epoch_time_s"]
+        )
         best, more = best_workers(agg["workers"].tolist(), agg["total_data_time_s"].tolist())
         tables["c3_workers"] = agg
         md += ["## C3: data-loading time per worker count (summed over epochs)", "", _md(agg), ""]
@@ -227,7 +239,9 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
             for tag, e in (("1w", a), (f"{best}w", b)):
                 for c in ("data_time_s", "compute_time_s", "epoch_time_s"):
                     t[f"{c}_{tag}"] = e[c].values[: len(t)]
-            t = pd.concat([t, pd.DataFrame([{"epoch": "Total", **t.iloc[:, 1:].sum()}, {"epoch": "Avg", **t.iloc[:, 1:].mean()}])])
+            t = pd.concat(
+                [t, pd.DataFrame([{"epoch": "Total", **t.iloc[:, 1:].sum()}, {"epoch": "Avg", **t.iloc[:, 1:].mean()}])]
+            )
             tables["c4_profile"] = t
             md += [f"## C4: 1 worker against {best} workers, per epoch", "", _md(t), ""]
             findings.append(
@@ -343,7 +357,7 @@ def _plots(done: list[Run], ok: pd.DataFrame, varying: list[str], out: Path) -> 
     return paths
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """CLI: summarize a sweep dir or any tree of run dirs."""
     p = argparse.ArgumentParser(prog="python -m trainbench.summarize", description=__doc__.splitlines()[0])
     p.add_argument("dir", type=Path, help="a sweep dir (multirun/...) or any dir of run dirs")
