@@ -82,6 +82,7 @@ def test_summarizer_on_crafted_runs(tmp_path):
     assert "**4**" in report  # best count from the numbers
     assert "failed" in report and "diverged" in report and "loss=nan" in report
     assert "C4: 1 worker against 4 workers" in report
+    assert " ± " in report  # settings repeated over two seeds: mean ± std
     assert (tmp_path / "plots" / "c3_workers.png").stat().st_size > 1000
     assert (tmp_path / "tables" / "c3_workers.csv").exists()
 
@@ -143,6 +144,8 @@ def test_multirun_of_five_optimizers_ends_with_report(tmp_path):
     assert (s["status"] == "complete").all()
     report = (sweep / "report.md").read_text()
     assert "## C6: per optimizer" in report and "## Q1-Q4" in report and "## Findings" in report
+    facts = json.loads((sweep / "inspect.json").read_text())
+    assert {f["optimizer"] for f in facts} == {"sgd", "nesterov", "adagrad", "adadelta", "adam"}
     for png in ("time_split.png", "curves.png"):
         assert (sweep / "plots" / png).stat().st_size > 1000
 

@@ -13,12 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 from .config import ConfigError, validate
 from .data import DataError, check_available
 from .device import check_device_options, resolve_device
+from .engine import Interrupted
 from .records import read_json, write_json
 from .run import _now, hydra_info, run
 
 log = logging.getLogger("trainbench")
 
 OUR_FILES = ("run.json", "epochs.csv", "batches.csv")
+_sweep_interrupted = False  # set when a signal stopped a job: the sweep's remaining jobs do not start
 
 
 def discard_if_untouched(run_dir: Path) -> None:
@@ -49,17 +51,24 @@ def run_job(cfg: DictConfig) -> None:
         _record_failure(cfg, run_dir, e)
         log.error("job %s failed before training: %s", hc.job.num, e)
         return
+    global _sweep_interrupted
+    if multirun and _sweep_interrupted:
+        _record_failure(cfg, run_dir, Interrupted("not started: the sweep was interrupted"), status="interrupted")
+        log.warning("job %s not started: the sweep was interrupted (re-run the sweep to continue it)", hc.job.num)
+        return
     try:
         run(cfg, run_dir)
     except Exception as e:
         if not multirun:
             raise
+        if isinstance(e, Interrupted):
+            _sweep_interrupted = True
         if read_json(run_dir / "run.json") is None:
             _record_failure(cfg, run_dir, e)
         log.exception("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)
 
 
-def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception) -> None:
+def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception, status: str = "failed") -> None:
     """Leave a run.json with status failed so that the sweep's summary lists this job."""
     try:
         config = OmegaConf.to_container(cfg, resolve=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,10 @@ class Diverged(RuntimeError):
     def __init__(self, epoch: int, batch: int, step: int, loss: float) -> None:
         self.epoch, self.batch, self.step, self.loss = epoch, batch, step, loss
         super().__init__(f"training diverged: loss={loss} at epoch {epoch}, batch {batch} (step {step})")
+
+
+class LoaderDied(RuntimeError):
+    """A DataLoader worker process ended abnormally."""
 
 
 class Interrupted(RuntimeError):
@@ -128,8 +133,36 @@ def train_epoch(
     timing: str = "sync",
 ) -> EpochStats:
     """Train one epoch with the three independent clocks; timing='events' uses CUDA events (CUDA only)."""
-    if timing == "events" and ctx.device.type == "cuda":
-        return _train_epoch_events(ctx, loader, epoch, first_step, on_batch, stop_requested)
+    try:
+        if timing == "events" and ctx.device.type == "cuda":
+            return _train_epoch_events(ctx, loader, epoch, first_step, on_batch, stop_requested)
+        return _train_epoch_sync(ctx, loader, epoch, first_step, on_batch, stop_requested)
+    except Exception as e:
+        # Free the finished frames' locals now, so that the DataLoader iterator shuts its workers down
+        # (and stops watching SIGCHLD) at once, not whenever this traceback is collected.
+        traceback.clear_frames(e.__traceback__)
+        raise
+
+
+def _next_batch(it):
+    """next(it), with a dead DataLoader worker turned into one clear error (never a hang)."""
+    try:
+        return next(it)
+    except StopIteration:
+        raise
+    except (RuntimeError, ConnectionError, EOFError) as e:
+        # A killed worker shows up as torch's "DataLoader worker (pid N) is killed by signal" or, when it
+        # dies while handing over a batch through shared memory, as a reset connection.
+        if isinstance(e, RuntimeError) and "DataLoader worker" not in str(e):
+            raise
+        raise LoaderDied(
+            f"a DataLoader worker process died ({type(e).__name__}: {e}); this is often out of memory or a "
+            "crash in the dataset: run with workers=0 to see the error in the main process"
+        ) from e
+
+
+def _train_epoch_sync(ctx, loader, epoch, first_step, on_batch, stop_requested) -> EpochStats:
+    """Exact per-step split: the device is synchronized around every step."""
     ctx.model.train()
     stats = EpochStats(epoch)
     dev = ctx.device
@@ -141,7 +174,7 @@ def train_epoch(
         # The device is idle here (the last step ended with a sync), so this clock needs no sync.
         t0 = time.perf_counter()
         try:
-            x, y = next(it)
+            x, y = _next_batch(it)
         except StopIteration:
             break
         synchronize(dev)  # note: sync point; the device loader's augmentation is data time, not compute
@@ -190,7 +223,7 @@ def _train_epoch_events(ctx, loader, epoch, first_step, on_batch, stop_requested
     while True:
         t0 = time.perf_counter()
         try:
-            x, y = next(it)
+            x, y = _next_batch(it)
         except StopIteration:
             break
         data_s = time.perf_counter() - t0

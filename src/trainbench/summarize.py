@@ -7,6 +7,7 @@ an average; the others are listed with their status and error.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -138,8 +139,21 @@ def _agg(df: pd.DataFrame, by: list[str], cols: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _pm(df: pd.DataFrame, floatfmt: str = ".4g") -> pd.DataFrame:
+    """Merge each column c with its c_std partner (settings repeated over seeds) into 'mean ± std' text."""
+    out = df.copy()
+    for c in [c for c in df.columns if f"{c}_std" in df.columns]:
+        out[c] = [
+            format(m, floatfmt) if pd.isna(sd) else f"{format(m, floatfmt)} ± {format(sd, floatfmt)}"
+            for m, sd in zip(df[c], df[f"{c}_std"])
+        ]
+        out = out.drop(columns=f"{c}_std")
+    return out
+
+
 def _md(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A pandas frame as a markdown table (no tabulate dependency)."""
+    """A pandas frame as a markdown table (no tabulate dependency); mean ± std where seeds repeat."""
+    df = _pm(df, floatfmt)
     cols = list(df.columns)
 
     def cell(v: Any) -> str:
@@ -293,6 +307,7 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
                                                "linear_in_features", "trainable_parameters", "gradients",
                                                "optimizer_state_tensors", "optimizer_state_elements")} for f in facts])  # fmt: skip
         tables["q1_q4"] = q
+        (root / "inspect.json").write_text(json.dumps(facts, indent=2) + "\n")  # full facts, optimizer state included
         md += ["## Q1-Q4: the model", "", _md(q), ""]
     if findings:
         md[4:4] = ["## Findings", "", *[f"- {f}" for f in findings], ""]
