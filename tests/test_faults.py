@@ -115,12 +115,12 @@ def test_sigterm_mid_epoch_marks_interrupted_and_resumes(tmp_path, reference):
 def test_rows_past_the_checkpoint_are_reconciled(tmp_path, reference):
     """Epoch rows written after the last checkpoint (killed between row and checkpoint) are redone once."""
     d = tmp_path / "run"
-    train_cli([*RESUME, "checkpoint.keep=3", f"hydra.run.dir={d}"], tmp_path, check=True)
+    run(compose([*RESUME, "checkpoint.keep=3"]), d)
     for e in (1, 2):
         (d / f"checkpoint_epoch{e}.pt").unlink()  # as if killed right after writing rows 1 and 2
     info = json.loads((d / "run.json").read_text())
     (d / "run.json").write_text(json.dumps({**info, "status": "running"}))
-    train_cli([*RESUME, "checkpoint.keep=3", f"hydra.run.dir={d}"], tmp_path, check=True)
+    assert run(compose([*RESUME, "checkpoint.keep=3"]), d)["resumed_from_epoch"] == 1
     assert [r["epoch"] for r in rows(d / "epochs.csv")] == ["0", "1", "2"]
     assert metrics(d) == metrics(reference)
     assert batch_losses(d) == batch_losses(reference)
@@ -139,7 +139,7 @@ def test_nan_at_chosen_step_marks_diverged(tmp_path):
 
 def test_truncated_checkpoint_is_never_loaded(tmp_path):
     d = tmp_path / "run"
-    train_cli([*TINY, "epochs=2", f"hydra.run.dir={d}"], tmp_path, check=True)
+    run(compose([*TINY, "epochs=2"]), d)
     ck = d / "checkpoint_epoch1.pt"
     ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
     before = (d / "epochs.csv").read_text()

@@ -64,6 +64,15 @@ class EpochStats:
     epoch_time_s: float = 0.0
     records: list[BatchRecord] = field(default_factory=list)
 
+    def add(self, rec: BatchRecord, correct: int) -> None:
+        """Count one finished batch into the epoch's totals."""
+        self.batches += 1
+        self.samples += rec.size
+        self.loss_sum += rec.loss * rec.size
+        self.correct += correct
+        self.data_time_s += rec.data_time_s
+        self.compute_time_s += rec.compute_time_s
+
     @property
     def other_time_s(self) -> float:
         """Epoch time not spent waiting for data or computing (>= 0 up to float rounding)."""
@@ -141,7 +150,17 @@ def train_epoch(
         # Free the finished frames' locals now, so that the DataLoader iterator shuts its workers down
         # (and stops watching SIGCHLD) at once, not whenever this traceback is collected.
         traceback.clear_frames(e.__traceback__)
+        if isinstance(e, RuntimeError) and not isinstance(e, LoaderDied) and "DataLoader worker" in str(e):
+            # torch's SIGCHLD handler raises wherever the main process happens to be (often mid-step)
+            raise _loader_died(e) from e
         raise
+
+
+def _loader_died(e: BaseException) -> LoaderDied:
+    return LoaderDied(
+        f"a DataLoader worker process died ({type(e).__name__}: {e}); this is often out of memory or a "
+        "crash in the dataset: run with workers=0 to see the error in the main process"
+    )
 
 
 def _next_batch(it):
@@ -150,15 +169,12 @@ def _next_batch(it):
         return next(it)
     except StopIteration:
         raise
-    except (RuntimeError, ConnectionError, EOFError) as e:
+    except (RuntimeError, OSError, EOFError) as e:
         # A killed worker shows up as torch's "DataLoader worker (pid N) is killed by signal" or, when it
-        # dies while handing over a batch through shared memory, as a reset connection.
+        # dies while handing over a batch through shared memory, as a reset or refused connection (OSError).
         if isinstance(e, RuntimeError) and "DataLoader worker" not in str(e):
             raise
-        raise LoaderDied(
-            f"a DataLoader worker process died ({type(e).__name__}: {e}); this is often out of memory or a "
-            "crash in the dataset: run with workers=0 to see the error in the main process"
-        ) from e
+        raise _loader_died(e) from e
 
 
 def _train_epoch_sync(ctx, loader, epoch, first_step, on_batch, stop_requested) -> EpochStats:
@@ -190,12 +206,7 @@ def _train_epoch_sync(ctx, loader, epoch, first_step, on_batch, stop_requested) 
         n = int(y.shape[0])
         correct = int((logits.argmax(1) == y.to(logits.device)).sum().item())
         rec = BatchRecord(epoch, batch, step, n, loss, correct / n, t1 - t0, t2 - t1)
-        stats.batches += 1
-        stats.samples += n
-        stats.loss_sum += loss * n
-        stats.correct += correct
-        stats.data_time_s += rec.data_time_s
-        stats.compute_time_s += rec.compute_time_s
+        stats.add(rec, correct)
         if on_batch is not None:
             on_batch(rec, stats)
         batch += 1
@@ -243,12 +254,7 @@ def _train_epoch_events(ctx, loader, epoch, first_step, on_batch, stop_requested
         if not math.isfinite(loss):
             raise Diverged(epoch, b, first_step + b, loss)
         rec = BatchRecord(epoch, b, first_step + b, n, loss, correct / n, data_s, start.elapsed_time(end) / 1e3)
-        stats.batches += 1
-        stats.samples += n
-        stats.loss_sum += loss * n
-        stats.correct += correct
-        stats.data_time_s += data_s
-        stats.compute_time_s += rec.compute_time_s
+        stats.add(rec, correct)
         if on_batch is not None:
             on_batch(rec, stats)
     if stop_requested():
