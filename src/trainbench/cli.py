@@ -69,7 +69,7 @@ def run_job(cfg: DictConfig) -> None:
 
 
 def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception, status: str = "failed") -> None:
-    """Leave a run.json with status failed so that the sweep's summary lists this job."""
+    """Leave a run.json with this status (failed, or interrupted) so that the sweep's summary lists the job."""
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an unresolvable value may be the failure itself
@@ -77,7 +77,7 @@ def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception, status: str = 
     write_json(
         run_dir / "run.json",
         {
-            "status": "failed",
+            "status": status,
             "error": f"{type(e).__name__}: {e}",
             "config": config,
             "finished_at": _now(),

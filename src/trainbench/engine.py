@@ -62,7 +62,6 @@ class EpochStats:
     data_time_s: float = 0.0
     compute_time_s: float = 0.0
     epoch_time_s: float = 0.0
-    records: list[BatchRecord] = field(default_factory=list)
 
     def add(self, rec: BatchRecord, correct: int) -> None:
         """Count one finished batch into the epoch's totals."""
@@ -164,16 +163,12 @@ def _loader_died(e: BaseException) -> LoaderDied:
 
 
 def _next_batch(it):
-    """next(it), with a dead DataLoader worker turned into one clear error (never a hang)."""
+    """next(it), with a worker that died while handing over a batch turned into one clear error."""
     try:
         return next(it)
-    except StopIteration:
-        raise
-    except (RuntimeError, OSError, EOFError) as e:
-        # A killed worker shows up as torch's "DataLoader worker (pid N) is killed by signal" or, when it
-        # dies while handing over a batch through shared memory, as a reset or refused connection (OSError).
-        if isinstance(e, RuntimeError) and "DataLoader worker" not in str(e):
-            raise
+    except (ConnectionError, EOFError) as e:
+        # A worker killed mid-hand-over (shared-memory fd passing) shows up as a reset or refused
+        # connection; torch's "DataLoader worker ... killed" RuntimeError is handled in train_epoch.
         raise _loader_died(e) from e
 
 

@@ -140,7 +140,9 @@ class Trainer:
         """Refuse to mix a different config into, or write over, what the run dir already holds."""
         rows = read_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
         saved = ckpt or (
-            {"fingerprint": self.info.get("fingerprint"), "config": self.info.get("config")} if rows else None
+            {"fingerprint": self.info.get("fingerprint"), "train_config": self.info.get("train_config")}
+            if rows
+            else None
         )
         if saved and saved.get("fingerprint") and saved["fingerprint"] != fp:
             diff = ckpt_mod.config_diff(saved.get("train_config") or {}, ckpt_mod.training_config(self.cfg))
