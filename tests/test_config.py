@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, compose, train_cli
@@ -105,3 +106,51 @@ def test_bad_override_keeps_existing_run_dir(tmp_path):
     assert p.returncode != 0
     assert (run_dir / "epochs.csv").read_text() == before
     assert (run_dir / "run.json").exists()
+
+
+# The lab's C6 optimizers (SPEC.md), written out here, not read from conf/: class, then param_group values.
+OPTIMIZERS = {
+    "sgd": (torch.optim.SGD, {"lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": False}),
+    "nesterov": (torch.optim.SGD, {"lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True}),
+    "adagrad": (torch.optim.Adagrad, {"lr": 0.1, "weight_decay": 5e-4}),
+    "adadelta": (torch.optim.Adadelta, {"lr": 0.1, "weight_decay": 5e-4}),
+    "adam": (torch.optim.Adam, {"lr": 0.1, "weight_decay": 5e-4}),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_each_optimizer_choice_builds_its_torch_class(name):
+    from trainbench.run import build_optimizer
+
+    cls, hp = OPTIMIZERS[name]
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    opt = build_optimizer(compose([f"optimizer={name}"]).optimizer, params)
+    assert type(opt) is cls
+    group = opt.param_groups[0]
+    for k, v in hp.items():
+        assert group[k] == v, (name, k, group[k])
+    assert group["params"] == params
+
+
+def test_optimizer_state_after_a_real_step_matches_the_algorithm():
+    """What each algorithm keeps (torch's own state names) tells the class apart even if names were swapped."""
+    from trainbench.run import build_optimizer
+
+    expected = {"sgd": {"momentum_buffer"}, "nesterov": {"momentum_buffer"}, "adagrad": {"sum", "step"},
+                "adadelta": {"square_avg", "acc_delta", "step"}, "adam": {"exp_avg", "exp_avg_sq", "step"}}  # fmt: skip
+    for name, keys in expected.items():
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = build_optimizer(compose([f"optimizer={name}"]).optimizer, [p])
+        (p * torch.arange(3.0)).sum().backward()
+        opt.step()
+        assert set(opt.state[p]) == keys, (name, set(opt.state[p]))
+
+
+def test_custom_optimizer_target_is_allowed():
+    cfg = compose(["optimizer._target_=torch.optim.RMSprop", "optimizer.name=rmsprop", "optimizer.momentum=0.5",
+                   "optimizer.nesterov=null"])
+    validate(cfg)
+    from trainbench.run import build_optimizer
+
+    opt = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    assert type(opt) is torch.optim.RMSprop and opt.param_groups[0]["momentum"] == 0.5

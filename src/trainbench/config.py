@@ -9,6 +9,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from .data import NORMALIZE_ALIASES
+
 
 class ConfigError(ValueError):
     """A config value is out of range; the message names the key, the value and what is allowed."""
@@ -41,7 +43,7 @@ class DataConfig:
     download: bool = True
     train_size: int | None = None  # null = all; N = fixed class-balanced subset
     test_size: int | None = None
-    normalize: str = "lab"  # lab: std (0.2023, 0.1994, 0.2010) as the lab; true: CIFAR-10's real std
+    normalize: str = "lab"  # lab: std (0.2023, 0.1994, 0.2010) as the lab; cifar10: CIFAR-10's real std
     image_size: int = 32  # imagefolder images are resized to this
 
 
@@ -113,7 +115,7 @@ CHOICES = {
     "device.name": ("auto", "cpu", "cuda", "mps"),
     "loader.name": ("torch", "device"),
     "data.name": ("cifar10", "synthetic", "imagefolder"),
-    "data.normalize": ("lab", "true"),
+    "data.normalize": ("lab", "cifar10"),
     "norm.name": ("batchnorm", "none"),
     "optimizer.name": ("sgd", "nesterov", "adagrad", "adadelta", "adam"),
     "precision": ("fp32", "bf16", "fp16"),
@@ -137,6 +139,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if key == "optimizer.name" and value not in allowed:
             continue  # custom optimizers via optimizer._target_ are allowed
+        if key == "data.normalize" and value in NORMALIZE_ALIASES:
+            continue  # the old spelling data.normalize=true (read by Hydra as a boolean)
         _check(value in allowed, key, value, "one of " + ", ".join(allowed))
     _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
     _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")

@@ -17,7 +17,14 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 MEAN = (0.4914, 0.4822, 0.4465)
-STD = {"lab": (0.2023, 0.1994, 0.2010), "true": (0.2470, 0.2435, 0.2616)}
+STD = {"lab": (0.2023, 0.1994, 0.2010), "cifar10": (0.2470, 0.2435, 0.2616)}
+# data.normalize=true was the old spelling of cifar10; Hydra reads it as a boolean, stored as "True".
+NORMALIZE_ALIASES = {"true": "cifar10", "True": "cifar10"}
+
+
+def normalize_std(name: str) -> tuple[float, float, float]:
+    """The per-channel std that data.normalize names (lab, cifar10, or the old alias true)."""
+    return STD[NORMALIZE_ALIASES.get(name, name)]
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SYNTHETIC_SIZES = {"train": 50_000, "test": 10_000}  # CIFAR-10's, so that timings compare
 SUBSET_SEED = 20190101  # fixed: subsets never depend on the training seed

@@ -179,11 +179,13 @@ def _train_epoch_sync(ctx, loader, epoch, first_step, on_batch, stop_requested) 
     dev = ctx.device
     synchronize(dev)  # nothing queued from before may leak into this epoch
     epoch_start = time.perf_counter()
-    it = iter(loader)  # worker start-up happens here: it is part of the first batch's data wait
+    it = None
     batch = 0
     while True:
         # The device is idle here (the last step ended with a sync), so this clock needs no sync.
         t0 = time.perf_counter()
+        if it is None:
+            it = iter(loader)  # worker start-up happens here: it is part of the first batch's data wait
         try:
             x, y = _next_batch(it)
         except StopIteration:
@@ -224,10 +226,12 @@ def _train_epoch_events(ctx, loader, epoch, first_step, on_batch, stop_requested
     torch.cuda.synchronize(ctx.device)
     epoch_start = time.perf_counter()
     pending = []
-    it = iter(loader)
+    it = None
     batch = 0
     while True:
         t0 = time.perf_counter()
+        if it is None:
+            it = iter(loader)  # worker start-up: part of the first batch's data wait
         try:
             x, y = _next_batch(it)
         except StopIteration:

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from .data import MEAN, STD, ArrayDataset
+from .data import MEAN, ArrayDataset, normalize_std
 
 PAD = 4  # random crop padding (lab: RandomCrop(32, padding=4))
 
@@ -126,7 +126,7 @@ class DeviceLoader:
 
 def make_loader(cfg, data: ArrayDataset, train: bool, device: torch.device, generator: torch.Generator | None):
     """The configured loader (cfg.loader.name) for one split."""
-    std = STD[cfg.data.normalize]
+    std = normalize_std(cfg.data.normalize)
     if cfg.loader.name == "device":
         return DeviceLoader(data, train=train, batch_size=cfg.batch_size, device=device, std=std, seed=cfg.seed)
     pin = cfg.loader.pin_memory if cfg.loader.pin_memory is not None else device.type == "cuda"
