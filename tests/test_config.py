@@ -154,3 +154,73 @@ def test_custom_optimizer_target_is_allowed():
 
     opt = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
     assert type(opt) is torch.optim.RMSprop and opt.param_groups[0]["momentum"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["epochs=1", "batch_size=1", "workers=0", "loader.prefetch_factor=1", "optimizer.weight_decay=0",
+     "optimizer.momentum=0", "optimizer.momentum=0.999", "optimizer.momentum=null", "data.train_size=1",
+     "data.test_size=1", "data.image_size=8", "model.width=1", "checkpoint.keep=1", "faults.nan_at_step=0",
+     "optimizer.lr=1e-9", "data.normalize=cifar10", "data.normalize=true", "precision=bf16", "timing=events",
+     "loader=device", "device=cpu", "norm=none"],
+)  # fmt: skip
+def test_boundary_values_are_accepted(override):
+    validate(compose([override]))
+
+
+@pytest.mark.parametrize(
+    "override,key,allowed",
+    [("batch_size=0", "batch_size", "an integer >= 1"), ("workers=-1", "workers", ">= 0"),
+     ("loader.prefetch_factor=0", "loader.prefetch_factor", "null or an integer >= 1"),
+     ("optimizer.lr=inf", "optimizer.lr", "a finite number > 0"), ("optimizer.lr=nan", "optimizer.lr", "a finite number > 0"),
+     ("optimizer.lr=-0.1", "optimizer.lr", "a finite number > 0"),
+     ("optimizer.weight_decay=-0.5", "optimizer.weight_decay", "a finite number >= 0"),
+     ("optimizer.weight_decay=inf", "optimizer.weight_decay", "a finite number >= 0"),
+     ("optimizer.momentum=1", "optimizer.momentum", "null or 0 <= momentum < 1"),
+     ("optimizer.momentum=-0.1", "optimizer.momentum", "null or 0 <= momentum < 1"),
+     ("data.test_size=0", "data.test_size", "null (all images) or an integer >= 1"),
+     ("data.image_size=7", "data.image_size", "an integer >= 8"), ("model.width=0", "model.width", "an integer >= 1"),
+     ("checkpoint.keep=0", "checkpoint.keep", "an integer >= 1"),
+     ("faults.nan_at_step=-1", "faults.nan_at_step", "null or an integer >= 0"),
+     ("epochs=-1", "epochs", "an integer >= 1"),
+     ("data.normalize=foo", "data.normalize", "one of lab, cifar10"),
+     ("timing=cuda", "timing", "one of sync, events"), ("loader.name=fast", "loader.name", "one of torch, device"),
+     ("device.name=tpu", "device.name", "one of auto, cpu, cuda, mps"),
+     ("data.name=imagenet", "data.name", "one of cifar10, synthetic, imagefolder"),
+     ("norm.name=layer", "norm.name", "one of batchnorm, none"), ("precision=fp8", "precision", "one of fp32, bf16, fp16")],
+)  # fmt: skip
+def test_each_range_check_names_key_value_and_allowed(override, key, allowed):
+    with pytest.raises(ConfigError) as e:
+        validate(compose([override]))
+    value = override.split("=", 1)[1]
+    assert (e.value.key, e.value.allowed) == (key, allowed)
+    assert str(e.value).startswith(f"invalid config: {key}=")
+    assert f"; allowed: {allowed}" in str(e.value) and value.strip("-") in str(e.value)
+
+
+def test_config_error_message_and_hint():
+    e = ConfigError("k", 3, "a number", hint="try k=1")
+    assert str(e) == "invalid config: k=3; allowed: a number. try k=1"
+    assert (e.key, e.value, e.allowed) == ("k", 3, "a number")
+    assert str(ConfigError("k", "x", "y")) == "invalid config: k='x'; allowed: y"
+
+
+def test_schema_defaults_are_the_documented_ones():
+    """The dataclass defaults (what a config without conf/config.yaml gets), as the README's table states them."""
+    from trainbench.config import TrainConfig
+
+    c = OmegaConf.structured(TrainConfig)
+    expected = {
+        "epochs": 5, "workers": 2, "batch_size": 128, "seed": 0, "test_eval": True, "precision": "fp32",
+        "channels_last": False, "compile": False, "timing": "sync", "cudnn_benchmark": True, "progress": None,
+        "device.name": "auto", "loader.name": "torch", "loader.pin_memory": None, "loader.persistent_workers": False,
+        "loader.prefetch_factor": None, "data.name": "cifar10", "data.download": True, "data.train_size": None,
+        "data.test_size": None, "data.normalize": "lab", "data.image_size": 32, "norm.name": "batchnorm",
+        "model.width": 64, "model.num_classes": 10, "optimizer.name": "sgd", "optimizer._target_": "torch.optim.SGD",
+        "optimizer.lr": 0.1, "optimizer.weight_decay": 5e-4, "optimizer.momentum": 0.9, "optimizer.nesterov": None,
+        "checkpoint.enabled": True, "checkpoint.keep": 1, "resume.enabled": True, "resume.restore_rng": True,
+        "faults.nan_at_step": None,
+    }  # fmt: skip
+    for k, v in expected.items():
+        assert OmegaConf.select(c, k) == v, k
+    assert OmegaConf.select(c, "data.root", throw_on_resolution_failure=False) is not None

@@ -106,6 +106,11 @@ def test_sigterm_mid_epoch_marks_interrupted_and_resumes(tmp_path, reference):
     assert p.returncode != 0
     assert status(d) == "interrupted", out
     assert "SIGTERM" in out
+    # stopped at a batch boundary inside epoch 1, not at the end of the epoch (8 batches per epoch)
+    epoch1 = [r for r in rows(d / "batches.csv") if r["epoch"] == "1"]
+    assert 2 <= len(epoch1) < 8, len(epoch1)
+    assert n_rows(d / "epochs.csv") == 1
+    assert "stop requested during epoch 1" in json.loads((d / "run.json").read_text())["error"]
     assert list(d.glob("checkpoint_epoch*.pt"))  # the last checkpoint is kept
     train_cli([*RESUME, f"hydra.run.dir={d}"], tmp_path, check=True)
     assert status(d) == "complete"
@@ -167,12 +172,53 @@ def test_different_config_is_refused(tmp_path):
         run(compose([*TINY, "epochs=2", "optimizer.lr=0.05"]), d)
 
 
-def test_completed_run_is_not_redone(tmp_path):
+def test_completed_run_is_not_redone(tmp_path, caplog):
+    caplog.set_level("INFO", logger="trainbench")
     d = tmp_path / "run"
     run(compose(TINY), d)
-    before = (d / "epochs.csv").read_text()
+    before = {f: (d / f).read_bytes() for f in ("epochs.csv", "batches.csv", "run.json", "checkpoint_epoch0.pt")}
     info = run(compose(TINY), d)
-    assert info["status"] == "complete" and (d / "epochs.csv").read_text() == before
+    assert info["status"] == "complete"
+    assert {f: (d / f).read_bytes() for f in before} == before  # not even run.json's timestamps are touched
+    assert "already complete" in caplog.text
+
+
+def test_sigint_stops_a_single_run_as_interrupted(tmp_path):
+    d = tmp_path / "run"
+    p = popen_cli([*RESUME, f"hydra.run.dir={d}"], tmp_path)
+    wait_for(lambda: n_rows(d / "batches.csv") >= 3, proc=p)
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode != 0
+    assert status(d) == "interrupted", out
+    assert "SIGINT" in out
+    assert n_rows(d / "batches.csv") < 8  # within epoch 0
+
+
+def test_resume_disabled_refuses_a_run_dir_with_rows(tmp_path):
+    d = tmp_path / "run"
+    run(compose(TINY), d)
+    before = (d / "epochs.csv").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds 1 epoch rows and resume.enabled=false"):
+        run(compose([*TINY, "epochs=2", "resume.enabled=false"]), d)
+    assert (d / "epochs.csv").read_bytes() == before
+
+
+def test_checkpoint_disabled_writes_none_and_a_rerun_is_refused(tmp_path):
+    d = tmp_path / "run"
+    info = run(compose([*TINY, "epochs=2", "checkpoint.enabled=false"]), d)
+    assert info["status"] == "complete" and info["epochs_done"] == 2
+    assert not list(d.glob("checkpoint_*"))
+    # the same config again: no checkpoint to continue from, but run.json says it is this config
+    info2 = run(compose([*TINY, "epochs=2", "checkpoint.enabled=false"]), d)
+    assert info2["status"] == "complete"
+    assert [r["epoch"] for r in rows(d / "epochs.csv")] == ["0", "1"]
+
+
+def test_checkpoint_keep_prunes_to_the_newest(tmp_path):
+    d = tmp_path / "run"
+    run(compose([*TINY, "epochs=3", "checkpoint.keep=2"]), d)
+    assert sorted(p.name for p in d.glob("checkpoint_*")) == ["checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]
 
 
 def test_locked_run_dir_is_refused(tmp_path):

@@ -279,8 +279,11 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
                 f"highest average training top-1 is **{acc[key]}** ({acc['avg_train_acc']:.3f})."
             )
             if key == "norm":
-                per_epoch = pd.DataFrame({r.settings["norm"]: r.epochs["train_acc"].values for r in done[:4]}).T
-                per_epoch.columns = [f"epoch {c}" for c in per_epoch.columns]
+                # runs may differ in length (one stopped early): align on the epoch number, gaps stay empty
+                per_epoch = pd.DataFrame(
+                    {r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in done[:4]}
+                ).T
+                per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
                 md += ["Per-epoch training top-1:", "", _md(per_epoch.reset_index(names="norm")), ""]
             if key == "device" and len(agg) > 1:
                 slow, quick = agg["avg_epoch_time_s"].max(), agg["avg_epoch_time_s"].min()

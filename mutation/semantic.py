@@ -1,0 +1,214 @@
+"""Curated semantic mutants: one deliberate breakage of one behaviour each, and the tests that must catch it.
+
+mutmut mutates operators and constants; it cannot express "augment the whole epoch before the first batch"
+or "skip every fourth bf16 step". These mutants can: each is a source edit (old text -> new text, every old
+text must occur exactly once, so a mutant that no longer applies is reported as stale rather than silently
+passing). The runner copies the working tree once, applies one mutant at a time, runs its tests with the
+copy's src/ first on PYTHONPATH (subprocess runs of train.py see the mutant too), and restores the file.
+
+    python mutation/semantic.py            # all mutants
+    python mutation/semantic.py -k bf16    # those whose id contains bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    what: str
+    edits: tuple[tuple[str, str, str], ...]  # (file, old, new)
+    tests: tuple[str, ...]
+
+
+M = Mutant
+MUTANTS: list[Mutant] = [
+    # 1. the lab's train transforms (loader=torch)
+    M("transforms-no-crop", "loader=torch without RandomCrop(32, padding=4)",
+      (("src/trainbench/loaders.py", "[T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)]",
+        "[T.RandomHorizontalFlip(p=0.5)]"),), ("tests/test_loaders.py",)),
+    M("transforms-no-flip", "loader=torch without RandomHorizontalFlip",
+      (("src/trainbench/loaders.py", "[T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)]",
+        "[T.RandomCrop(size, padding=PAD)]"),), ("tests/test_loaders.py",)),
+    M("transforms-no-normalize", "loader=torch without Normalize",
+      (("src/trainbench/loaders.py", "T.Compose([*aug, T.ToTensor(), T.Normalize(MEAN, std)])",
+        "T.Compose([*aug, T.ToTensor()])"),), ("tests/test_loaders.py",)),
+    M("normalize-choice-ignored", "data.normalize=cifar10 uses the lab's std",
+      (("src/trainbench/data.py", "return STD[NORMALIZE_ALIASES.get(name, name)]", 'return STD["lab"]'),),
+      ("tests/test_loaders.py",)),
+    # 2. optimizers
+    M("adagrad-is-sgd", "optimizer=adagrad builds torch.optim.SGD",
+      (("conf/optimizer/adagrad.yaml", "_target_: torch.optim.Adagrad", "_target_: torch.optim.SGD"),),
+      ("tests/test_config.py",)),
+    M("adadelta-is-sgd", "optimizer=adadelta builds torch.optim.SGD",
+      (("conf/optimizer/adadelta.yaml", "_target_: torch.optim.Adadelta", "_target_: torch.optim.SGD"),),
+      ("tests/test_config.py",)),
+    M("nesterov-dropped", "build_optimizer drops nesterov",
+      (("src/trainbench/run.py", 'k not in ("name", "_target_", "_partial_")',
+        'k not in ("name", "_target_", "_partial_", "nesterov")'),), ("tests/test_config.py",)),
+    # 3. presets
+    M("c3-banana", "c3 sweeps workers 1,banana",
+      (("conf/experiment/c3.yaml", "workers: 0,4,8,12,16", "workers: 1,banana"),), ("tests/test_presets.py",)),
+    M("c6-not-multirun", "c6 with mode: RUN",
+      (("conf/experiment/c6.yaml", "mode: MULTIRUN", "mode: RUN"),), ("tests/test_presets.py",)),
+    M("c7-without-none", "c7 sweeps batchnorm only",
+      (("conf/experiment/c7.yaml", "norm: batchnorm,none", "norm: batchnorm"),), ("tests/test_presets.py",)),
+    # 4. stop requests
+    M("no-per-batch-stop", "the per-batch stop check removed (SIGTERM finishes the epoch)",
+      (("src/trainbench/engine.py", "        batch += 1\n        if stop_requested():\n            raise",
+        "        batch += 1\n        if False:\n            raise"),), ("tests/test_timing.py",)),
+    # 5. device loader precomputes the epoch
+    M("device-loader-precompute", "DeviceLoader augments the whole epoch before the first batch",
+      (("src/trainbench/loaders.py",
+        "    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:\n        n, g, dev",
+        "    def __iter__(self):\n        return iter(list(self._batches()))\n\n"
+        "    def _batches(self):\n        n, g, dev"),), ("tests/test_speed_paths.py",)),
+    # 6. channels_last
+    M("channels-last-off", "channels_last disabled everywhere",
+      (("src/trainbench/engine.py", "fmt = torch.channels_last if self.channels_last else torch.contiguous_format",
+        "fmt = torch.contiguous_format"),
+       ("src/trainbench/run.py", "if cfg.channels_last:\n            model = model.to(", "if False:\n            model = model.to(")),
+      ("tests/test_speed_paths.py",)),
+    # 7. clocks
+    M("startup-before-clock", "worker start-up before the epoch clock plus a hidden 0.5 s prefetch",
+      (("src/trainbench/engine.py",
+        "    synchronize(dev)  # nothing queued from before may leak into this epoch\n"
+        "    epoch_start = time.perf_counter()\n    it = None\n",
+        "    synchronize(dev)  # nothing queued from before may leak into this epoch\n"
+        "    it = iter(loader)\n    time.sleep(0.5)\n    epoch_start = time.perf_counter()\n"),),
+      ("tests/test_timing.py",)),
+    M("iter-outside-data-clock", "iter(loader) before the data clock (start-up lands in other)",
+      (("src/trainbench/engine.py",
+        "    epoch_start = time.perf_counter()\n    it = None\n",
+        "    epoch_start = time.perf_counter()\n    it = iter(loader)\n"),), ("tests/test_timing.py",)),
+    M("compute-clock-after-step", "compute clock started after the step (the step counted as data)",
+      (("src/trainbench/engine.py",
+        "        t1 = time.perf_counter()\n        step = first_step + batch\n        loss_t, logits = ctx.step(x, y, step)\n",
+        "        step = first_step + batch\n        loss_t, logits = ctx.step(x, y, step)\n        t1 = time.perf_counter()\n"),),
+      ("tests/test_timing.py",)),
+    M("isnan-only", "divergence check sees NaN but not inf",
+      (("src/trainbench/engine.py", "        loss = loss_t.item()\n        if not math.isfinite(loss):",
+        "        loss = loss_t.item()\n        if math.isnan(loss):"),), ("tests/test_timing.py",)),
+    # 8. bf16
+    M("bf16-skips-steps", "bf16 skips every fourth optimizer step",
+      (("src/trainbench/engine.py", "            loss.backward()\n            self.optimizer.step()",
+        "            loss.backward()\n            if self.autocast_dtype is None or global_step % 4 != 3:\n"
+        "                self.optimizer.step()"),), ("tests/test_speed_paths.py",)),
+    # 9. summarizer
+    M("best-workers-argmin", "C3's best count is the plain argmin of data time",
+      (("src/trainbench/summarize.py",
+        'best, more = best_workers(agg["workers"].tolist(), agg["total_data_time_s"].tolist())',
+        'best, more = int(agg.loc[agg["total_data_time_s"].idxmin(), "workers"]), False'),),
+      ("tests/test_summarize.py::test_c3_best_is_the_first_stop_not_the_lowest",)),
+    M("concurrency-any-two", "the concurrency warning fires for any two runs on one host",
+      (("src/trainbench/summarize.py", "if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]", "if x[2] == y[2]"),),
+      ("tests/test_summarize.py::test_concurrency_warning_only_for_runs_that_overlapped",)),
+    # 10. device loader padding, completed runs
+    M("device-pad-255", "DeviceLoader pads with 255 instead of 0",
+      (("src/trainbench/loaders.py", "imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD))",
+        "imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD), value=255)"),),
+      ("tests/test_loaders.py", "tests/test_speed_paths.py")),
+    M("complete-run-redone", 'the "already complete" early return removed',
+      (("src/trainbench/run.py", 'if ckpt and start_epoch >= cfg.epochs and self.info.get("status") == "complete":',
+        "if False:"),), ("tests/test_faults.py::test_completed_run_is_not_redone",)),
+    M("prefetch-factor-ignored", "loader.prefetch_factor not passed to the DataLoader",
+      (("src/trainbench/loaders.py", 'kwargs["prefetch_factor"] = prefetch_factor', "pass"),),
+      ("tests/test_loaders.py",)),
+    M("eval-in-epoch-clock", "test evaluation timed inside the epoch",
+      (("src/trainbench/engine.py", "    synchronize(dev)\n    stats.epoch_time_s = time.perf_counter() - epoch_start\n    return stats",
+        "    synchronize(dev)\n    time.sleep(0.3)\n    stats.epoch_time_s = time.perf_counter() - epoch_start\n    return stats"),),
+      ("tests/test_timing.py",)),
+]
+
+
+def _tree_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def copy_tree(dst: Path) -> None:
+    """The working tree's tracked and untracked-but-not-ignored files (no .venv, outputs, data)."""
+    for f in _tree_files():
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dst / f)
+
+
+def run_one(m: Mutant, tree: Path, timeout: float) -> tuple[str, float, str]:
+    """Apply m in tree, run its tests, restore; returns (verdict, seconds, last output line)."""
+    originals = {}
+    for f, old, _ in m.edits:
+        originals.setdefault(f, (tree / f).read_text())
+        count = (tree / f).read_text().count(old)
+        if count != 1:
+            for g, t in originals.items():
+                (tree / g).write_text(t)
+            return "stale", 0.0, f"{f}: the text to replace occurs {count} times (expected once)"
+        (tree / f).write_text((tree / f).read_text().replace(old, new_text(m, f, old)))
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "HYDRA_FULL_ERROR": "0"}
+    t = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                            *m.tests], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        rc, out = p.returncode, (p.stdout + p.stderr).strip().splitlines()
+    except subprocess.TimeoutExpired:
+        rc, out = -1, ["timed out (counted as caught)"]
+    finally:
+        for f, text in originals.items():
+            (tree / f).write_text(text)
+    elapsed = time.perf_counter() - t
+    last = out[-1] if out else ""
+    if rc == 0:
+        return "SURVIVED", elapsed, last
+    if rc in (1, -1):
+        return "caught", elapsed, last
+    return "error", elapsed, last  # collection error, no tests ran...: not a kill, fix the mutant
+
+
+def new_text(m: Mutant, f: str, old: str) -> str:
+    return next(n for g, o, n in m.edits if g == f and o == old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the curated mutants; exit 1 if any survived, was stale or errored."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-k", default="", help="run only mutants whose id contains this")
+    ap.add_argument("--timeout", type=float, default=600)
+    a = ap.parse_args(argv)
+    chosen = [m for m in MUTANTS if a.k in m.id]
+    with tempfile.TemporaryDirectory(prefix="trainbench-semantic-") as tmp:
+        tree = Path(tmp)
+        copy_tree(tree)
+        # the unmutated tree must pass the same tests, or a "caught" means nothing
+        base = Mutant("baseline", "no change", (), tuple(sorted({t for m in chosen for t in m.tests})))
+        verdict, secs, last = run_one(base, tree, a.timeout * 2)
+        print(f"baseline (unmutated) tests: {'pass' if verdict == 'SURVIVED' else 'FAIL'} in {secs:.0f}s  {last}")
+        if verdict != "SURVIVED":
+            return 2
+        results = []
+        for m in chosen:
+            verdict, secs, last = run_one(m, tree, a.timeout)
+            results.append((m, verdict))
+            print(f"{verdict:>8}  {m.id:<26} {secs:5.0f}s  {m.what}  [{last}]", flush=True)
+    caught = sum(v == "caught" for _, v in results)
+    print(f"\nsemantic mutants: {caught}/{len(results)} caught")
+    bad = [(m, v) for m, v in results if v != "caught"]
+    for m, v in bad:
+        print(f"  {v}: {m.id}: {m.what} (tests: {', '.join(m.tests)})")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

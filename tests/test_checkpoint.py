@@ -1,0 +1,99 @@
+"""Checkpoints: fingerprint, RNG capture, atomic save with pruning, fallback on unreadable files. Fast unit tests."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, compose
+from trainbench import checkpoint as C
+
+
+def test_training_config_drops_only_the_resumable_keys():
+    cfg = compose(TINY)
+    tc = C.training_config(cfg)
+    for k in ("epochs", "progress", "resume", "checkpoint", "faults", "timing", "test_eval"):
+        assert k not in tc
+    assert "root" not in tc["data"] and tc["data"]["name"] == "synthetic"
+    for k in ("optimizer", "norm", "model", "batch_size", "seed", "workers", "precision", "loader", "device"):
+        assert k in tc
+    assert "epochs" in cfg and "root" in cfg.data  # the config itself is not changed
+
+
+@pytest.mark.parametrize(
+    "change,same",
+    [("epochs=7", True), ("progress=true", True), ("checkpoint.keep=4", True), ("resume.restore_rng=false", True),
+     ("faults.nan_at_step=3", True), ("timing=events", True), ("test_eval=false", True), ("data.root=/elsewhere", True),
+     ("optimizer.lr=0.05", False), ("seed=1", False), ("batch_size=16", False), ("norm=none", False),
+     ("workers=2", False), ("precision=bf16", False)],
+)  # fmt: skip
+def test_fingerprint_ignores_resumable_keys_only(change, same):
+    a, b = C.fingerprint(compose(TINY)), C.fingerprint(compose([*TINY, change]))
+    assert len(a) == 16 and int(a, 16) >= 0
+    assert (a == b) is same
+
+
+def test_rng_state_round_trip():
+    state = C.rng_state()
+    assert set(state) == {"torch", "cuda", "numpy", "python"}
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    C.set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def _state(tag: int) -> dict:
+    return {"model": {"w": torch.tensor([float(tag)])}, "tag": tag}
+
+
+def test_save_prunes_to_keep_and_lists_newest_first(tmp_path):
+    for e in range(4):
+        path = C.save_checkpoint(tmp_path, e, _state(e), keep=2)
+        assert path == tmp_path / f"checkpoint_epoch{e}.pt"
+    assert C.list_checkpoints(tmp_path) == [(3, tmp_path / "checkpoint_epoch3.pt"), (2, tmp_path / "checkpoint_epoch2.pt")]
+    (tmp_path / "checkpoint_epochX.pt").write_text("")  # not ours: ignored
+    (tmp_path / "checkpoint_epoch1.pt.tmp").write_text("")
+    assert [e for e, _ in C.list_checkpoints(tmp_path)] == [3, 2]
+    C.save_checkpoint(tmp_path, 10, _state(10), keep=1)  # numeric order, not text order
+    assert [e for e, _ in C.list_checkpoints(tmp_path)] == [10]
+
+
+def test_load_latest_returns_the_newest_with_its_path(tmp_path):
+    assert C.load_latest(tmp_path) is None
+    C.save_checkpoint(tmp_path, 0, _state(0), keep=3)
+    C.save_checkpoint(tmp_path, 1, _state(1), keep=3)
+    s = C.load_latest(tmp_path)
+    assert s["epoch"] == 1 and s["tag"] == 1 and s["path"] == str(tmp_path / "checkpoint_epoch1.pt")
+
+
+def test_load_latest_skips_unreadable_with_a_warning(tmp_path, caplog):
+    C.save_checkpoint(tmp_path, 0, _state(0), keep=3)
+    C.save_checkpoint(tmp_path, 1, _state(1), keep=3)
+    (tmp_path / "checkpoint_epoch1.pt").write_bytes(b"truncated")
+    with caplog.at_level(logging.WARNING):
+        s = C.load_latest(tmp_path)
+    assert s["epoch"] == 0
+    assert "checkpoint_epoch1.pt is unreadable" in caplog.text and "trying an older one" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content", [{"epoch": 5, "model": {}}, {"epoch": 0}, [1, 2]], ids=["wrong-epoch", "no-model", "not-a-dict"]
+)
+def test_load_latest_refuses_foreign_content(tmp_path, content):
+    torch.save(content, tmp_path / "checkpoint_epoch0.pt")
+    with pytest.raises(C.CheckpointError) as e:
+        C.load_latest(tmp_path)
+    msg = str(e.value)
+    assert "no readable checkpoint" in msg and "checkpoint_epoch0.pt" in msg and "nothing was loaded" in msg
+
+
+def test_config_diff_names_nested_keys():
+    a = {"optimizer": {"lr": 0.1, "name": "sgd"}, "seed": 0, "x": 1}
+    b = {"optimizer": {"lr": 0.05, "name": "sgd"}, "seed": 0, "y": 2}
+    assert C.config_diff(a, b) == ["optimizer.lr: 0.1 -> 0.05", "x: 1 -> None", "y: None -> 2"]
+    assert C.config_diff(a, a) == []
+    assert C.config_diff({"d": {"k": 1}}, {"d": 3}) == ["d: {'k': 1} -> 3"]
