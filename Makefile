@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 ARGS   ?=
 
-.PHONY: venv run test test-all lint format bench clean
+.PHONY: venv run test test-all lint format bench mutation clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,15 @@ bench: venv
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/overhead.py
 
+# Mutation testing (slow, not part of `make test`): mutmut on config/records/checkpoint/summarize with the
+# in-process tests that cover them, then the curated semantic mutants of mutation/semantic.py.
+MUTMUT_MODULES ?= "trainbench.config*" "trainbench.records*" "trainbench.checkpoint*" "trainbench.summarize*"
+mutation: venv
+	$(PY) -m pip install --quiet -e ".[mutation]"
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2 $(MUTMUT_MODULES) > mutmut.log 2>&1 || (tail -c 2000 mutmut.log; exit 1)
+	$(PY) mutation/mutmut_report.py --min 85 config.py records.py checkpoint.py
+	$(PY) mutation/semantic.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants mutmut.log

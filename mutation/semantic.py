@@ -169,7 +169,8 @@ def run_one(m: Mutant, tree: Path, timeout: float) -> tuple[str, float, str]:
         for f, text in originals.items():
             (tree / f).write_text(text)
     elapsed = time.perf_counter() - t
-    last = out[-1] if out else ""
+    failed = [line for line in out if line.startswith(("FAILED", "ERROR"))]
+    last = "; ".join([*failed[:3], out[-1]]) if out else ""
     if rc == 0:
         return "SURVIVED", elapsed, last
     if rc in (1, -1):

@@ -50,3 +50,20 @@ def popen_cli(args: list[str], cwd: Path) -> subprocess.Popen:
         [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that starts a subprocess (train.py, python -m ...) as `cli`.
+
+    mutmut's mutants live in its own copy of src/ and only reach in-process tests, so `make mutation`
+    deselects these (-m "not cli"); the normal suite runs them all."""
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        try:
+            src = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            src = ""
+        if any(s in src for s in ("train_cli(", "popen_cli(", "subprocess.")) or "reference" in item.fixturenames:
+            item.add_marker(pytest.mark.cli)

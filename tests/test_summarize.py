@@ -203,8 +203,10 @@ def test_c3_best_is_the_first_stop_not_the_lowest(tmp_path):
                 end=f"2026-01-01T00:0{i}:30")  # fmt: skip
     summarize(tmp_path, inspect_models=False)
     report = (tmp_path / "report.md").read_text()
-    assert "stops decreasing after it): **4**" in report
+    assert "stops decreasing after it) the best worker count is **4**" in report
     assert "lowest data-loading time 1 s with 12 workers" in report
+    f = {x["metric"]: x for x in json.loads((tmp_path / "findings.json").read_text()) if x["part"] == "c3"}
+    assert f["total_data_time_s"]["winner"] == 4
 
 
 def test_concurrency_warning_only_for_runs_that_overlapped(tmp_path):
@@ -229,7 +231,7 @@ def test_c5_and_c7_sections(tmp_path):
     t = s.tables["c5_device"].set_index("device")
     assert t.loc["cpu", "avg_epoch_time_s"] == pytest.approx(31.1) and t.loc["cuda", "avg_epoch_time_s"] == pytest.approx(3.1)
     report = (c5 / "report.md").read_text()
-    assert "## C5: average epoch time per device" in report and "fastest device is **cuda**" in report
+    assert "## C5: average epoch time per device" in report and "Fastest device per epoch: **cuda**" in report
     assert "10x as long per epoch" in report  # 31.1 / 3.1 = 10.03
     c7 = tmp_path / "c7"  # runs of different lengths (one was stopped early) must not break the table
     crafted(c7 / "0", {"norm": {"name": "batchnorm"}}, [epoch(i, 1.0, 5.0, acc=0.5 + 0.1 * i) for i in range(3)])
@@ -242,7 +244,23 @@ def test_c5_and_c7_sections(tmp_path):
     assert "| none | 0.3 | 0.4 |  |" in report  # the shorter run's missing epoch is an empty cell
 
 
-def test_summarize_command_and_its_exit_status(tmp_path):
+def test_summarize_main_and_its_exit_status(tmp_path, capsys):
+    from trainbench.summarize import main
+
+    crafted(tmp_path / "runs" / "0", {}, [epoch(0, 1.0, 2.0)])
+    assert main([str(tmp_path / "runs"), "--no-inspect"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# trainbench report") and f"wrote {tmp_path / 'runs' / 'summary.csv'}" in out
+    assert "inspect.json" not in {p.name for p in (tmp_path / "runs").iterdir()}  # --no-inspect
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 1
+    assert "no runs (no run.json) under" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "nowhere")])
+    assert e.value.code == 2 and "is not a directory" in capsys.readouterr().err
+
+
+def test_summarize_as_a_command(tmp_path):
     import subprocess
     import sys
 
@@ -254,8 +272,6 @@ def test_summarize_command_and_its_exit_status(tmp_path):
     (tmp_path / "empty").mkdir()
     p = subprocess.run([sys.executable, "-m", "trainbench.summarize", str(tmp_path / "empty")], capture_output=True, text=True)
     assert p.returncode == 1 and "no runs" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "trainbench.summarize", str(tmp_path / "nowhere")], capture_output=True, text=True)
-    assert p.returncode == 2 and "is not a directory" in p.stderr
 
 
 def test_parallel_launcher(tmp_path):

@@ -1,7 +1,10 @@
-"""`python -m trainbench.summarize DIR`: summary.csv, the lab's tables (C2-C7, Q1-Q4), plots and report.md.
+"""`python -m trainbench.summarize DIR`: summary.csv, the lab's tables (C2-C7, Q1-Q4), findings, plots, report.md.
 
 Runs are found by their run.json anywhere under DIR. Only runs whose status is `complete` enter a table or
-an average; the others are listed with their status and error.
+an average; the others are listed with their status and error. The report is a list of parts (PARTS): each
+is one function of the runs returning its markdown, tables, findings and plots, so adding a part is one
+function plus one list entry. Every finding also goes to DIR/findings.json, with `significant` set from
+the measured noise (see trainbench.findings).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,16 +22,18 @@ from typing import Any
 
 import pandas as pd
 
-from .records import EPOCH_COLUMNS, read_json, read_rows
+from .findings import Estimate, Finding, accuracy_finding, compare, differ, estimates, noise_note
+from .records import BATCH_COLUMNS, EPOCH_COLUMNS, read_json, read_rows
 
 log = logging.getLogger("trainbench")
 
 # Flattened config keys shown under a short name when they vary across runs.
 SHORT = {"device.name": "device", "optimizer.name": "optimizer", "norm.name": "norm", "data.name": "data",
          "loader.name": "loader"}  # fmt: skip
-GROUPS = ("device", "optimizer", "norm", "data", "loader")
 IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "data.root")
 TIME_COLS = ["epoch_time_s", "data_time_s", "compute_time_s", "other_time_s"]
+C2_IN_REPORT = 3  # C2 tables shown in report.md; the others are only in tables/
+FLOAT_FORMAT = "%.6g"  # CSV floats: 6 significant digits
 
 
 @dataclass
@@ -41,6 +47,74 @@ class Run:
     info: dict
     epochs: pd.DataFrame
     settings: dict = field(default_factory=dict)
+    _batches: pd.DataFrame | None = None
+
+    @property
+    def batches(self) -> pd.DataFrame:
+        """batches.csv as numbers (read on first use)."""
+        if self._batches is None:
+            rows = read_rows(self.path / "batches.csv", BATCH_COLUMNS)
+            self._batches = pd.DataFrame(rows, columns=BATCH_COLUMNS).apply(pd.to_numeric, errors="coerce")
+        return self._batches
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items() if k != "seed") or self.name
+
+
+@dataclass
+class Context:
+    """What every part sees: the runs, the summary table, and where plots go."""
+
+    root: Path
+    runs: list[Run]
+    done: list[Run]  # complete runs with at least one epoch row
+    table: pd.DataFrame  # one row per run (summary.csv)
+    varying: list[str]
+    inspect_models: bool = True
+
+    @property
+    def by(self) -> list[str]:
+        """Varying settings other than the seed (repeats)."""
+        return [v for v in self.varying if v != "seed"]
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == "complete"] if len(self.table) else self.table
+
+    def order(self, key: str) -> list[Any]:
+        """The values of key among complete runs, in sweep (job) order."""
+        return list(dict.fromkeys(r.settings.get(key) for r in self.done))
+
+    def groups(self, key: str) -> list[tuple[Any, list[tuple[dict, pd.DataFrame, pd.DataFrame]]]]:
+        """Per value of key (sweep order): (summary row, epochs, batches) of its complete runs."""
+        rows = {r.name: row for r, row in zip(self.runs, self.table.to_dict("records"))}
+        return [(v, [(rows[r.name], r.epochs, r.batches) for r in self.done if r.settings.get(key) == v])
+                for v in self.order(key)]  # fmt: skip
+
+    def missing(self, key: str) -> list[str]:
+        """Values of key that were asked for but did not complete, with their status."""
+        have = set(self.order(key))
+        out = []
+        for r in self.runs:
+            v = r.settings.get(key)
+            if r not in self.done and v is not None and v not in have:
+                out.append(f"{key}={v} ({r.status}{': ' + r.error if r.error else ''})")
+        return out
+
+    def classes(self) -> int:
+        for r in self.done:
+            n = ((r.info.get("config") or {}).get("model") or {}).get("num_classes")
+            if n:
+                return int(n)
+        return 10
+
+
+@dataclass
+class PartOutput:
+    md: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -51,6 +125,7 @@ class Summary:
     summary_path: Path
     report_path: Path
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -66,10 +141,10 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def find_runs(root: Path) -> list[Run]:
-    """Every run dir under root (a dir holding run.json), in natural order of their paths."""
+    """Every run dir under root (a dir holding run.json), in natural order of their paths (= job order)."""
 
     def key(p: Path) -> list:
-        return [int(s) if s.isdigit() else s for s in p.relative_to(root).parts]
+        return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(root).parts]
 
     runs = []
     for rj in sorted(root.rglob("run.json"), key=lambda p: key(p.parent)):
@@ -83,7 +158,7 @@ def find_runs(root: Path) -> list[Run]:
 
 def _varying(runs: list[Run]) -> list[str]:
     flat = [_flatten(r.info.get("config") or {}) for r in runs]
-    keys = sorted({k for f in flat for k in f})
+    keys = list(dict.fromkeys(k for f in flat for k in f))
     # a key varies when the runs that record it disagree (a failed job's run.json may record less)
     vary = [k for k in keys if len({repr(f[k]) for f in flat if k in f}) > 1 and not k.startswith(IGNORED)]
     groups_varying = {k.split(".")[0] for k in vary if k in SHORT}
@@ -106,9 +181,9 @@ def run_row(r: Run) -> dict[str, Any]:
         row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
         row[f"final_{c}"] = e[c].iloc[-1] if len(e) else math.nan
     row["final_test_acc"] = e["test_acc"].iloc[-1] if len(e) else math.nan
-    row["samples_per_s"] = (
-        e["samples"].sum() / e["epoch_time_s"].sum() if len(e) and e["epoch_time_s"].sum() else math.nan
-    )
+    total = e["epoch_time_s"].sum() if len(e) else 0
+    row["data_share"] = e["data_time_s"].sum() / total if total else math.nan
+    row["samples_per_s"] = e["samples"].sum() / total if total else math.nan
     row["timing_mode"] = r.info.get("timing_mode")
     row["error"] = r.error
     return row
@@ -127,15 +202,15 @@ def best_workers(counts: list[int], data_times: list[float]) -> tuple[int, bool]
     return pairs[-1][0], True
 
 
-def _agg(df: pd.DataFrame, by: list[str], cols: list[str]) -> pd.DataFrame:
-    """Mean (and std, when settings repeat over seeds) of cols per group."""
-    g = df.groupby(by, sort=True, dropna=False)[cols]
+def _agg(df: pd.DataFrame, key: str, cols: list[str], order: list[Any]) -> pd.DataFrame:
+    """Mean (and std, when settings repeat over seeds) of cols per value of key, in the given order."""
+    g = df.groupby(key, sort=False, dropna=False)[cols]
     out = g.mean()
     n = g.size()
     if (n > 1).any():
-        std = g.std().add_suffix("_std")
-        out = out.join(std)
+        out = out.join(g.std().add_suffix("_std"))
     out["runs"] = n
+    out = out.reindex([v for v in order if v in out.index])
     return out.reset_index()
 
 
@@ -167,12 +242,7 @@ def _md(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
 
 
 def _c2(run: Run) -> pd.DataFrame:
-    cols = [
-        "epoch",
-        "train_loss",
-        "train_acc",
-        *[c for c in ("data_time_s", "compute_time_s", "other_time_s", "epoch_time_s")],
-    ]
+    cols = ["epoch", "train_loss", "train_acc", "data_time_s", "compute_time_s", "other_time_s", "epoch_time_s"]
     t = run.epochs[cols].copy()
     total = {"epoch": "Total", **{c: t[c].sum() for c in cols[3:]}, "train_loss": math.nan, "train_acc": math.nan}
     avg = {"epoch": "Avg", **{c: t[c].mean() for c in cols[1:]}}
@@ -202,131 +272,324 @@ def _concurrency_warning(runs: list[Run]) -> str | None:
             "they competed for cores/GPU, so their times are not comparable.")  # fmt: skip
 
 
+def _cores(ctx: Context) -> int | None:
+    for r in ctx.done:
+        n = (r.info.get("environment") or {}).get("cpu_count")
+        if n:
+            return int(n)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- parts
+
+
+def part_status(ctx: Context) -> PartOutput:
+    """Runs left out of the tables, and a warning when compared runs ran at the same time."""
+    out = PartOutput()
+    if len(ctx.done) < len(ctx.runs):
+        bad = ctx.table[ctx.table["status"] != "complete"]
+        out.md += ["## Runs left out of every table (not complete)", "", _md(bad[["run", "status", "epochs", "error"]]), ""]
+    warn = _concurrency_warning(ctx.done)
+    if warn:
+        out.md += [warn, ""]
+    modes = {r.info.get("timing_mode") for r in ctx.done} - {None}
+    if len(modes) > 1:
+        out.md += [f"**Warning:** runs timed in different modes ({', '.join(sorted(modes))}) are compared; "
+                   "see timing_mode in summary.csv.", ""]  # fmt: skip
+    return out
+
+
+def part_all_runs(ctx: Context) -> PartOutput:
+    cols = [*ctx.varying, "run", "epochs", "avg_epoch_time_s", "avg_data_time_s", "avg_compute_time_s",
+            "avg_other_time_s", "data_share", "avg_train_loss", "avg_train_acc", "samples_per_s"]  # fmt: skip
+    if not len(ctx.ok):
+        return PartOutput()
+    return PartOutput(md=["## All runs", "", _md(ctx.ok[cols]), ""])
+
+
+def _worker_counts(ctx: Context) -> list[int]:
+    return sorted(int(w) for w in ctx.order("workers")) if "workers" in ctx.by else []
+
+
+def _is_c4_sweep(counts: list[int]) -> bool:
+    """1 worker against one other count: a C4 comparison, whose best count comes from C3, not from here."""
+    return len(counts) == 2 and 1 in counts
+
+
+def part_c3(ctx: Context) -> PartOutput:
+    """C3: data-loading time per worker count, the lab's best, the fastest by epoch time, and a diagnosis."""
+    counts = _worker_counts(ctx)
+    if len(counts) < 2 or _is_c4_sweep(counts):
+        return PartOutput()
+    out = PartOutput()
+    cols = ["total_data_time_s", "total_compute_time_s", "total_other_time_s", "total_epoch_time_s",
+            "avg_epoch_time_s", "data_share"]  # fmt: skip
+    agg = _agg(ctx.ok, "workers", cols, sorted(ctx.order("workers")))
+    out.tables["c3_workers"] = agg
+    groups = sorted(ctx.groups("workers"), key=lambda g: g[0])
+    data = {e.setting: e for e in estimates(groups, "total_data_time_s")}
+    epoch = estimates(groups, "avg_epoch_time_s")
+    best, more = best_workers(list(data), [e.value for e in data.values()])
+    ws = list(data)
+    i = ws.index(best)
+    prev = data[ws[i - 1]] if i > 0 else None
+    nxt = data[ws[i + 1]] if i + 1 < len(ws) else None
+    # significant: the decrease that made `best` the best is beyond the noise (or, at the smallest count,
+    # the increase after it is)
+    sig = (prev is not None and differ(prev, data[best])) or (prev is None and nxt is not None and differ(nxt, data[best]))
+    rule = (f"By the lab's rule (data-loading time stops decreasing after it) the best worker count is **{best}**"
+            + (" (still decreasing at the largest count tried: try more workers)" if more else "")
+            + f"; lowest data-loading time {min(e.value for e in data.values()):.3g} s with "
+            f"{min(data.values(), key=lambda e: e.value).setting} workers. "
+            + ("The step to it is beyond the noise." if sig else
+               f"The data-time differences around it are within the noise ({noise_note(list(data.values()))}), "
+               "so the rule's choice is not firm here: repeat each count (e.g. `seed=0,1,2`) for a firm answer."))  # fmt: skip
+    out.findings.append(Finding("c3", "total_data_time_s", best, bool(sig), rule))
+    fastest = compare("c3", "workers", "avg_epoch_time_s", epoch, True, "fastest worker count by epoch time", ".3g")
+    out.findings.append(fastest)
+    out.findings.append(Finding("c3", "diagnosis", None, False, _c3_diagnosis(ctx, agg, best, epoch)))
+    out.md += ["## C3: data-loading time per worker count (summed over epochs)", "", _md(agg), ""]
+    if best != 1:
+        out.md += [f"Next (C4, 1 worker against the best count): `python train.py experiment=c4 workers=1,{best}`", ""]
+    else:
+        out.md += ["C4 compares 1 worker with the best count; here the best count is 1 itself, so there is nothing "
+                   "to compare (try the fastest count by epoch time instead).", ""]  # fmt: skip
+    out.plots.append(_plot_c3(agg, ctx.root / "plots"))
+    return out
+
+
+def _c3_diagnosis(ctx: Context, agg: pd.DataFrame, best: int, epoch: list[Estimate]) -> str:
+    """Data- or compute-bound, and what the workers cost, in words from the numbers."""
+    a = agg.set_index("workers")
+    lo, hi = a.index.min(), a.index.max()
+    share = a["data_share"]
+    cores = _cores(ctx)
+    parts = []
+    if share.max() < 0.1:
+        parts.append(f"Compute-bound: data loading is at most {share.max():.1%} of the epoch at any worker count "
+                     f"({share.idxmax()} workers), so the worker count can change the epoch by little.")  # fmt: skip
+    elif share.get(lo, 0) >= 0.5:
+        parts.append(f"Data-bound at {lo} workers: {share[lo]:.0%} of the epoch is spent waiting for data.")
+    else:
+        parts.append(f"Data loading is {share.min():.1%}-{share.max():.1%} of the epoch across worker counts.")
+    est = {e.setting: e for e in epoch}
+    if lo in est and hi in est and est[hi].value > est[lo].value and differ(est[hi], est[lo]):
+        parts.append(
+            f"More workers made the epoch slower ({est[lo].value:.3g} s at {lo} workers, {est[hi].value:.3g} s at {hi}): "
+            f"worker processes compete with the training computation for this machine's "
+            f"{cores if cores else 'few'} CPU cores (environment.cpu_count in run.json); their cost shows in compute "
+            f"({a.loc[lo, 'total_compute_time_s']:.3g} s -> {a.loc[hi, 'total_compute_time_s']:.3g} s) and in other "
+            f"(start-up and hand-over, {a.loc[lo, 'total_other_time_s']:.3g} s -> {a.loc[hi, 'total_other_time_s']:.3g} s), "
+            "not in data time."
+        )  # fmt: skip
+    fastest = min(epoch, key=lambda e: e.value).setting if epoch else None
+    if fastest is not None and fastest != best:
+        parts.append(f"The lab's rule looks at data time only; by whole-epoch time {fastest} workers is the fastest "
+                     f"setting measured.")  # fmt: skip
+    return " ".join(parts)
+
+
+def part_c4(ctx: Context) -> PartOutput:
+    """C4: 1 worker against the best count (from a C3 sweep, or the other count of a C4 sweep), explained."""
+    counts = _worker_counts(ctx)
+    if 1 not in counts or len(counts) < 2:
+        return PartOutput()
+    if _is_c4_sweep(counts):
+        best = next(c for c in counts if c != 1)
+        source = "the count given on the command line (from C3)"
+    else:
+        groups = sorted(ctx.groups("workers"), key=lambda g: g[0])
+        ests = estimates(groups, "total_data_time_s")
+        best, _ = best_workers([e.setting for e in ests], [e.value for e in ests])
+        source = "the best count of this C3 sweep by the lab's rule"
+        if best == 1:
+            return PartOutput()
+    one = [r for r in ctx.done if r.settings.get("workers") == 1]
+    bst = [r for r in ctx.done if r.settings.get("workers") == best]
+    if not one or not bst:
+        return PartOutput()
+    a, b = one[0].epochs, bst[0].epochs
+    t = pd.DataFrame({"epoch": a["epoch"].astype(int).astype(str)})
+    for tag, e in (("1w", a), (f"{best}w", b)):
+        for c in ("data_time_s", "compute_time_s", "other_time_s", "epoch_time_s"):
+            t[f"{c}_{tag}"] = e[c].values[: len(t)] if len(e) >= len(t) else list(e[c].values) + [math.nan] * (len(t) - len(e))
+    t = pd.concat([t, pd.DataFrame([{"epoch": "Total", **t.iloc[:, 1:].sum()}, {"epoch": "Avg", **t.iloc[:, 1:].mean()}])])
+    out = PartOutput(tables={"c4_profile": t})
+    out.md += [f"## C4: 1 worker against {best} workers ({source}), per epoch", "", _md(t), ""]
+
+    def split(e: pd.DataFrame) -> tuple[float, float, float, float]:
+        ep = e["epoch_time_s"].mean()
+        return e["data_time_s"].mean(), e["compute_time_s"].mean(), ep, e["data_time_s"].sum() / e["epoch_time_s"].sum()
+
+    d1, c1, e1, s1 = split(a)
+    d2, c2, e2, s2 = split(b)
+    cores = _cores(ctx)
+    why = []
+    if s1 > 0.2 and d2 < d1:
+        why.append(f"one worker process cannot prepare batches as fast as the main process trains on them, so the "
+                   f"loop waits ({s1:.0%} of the epoch); {best} workers prepare batches in parallel and the wait falls "
+                   f"to {s2:.0%}.")  # fmt: skip
+    elif s1 <= 0.2:
+        why.append(f"even one worker keeps up with training here (data is {s1:.0%} of the epoch), so more workers "
+                   "have little to gain.")  # fmt: skip
+    if c2 > c1 * 1.05:
+        why.append(f"Compute rose from {c1:.3g} s to {c2:.3g} s per epoch with {best} workers: the workers compete "
+                   f"with training for the {cores or 'few'} CPU cores.")  # fmt: skip
+    text = (f"C4: with 1 worker, data loading took {d1:.3g} s and compute {c1:.3g} s per epoch ({s1:.0%} of a "
+            f"{e1:.3g} s epoch waiting for data); with {best} workers {d2:.3g} s and {c2:.3g} s ({s2:.0%} of "
+            f"{e2:.3g} s). The difference: " + " ".join(why))  # fmt: skip
+    ests = estimates([(w, g) for w, g in ctx.groups("workers") if w in (1, best)], "avg_epoch_time_s")
+    verdict = compare("c4", "workers", "avg_epoch_time_s", ests, True, "faster of the two by epoch time", ".3g")
+    out.findings += [Finding("c4", "explanation", None, False, text), verdict]
+    return out
+
+
+def _group_part(key: str, part: str, title: str, accuracy: bool) -> Callable[[Context], PartOutput]:
+    """C5/C6/C7: a table per value of key, the fastest setting and (where training differs) the most accurate."""
+
+    def fn(ctx: Context) -> PartOutput:
+        if key not in ctx.by and not ctx.missing(key):
+            return PartOutput()
+        if not ctx.done:
+            return PartOutput()
+        cols = ["avg_epoch_time_s", "avg_data_time_s", "avg_compute_time_s", "avg_other_time_s", "avg_train_loss",
+                "avg_train_acc", "final_train_acc", "final_test_acc"]  # fmt: skip
+        agg = _agg(ctx.ok, key, cols, ctx.order(key)) if key in ctx.ok else pd.DataFrame()
+        out = PartOutput(tables={part: agg}, md=[f"## {title}", "", _md(agg), ""])
+        groups = ctx.groups(key)
+        missing = ctx.missing(key)
+        ests = estimates(groups, "avg_epoch_time_s")
+        out.findings.append(compare(part[:2], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing))
+        if part == "c5_device" and len(ests) > 1:
+            slow, quick = max(e.value for e in ests), min(e.value for e in ests)
+            out.md += [f"The slowest device takes {slow / quick:.3g}x as long per epoch as the fastest.", ""]
+        if accuracy:
+            acc = estimates(groups, "avg_train_acc")
+            out.findings.append(accuracy_finding(part[:2], key, acc, ctx.classes(), missing))
+        if key == "norm":
+            per_epoch = pd.DataFrame({r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in ctx.done[:4]}).T
+            per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
+            out.md += ["Per-epoch training top-1:", "", _md(per_epoch.reset_index(names="norm")), ""]
+        return out
+
+    fn.__name__ = f"part_{part}"
+    fn.__doc__ = title
+    return fn
+
+
+def part_c2(ctx: Context) -> PartOutput:
+    """C2: per-epoch time split with Total and Avg rows, one table per distinct setting (first few in the report)."""
+    out = PartOutput()
+    seen: dict[str, Run] = {}
+    for r in ctx.done:
+        seen.setdefault(r.label(), r)
+    for i, r in enumerate(seen.values()):
+        t = _c2(r)
+        out.tables[f"c2_{r.name.replace('/', '_')}"] = t
+        if i < C2_IN_REPORT:
+            out.md += [f"## C2: time per epoch, run {r.name} {r.settings or ''}", "", _md(t), ""]
+    if len(seen) > C2_IN_REPORT:
+        out.md += [f"C2 tables of the other {len(seen) - C2_IN_REPORT} settings: `tables/c2_*.csv`.", ""]
+    return out
+
+
+def part_q(ctx: Context) -> PartOutput:
+    """Q1-Q4: the model's facts for each (norm, optimizer) pair among the runs."""
+    if not ctx.inspect_models or not ctx.done:
+        return PartOutput()
+    from .inspect import model_facts
+
+    seen, facts = set(), []
+    for r in ctx.done:
+        c = r.info.get("config") or {}
+        k = (c.get("norm", {}).get("name"), c.get("optimizer", {}).get("name"))
+        if k in seen or len(seen) >= 5:
+            continue
+        seen.add(k)
+        facts.append(model_facts(c))
+    q = pd.DataFrame([{k: f[k] for k in ("norm", "optimizer", "conv_layers", "conv_layers_without_shortcut",
+                                           "linear_in_features", "trainable_parameters", "gradients",
+                                           "optimizer_state_tensors", "optimizer_state_elements")} for f in facts])  # fmt: skip
+    (ctx.root / "inspect.json").write_text(json.dumps(facts, indent=2) + "\n")  # full facts, optimizer state included
+    return PartOutput(md=["## Q1-Q4: the model", "", _md(q), ""], tables={"q1_q4": q})
+
+
+def part_plots(ctx: Context) -> PartOutput:
+    """Where the epoch goes (stacked bars) and the training curves (per batch when runs have one epoch)."""
+    if not ctx.done:
+        return PartOutput()
+    return PartOutput(plots=_plots(ctx.done, ctx.root / "plots"))
+
+
+PARTS: list[Callable[[Context], PartOutput]] = [
+    part_status,
+    part_all_runs,
+    part_c3,
+    part_c4,
+    _group_part("device", "c5_device", "C5: average epoch time per device", accuracy=False),
+    _group_part("optimizer", "c6_optimizer", "C6: per optimizer", accuracy=True),
+    _group_part("norm", "c7_norm", "C7: BatchNorm against none", accuracy=True),
+    part_c2,
+    part_q,
+    part_plots,
+]
+
+
 def summarize(root: Path, inspect_models: bool = True) -> Summary:
-    """Write summary.csv, tables/*.csv, plots/*.png and report.md under root; return what was written."""
+    """Write summary.csv, findings.json, tables/*.csv, plots/*.png and report.md under root."""
     root = Path(root)
     runs = find_runs(root)
     varying = _varying(runs)
     table = pd.DataFrame([run_row(r) for r in runs])
     summary_path, report_path = root / "summary.csv", root / "report.md"
-    table.to_csv(summary_path, index=False)
+    table.to_csv(summary_path, index=False, float_format=FLOAT_FORMAT)
     done = [r for r in runs if r.status == "complete" and len(r.epochs)]
-    ok = table[table["status"] == "complete"] if len(table) else table
-    by = [v for v in varying if v != "seed"]
-    tables: dict[str, pd.DataFrame] = {}
-    findings: list[str] = []
+    ctx = Context(root, runs, done, table, varying, inspect_models)
+    outputs = [part(ctx) for part in PARTS]
+    findings = [f for o in outputs for f in o.findings]
+    tables = {k: v for o in outputs for k, v in o.tables.items()}
+    plots = [p for o in outputs for p in o.plots]
     md = [f"# trainbench report: {root}", "", f"{len(runs)} run(s), {len(done)} complete. Settings that vary: "
           f"{', '.join(varying) or 'none'}.", ""]  # fmt: skip
-
-    if len(done) < len(runs):
-        md += ["## Runs left out of every table (not complete)", ""]
-        md += [_md(table[table["status"] != "complete"][["run", "status", "epochs", "error"]]), ""]
-    warn = _concurrency_warning(done)
-    if warn:
-        md += [warn, ""]
-
-    avg_cols = ["avg_epoch_time_s", "avg_data_time_s", "avg_compute_time_s", "avg_other_time_s",
-                "total_data_time_s", "total_compute_time_s", "total_epoch_time_s", "avg_train_loss", "avg_train_acc",
-                "final_train_acc", "final_test_acc", "samples_per_s"]  # fmt: skip
-    if len(ok):
-        md += ["## All runs", "", _md(ok[[*varying, "run", "epochs", *avg_cols[:4], "avg_train_loss", "avg_train_acc",
-                                          "samples_per_s"]]), ""]  # fmt: skip
-
-    if "workers" in by and len(ok):
-        agg = _agg(
-            ok, ["workers"], ["total_data_time_s", "total_compute_time_s", "total_epoch_time_s", "avg_epoch_time_s"]
-        )
-        best, more = best_workers(agg["workers"].tolist(), agg["total_data_time_s"].tolist())
-        tables["c3_workers"] = agg
-        md += ["## C3: data-loading time per worker count (summed over epochs)", "", _md(agg), ""]
-        fastest = agg.loc[agg["total_data_time_s"].idxmin()]
-        findings.append(
-            f"Best worker count by the lab's rule (data-loading time stops decreasing after it): **{best}**"
-            + (" (still decreasing at the largest count tried: try more workers)" if more else "")
-            + f"; lowest data-loading time {fastest['total_data_time_s']:.3g} s with {int(fastest['workers'])} workers."
-        )
-        one = [r for r in done if r.settings.get("workers") == 1]
-        bst = [r for r in done if r.settings.get("workers") == best]
-        if one and bst and best != 1:
-            a, b = one[0].epochs, bst[0].epochs
-            t = pd.DataFrame({"epoch": a["epoch"].astype(int).astype(str)})
-            for tag, e in (("1w", a), (f"{best}w", b)):
-                for c in ("data_time_s", "compute_time_s", "epoch_time_s"):
-                    t[f"{c}_{tag}"] = e[c].values[: len(t)]
-            t = pd.concat(
-                [t, pd.DataFrame([{"epoch": "Total", **t.iloc[:, 1:].sum()}, {"epoch": "Avg", **t.iloc[:, 1:].mean()}])]
-            )
-            tables["c4_profile"] = t
-            md += [f"## C4: 1 worker against {best} workers, per epoch", "", _md(t), ""]
-            findings.append(
-                f"C4: with 1 worker data-loading took {a['data_time_s'].sum():.3g} s and compute "
-                f"{a['compute_time_s'].sum():.3g} s; with {best} workers {b['data_time_s'].sum():.3g} s and "
-                f"{b['compute_time_s'].sum():.3g} s."
-            )
-    if len(ok):
-        for key, part, title in (("device", "c5_device", "C5: average epoch time per device"),
-                                 ("optimizer", "c6_optimizer", "C6: per optimizer"),
-                                 ("norm", "c7_norm", "C7: BatchNorm against none")):  # fmt: skip
-            if key not in by:
-                continue
-            agg = _agg(ok, [key], ["avg_epoch_time_s", "avg_data_time_s", "avg_compute_time_s", "avg_train_loss",
-                                   "avg_train_acc", "final_train_acc", "final_test_acc"])  # fmt: skip
-            tables[part] = agg
-            md += [f"## {title}", "", _md(agg), ""]
-            fast, acc = agg.loc[agg["avg_epoch_time_s"].idxmin()], agg.loc[agg["avg_train_acc"].idxmax()]
-            findings.append(
-                f"{part[:2].upper()}: fastest {key} is **{fast[key]}** ({fast['avg_epoch_time_s']:.3g} s per epoch); "
-                f"highest average training top-1 is **{acc[key]}** ({acc['avg_train_acc']:.3f})."
-            )
-            if key == "norm":
-                # runs may differ in length (one stopped early): align on the epoch number, gaps stay empty
-                per_epoch = pd.DataFrame(
-                    {r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in done[:4]}
-                ).T
-                per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
-                md += ["Per-epoch training top-1:", "", _md(per_epoch.reset_index(names="norm")), ""]
-            if key == "device" and len(agg) > 1:
-                slow, quick = agg["avg_epoch_time_s"].max(), agg["avg_epoch_time_s"].min()
-                findings.append(f"C5: the slowest device takes {slow / quick:.3g}x as long per epoch as the fastest.")
-    # C2: per epoch, Total and Avg rows, for each complete run (at most 6 shown in the report)
-    for i, r in enumerate(done):
-        t = _c2(r)
-        tables[f"c2_{r.name.replace('/', '_')}"] = t
-        if i < 6:
-            md += [f"## C2: time per epoch, run {r.name} {r.settings or ''}", "", _md(t), ""]
-
-    if inspect_models and done:
-        from .inspect import model_facts
-
-        seen, facts = set(), []
-        for r in done:
-            c = r.info.get("config") or {}
-            k = (c.get("norm", {}).get("name"), c.get("optimizer", {}).get("name"))
-            if k in seen or len(seen) >= 5:
-                continue
-            seen.add(k)
-            facts.append(model_facts(c))
-        q = pd.DataFrame([{k: f[k] for k in ("norm", "optimizer", "conv_layers", "conv_layers_without_shortcut",
-                                               "linear_in_features", "trainable_parameters", "gradients",
-                                               "optimizer_state_tensors", "optimizer_state_elements")} for f in facts])  # fmt: skip
-        tables["q1_q4"] = q
-        (root / "inspect.json").write_text(json.dumps(facts, indent=2) + "\n")  # full facts, optimizer state included
-        md += ["## Q1-Q4: the model", "", _md(q), ""]
     if findings:
-        md[4:4] = ["## Findings", "", *[f"- {f}" for f in findings], ""]
-    tables_dir, plots_dir = root / "tables", root / "plots"
-    if tables:
-        tables_dir.mkdir(exist_ok=True)
-        for name, t in tables.items():
-            t.to_csv(tables_dir / f"{name}.csv", index=False)
-    plots = _plots(done, ok, varying, plots_dir) if done else []
+        md += ["## Findings", "", *[f"- {f.text}" for f in findings], ""]
+    for o in outputs:
+        md += o.md
     if plots:
         md += ["## Plots", "", *[f"![{p.stem}](plots/{p.name})" for p in plots], ""]
+    if tables:
+        (root / "tables").mkdir(exist_ok=True)
+        for name, t in tables.items():
+            t.to_csv(root / "tables" / f"{name}.csv", index=False, float_format=FLOAT_FORMAT)
+    (root / "findings.json").write_text(json.dumps([f.as_dict() for f in findings], indent=2, default=str) + "\n")
     report_path.write_text("\n".join(md))
-    return Summary(runs, varying, table, summary_path, report_path, tables)
+    return Summary(runs, varying, table, summary_path, report_path, tables, findings)
 
 
-def _plots(done: list[Run], ok: pd.DataFrame, varying: list[str], out: Path) -> list[Path]:
+def _plot_c3(agg: pd.DataFrame, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(exist_ok=True)
+    a = agg.sort_values("workers")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(a["workers"], a["total_data_time_s"], marker="o", color="tab:blue")
+    left.set(xlabel="DataLoader workers", ylabel="data-loading time, s (sum over epochs)", title="C3: data loading")
+    left.set_ylim(bottom=0)
+    for c, lab in (("total_compute_time_s", "compute"), ("total_other_time_s", "other"), ("total_epoch_time_s", "epoch")):
+        right.plot(a["workers"], a[c], marker="o", label=lab)
+    right.set(xlabel="DataLoader workers", ylabel="seconds (sum over epochs)", title="C3: the whole epoch")
+    right.set_ylim(bottom=0)
+    right.legend()
+    path = out / "c3_workers.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _plots(done: list[Run], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,23 +597,8 @@ def _plots(done: list[Run], ok: pd.DataFrame, varying: list[str], out: Path) -> 
 
     out.mkdir(exist_ok=True)
     paths = []
-
-    def label(r: Run) -> str:
-        return ", ".join(f"{k}={v}" for k, v in r.settings.items()) or r.name
-
-    if "workers" in varying:
-        agg = ok.groupby("workers")[["total_data_time_s", "total_compute_time_s", "total_epoch_time_s"]].mean()
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for c, lab in (("total_data_time_s", "data loading"), ("total_compute_time_s", "compute"),
-                       ("total_epoch_time_s", "epoch")):  # fmt: skip
-            ax.plot(agg.index, agg[c], marker="o", label=lab)
-        ax.set(xlabel="DataLoader workers", ylabel="seconds (sum over epochs)", title="C3: time against workers")
-        ax.legend()
-        paths.append(out / "c3_workers.png")
-        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-        plt.close(fig)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(done)), 4))
-    names = [label(r) for r in done]
+    names = [r.label() for r in done]
     bottom = [0.0] * len(done)
     for c, lab in (("data_time_s", "data"), ("compute_time_s", "compute"), ("other_time_s", "other")):
         vals = [r.epochs[c].mean() for r in done]
@@ -363,11 +611,17 @@ def _plots(done: list[Run], ok: pd.DataFrame, varying: list[str], out: Path) -> 
     fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
     plt.close(fig)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    per_batch = all(len(r.epochs) <= 1 for r in done)  # one epoch: a curve needs the batches
     for r in done:
-        a1.plot(r.epochs["epoch"], r.epochs["train_loss"], marker="o", label=label(r))
-        a2.plot(r.epochs["epoch"], r.epochs["train_acc"], marker="o", label=label(r))
-    a1.set(xlabel="epoch", ylabel="train loss")
-    a2.set(xlabel="epoch", ylabel="train top-1")
+        if per_batch and len(r.batches):
+            x, loss, acc = r.batches["step"], r.batches["loss"], r.batches["acc"]
+        else:
+            x, loss, acc = r.epochs["epoch"] + 1, r.epochs["train_loss"], r.epochs["train_acc"]
+        a1.plot(x, loss, marker="." if per_batch else "o", label=r.label())
+        a2.plot(x, acc, marker="." if per_batch else "o", label=r.label())
+    xlabel = "step (batch)" if per_batch else "epoch"
+    a1.set(xlabel=xlabel, ylabel="train loss")
+    a2.set(xlabel=xlabel, ylabel="train top-1")
     a2.legend(fontsize=7)
     paths.append(out / "curves.png")
     fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
@@ -388,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no runs (no run.json) under {a.dir}", file=sys.stderr)
         return 1
     print(s.report_path.read_text())
-    print(f"\nwrote {s.summary_path} and {s.report_path}")
+    print(f"\nwrote {s.summary_path}, {a.dir / 'findings.json'} and {s.report_path}")
     return 0
 
 
