@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             elif code in SURVIVED:
                 c["survived"] += 1
                 survivors.append(name)
+            elif code is None:
+                c["not run"] += 1
             elif code in NO_TESTS:
                 c["no tests"] += 1
                 survivors.append(f"{name} (no test covers it)")
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                 c["other"] += 1
                 survivors.append(f"{name} (exit code {code})")
         counted = c["killed"] + c["survived"] + c["no tests"] + c["other"]
+        if c["not run"]:
+            print(f"{module}: {c['not run']} mutants not run yet (mutmut was stopped or is still running)")
         rate = 100 * c["killed"] / counted if counted else 100.0
         print(f"{module:<16}{len(codes):>8}{c['killed']:>8}{c['survived']:>9}{c['no tests']:>9}{c['equivalent']:>7}"
               f"{rate:>9.1f}%")  # fmt: skip

@@ -97,3 +97,51 @@ def test_config_diff_names_nested_keys():
     assert C.config_diff(a, b) == ["optimizer.lr: 0.1 -> 0.05", "x: 1 -> None", "y: None -> 2"]
     assert C.config_diff(a, a) == []
     assert C.config_diff({"d": {"k": 1}}, {"d": 3}) == ["d: {'k': 1} -> 3"]
+
+
+def test_training_config_resolves_and_tolerates_missing_keys():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"a": 1, "b": "${a}", "raw": b"\x00"})  # no data, no resumable keys
+    assert C.training_config(cfg) == {"a": 1, "b": 1, "raw": b"\x00"}
+    assert len(C.fingerprint(cfg)) == 16  # bytes are hashed through str()
+
+
+def test_fingerprint_is_independent_of_key_order():
+    from omegaconf import OmegaConf
+
+    a = OmegaConf.create({"x": 1, "y": {"p": 1, "q": 2}})
+    b = OmegaConf.create({"y": {"q": 2, "p": 1}, "x": 1})
+    assert C.fingerprint(a) == C.fingerprint(b)
+
+
+def test_real_checkpoint_state_loads_back(tmp_path):
+    """A checkpoint holding what run.py saves (RNG states: numpy arrays, python tuples) must load back."""
+    state = {"model": {"w": torch.ones(2)}, "rng": C.rng_state(), "global_step": 3}
+    C.save_checkpoint(tmp_path, 0, state, keep=1)
+    s = C.load_latest(tmp_path)
+    assert s["global_step"] == 3 and s["rng"]["python"] == state["rng"]["python"]
+    assert s["model"]["w"].device.type == "cpu"
+
+
+def test_foreign_content_warning_names_the_reason(tmp_path, caplog):
+    torch.save({"epoch": 5, "model": {}}, tmp_path / "checkpoint_epoch0.pt")
+    with caplog.at_level(logging.WARNING), pytest.raises(C.CheckpointError) as e:
+        C.load_latest(tmp_path)
+    assert ("checkpoint checkpoint_epoch0.pt is unreadable (ValueError: contents do not match a trainbench checkpoint); "
+            "trying an older one") in caplog.text  # fmt: skip
+    assert str(e.value) == (
+        f"no readable checkpoint in {tmp_path} (checkpoint_epoch0.pt unreadable, probably truncated); nothing was "
+        "loaded. Move the run dir away to start again, or resume.enabled=false with a new hydra.run.dir"
+    )
+
+
+def test_two_unreadable_checkpoints_are_both_named(tmp_path):
+    for e in (0, 1):
+        (tmp_path / f"checkpoint_epoch{e}.pt").write_bytes(b"junk")
+    with pytest.raises(C.CheckpointError, match=r"\(checkpoint_epoch1.pt, checkpoint_epoch0.pt unreadable"):
+        C.load_latest(tmp_path)
+
+
+def test_config_diff_keeps_earlier_differences_before_a_nested_one():
+    assert C.config_diff({"a": 1, "b": {"x": 1}}, {"a": 2, "b": {"x": 2}}) == ["a: 1 -> 2", "b.x: 1 -> 2"]

@@ -224,3 +224,38 @@ def test_schema_defaults_are_the_documented_ones():
     for k, v in expected.items():
         assert OmegaConf.select(c, k) == v, k
     assert OmegaConf.select(c, "data.root", throw_on_resolution_failure=False) is not None
+
+
+def test_register_configs_stores_the_schema():
+    from hydra.core.config_store import ConfigStore
+
+    from trainbench.config import register_configs
+
+    repo = ConfigStore.instance().repo
+    saved = repo.pop("trainbench_schema.yaml", None)
+    try:
+        register_configs()
+        node = repo["trainbench_schema.yaml"].node
+        assert node.epochs == 5 and node.optimizer.lr == 0.1 and node.data.normalize == "lab"
+    finally:
+        if saved is not None:
+            repo["trainbench_schema.yaml"] = saved
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [(["optimizer._target_=torch.optim.RMSprop", "optimizer.name=rmsprop", "precision=fp8"], "precision"),
+     (["data.normalize=true", "timing=cuda"], "timing")],
+)  # fmt: skip
+def test_choices_after_an_allowed_exception_are_still_checked(overrides, key):
+    with pytest.raises(ConfigError) as e:
+        validate(compose(overrides))
+    assert e.value.key == key
+
+
+@pytest.mark.parametrize("override", ["epochs=-1", "batch_size=0", "workers=-3", "model.width=0", "checkpoint.keep=0"])
+def test_config_error_carries_the_bad_value(override):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError) as e:
+        validate(compose([override]))
+    assert e.value.value == int(value) and f"{key}={int(value)!r};" in str(e.value)

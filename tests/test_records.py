@@ -152,3 +152,63 @@ def test_column_contracts():
     for c in ["epoch", "batch", "size", "loss", "acc", "data_time_s", "compute_time_s"]:
         assert c in R.BATCH_COLUMNS
     assert len(set(R.EPOCH_COLUMNS)) == len(R.EPOCH_COLUMNS) and R.EPOCH_COLUMNS[0] == "epoch"
+
+
+def test_atomic_write_into_a_missing_dir_is_a_run_write_error(tmp_path):
+    with pytest.raises(R.RunWriteError) as e:
+        R.atomic_write_bytes(tmp_path / "nodir" / "f.bin", b"x")
+    assert e.value.errno == errno.ENOENT
+    assert e.value.strerror == f"cannot write {tmp_path / 'nodir' / 'f.bin'}: No such file or directory; the previous version is intact"
+
+
+def test_csv_log_open_failure_message_and_errno(tmp_path):
+    p = tmp_path / "nodir" / "e.csv"
+    with pytest.raises(R.RunWriteError) as e:
+        R.CsvLog(p, ["a"])
+    assert e.value.errno == errno.ENOENT and e.value.strerror == f"cannot write {p}: No such file or directory"
+
+
+def test_csv_log_write_failure_exact_message(tmp_path):
+    p = tmp_path / "e.csv"
+    log = R.CsvLog(p, ["a"])
+
+    class Full:
+        def write(self, line):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    log.fh = Full()
+    with pytest.raises(R.RunWriteError) as e:
+        log.write({"a": 1})
+    assert e.value.strerror == f"cannot write {p}: No space left on device; earlier rows and checkpoints are intact"
+
+
+def test_read_rows_single_column_truncated_last_line(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("a\n1\n22")
+    assert R.read_rows(p, ["a"]) == [{"a": "1"}]
+
+
+def test_keep_rows_writes_plain_newlines(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("epoch\n0\n1\n")
+    R.keep_rows(p, ["epoch"], lambda r: r["epoch"] == "0")
+    assert p.read_bytes() == b"epoch\n0\n"
+
+
+def test_csv_log_writes_plain_newlines(tmp_path):
+    p = tmp_path / "e.csv"
+    log = R.CsvLog(p, ["a", "b"])
+    log.write({"a": "x", "b": 1})
+    log.close()
+    assert p.read_bytes() == b"a,b\nx,1\n"
+
+
+def test_run_lock_held_without_a_pid_says_unknown(tmp_path):
+    import fcntl
+
+    with open(tmp_path / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by someone who wrote no pid
+        with pytest.raises(R.RunDirLocked) as e:
+            R.RunLock(tmp_path).__enter__()
+    assert str(e.value) == (f"run dir {tmp_path} is in use by another live run (pid unknown); "
+                            "wait for it to end or choose another hydra.run.dir")  # fmt: skip
