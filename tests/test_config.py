@@ -80,6 +80,10 @@ def test_range_checks_name_key_value_and_allowed(override, key):
             ["NOWHERE", "data.root=", "data.download=true", "data=synthetic"],
         ),
         (["device=cuda"], ["device", "device=cpu"]),
+        (["epochs=-1"], ["epochs=-1", "allowed", ">= 1"]),
+        (["workers=-2"], ["workers=-2", ">= 0"]),
+        (["data.normalize=foo"], ["data.normalize='foo'", "lab, cifar10"]),
+        (["data.train_size=99999999"], ["data.train_size=99999999", "only 50000 train images", "data.train_size=null"]),
     ],
 )
 def test_bad_override_exits_nonzero_and_leaves_no_files(tmp_path, args, expected):
@@ -94,7 +98,8 @@ def test_bad_override_exits_nonzero_and_leaves_no_files(tmp_path, args, expected
     assert p.returncode != 0, out
     for word in expected:
         assert word in out, (word, out)
-    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert "Traceback" not in out, out  # an expected error is one clear message
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() or p.name not in ("outputs",)]
     assert leftovers == [], leftovers
 
 

@@ -189,3 +189,48 @@ def test_imagefolder(tmp_path):
     assert sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     with pytest.raises(D.DataError, match="train"):
         D.load_imagefolder(tmp_path / "empty", 32)
+
+
+def test_failed_download_in_the_precheck_leaves_nothing_and_does_not_advise_download(tmp_path, monkeypatch):
+    """data.download=true, unreachable: check_available fails (before any run file), removes the data root it
+    created, and does not tell the user to set data.download=true, which is already set."""
+    from omegaconf import OmegaConf
+    from torchvision.datasets import CIFAR10
+
+    server = _serve(tmp_path)
+    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/no-such.tar.gz")
+    root = tmp_path / "fresh_root"
+    cfg = OmegaConf.create({"name": "cifar10", "root": str(root), "download": True, "train_size": None,
+                            "test_size": None, "image_size": 32})  # fmt: skip
+    try:
+        with pytest.raises(D.DataError) as e:
+            D.check_available(cfg)
+    finally:
+        server.shutdown()
+    msg = str(e.value)
+    assert "download failed" in msg and "data.download=true is already set" in msg and "data=synthetic" in msg
+    assert "set data.download=true" not in msg
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("split,n", [("train", 50_001), ("test", 10_001)])
+def test_subset_larger_than_the_split_fails_in_the_precheck(split, n):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "synthetic", "root": "x", "download": False, "train_size": None,
+                            "test_size": None, "image_size": 32, f"{split}_size": n})  # fmt: skip
+    with pytest.raises(D.DataError, match=f"data.{split}_size={n} but data=synthetic has only"):
+        D.check_available(cfg)
+
+
+def test_imagefolder_subset_checked_against_the_files(tmp_path):
+    from omegaconf import OmegaConf
+
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
+    cfg = OmegaConf.create({"name": "imagefolder", "root": str(tmp_path), "download": False, "train_size": 3,
+                            "test_size": 4, "image_size": 32})  # fmt: skip
+    with pytest.raises(D.DataError, match="data.test_size=4 but data=imagefolder has only 3 test images"):
+        D.check_available(cfg)

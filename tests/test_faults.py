@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -193,6 +194,14 @@ def test_sigint_stops_a_single_run_as_interrupted(tmp_path):
     assert status(d) == "interrupted", out
     assert "SIGINT" in out
     assert n_rows(d / "batches.csv") < 8  # within epoch 0
+    # one message and the exact command that resumes it; no traceback
+    assert "Traceback" not in out, out
+    resume = out.split("resume with:\n", 1)[1].strip().splitlines()[0]
+    assert resume.startswith("python train.py ") and resume.endswith(f"hydra.run.dir={d}")
+    assert p.returncode == 130
+    args = shlex.split(resume)[2:]
+    train_cli(args, tmp_path, check=True)  # the printed command really continues the run
+    assert status(d) == "complete" and n_rows(d / "epochs.csv") == 3
 
 
 def test_resume_disabled_refuses_a_run_dir_with_rows(tmp_path):

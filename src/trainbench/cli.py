@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, validate
 from .data import DataError, check_available
 from .device import check_device_options, resolve_device
-from .engine import Interrupted
-from .records import read_json, write_json
+from .engine import Diverged, Interrupted, LoaderDied
+from .records import RunDirLocked, RunWriteError, read_json, write_json
 from .run import _now, hydra_info, run
 
 log = logging.getLogger("trainbench")
 
 OUR_FILES = ("run.json", "epochs.csv", "batches.csv")
 _sweep_interrupted = False  # set when a signal stopped a job: the sweep's remaining jobs do not start
+# Errors a user can cause and fix: one clear message, no traceback (HYDRA_FULL_ERROR=1 shows it).
+EXPECTED = (ConfigError, DataError, CheckpointError, RunDirLocked, RunWriteError, Diverged, LoaderDied)
+
+
+def _exit_with(e: BaseException, extra: str = "", code: int = 1) -> None:
+    """End a single run with one clear message (the full traceback only with HYDRA_FULL_ERROR=1)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise e
+    print(f"trainbench: {type(e).__name__}: {e}{extra}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run: the same overrides, pinned to its run dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+    return shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}"])
 
 
 def discard_if_untouched(run_dir: Path) -> None:
@@ -47,7 +69,7 @@ def run_job(cfg: DictConfig) -> None:
     except (ConfigError, DataError) as e:
         if not multirun:
             discard_if_untouched(run_dir)
-            raise
+            _exit_with(e)
         _record_failure(cfg, run_dir, e)
         log.error("job %s failed before training: %s", hc.job.num, e)
         return
@@ -60,6 +82,12 @@ def run_job(cfg: DictConfig) -> None:
         run(cfg, run_dir)
     except Exception as e:
         if not multirun:
+            if isinstance(e, Interrupted):
+                _exit_with(e, f"\nrun dir {run_dir} keeps every finished epoch; resume with:\n  {resume_command(run_dir)}",
+                           code=130)  # fmt: skip
+            if isinstance(e, EXPECTED):
+                discard_if_untouched(run_dir)
+                _exit_with(e, f" (run dir: {run_dir})" if run_dir.is_dir() else "")
             raise
         if isinstance(e, Interrupted):
             _sweep_interrupted = True

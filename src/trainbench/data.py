@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import urllib.error
@@ -77,11 +78,16 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _missing(root: Path, why: str) -> DataError:
+def _missing(root: Path, why: str, download: bool = False) -> DataError:
+    ways = ["point data.root=DIR at a folder holding cifar-10-batches-py"]
+    if not download:
+        ways.append("set data.download=true (needs a network)")
+    else:
+        ways.append("check the network (data.download=true is already set)")
+    ways.append("use data=synthetic")
     return DataError(
-        f"CIFAR-10 not available at {root / 'cifar-10-batches-py'} ({why}). Ways out: point data.root=DIR "
-        "at a folder holding cifar-10-batches-py, set data.download=true (needs a network), "
-        "or use data=synthetic"
+        f"CIFAR-10 not available at {root / 'cifar-10-batches-py'} ({why}). Ways out: {', '.join(ways[:-1])}, "
+        f"or {ways[-1]}"
     )
 
 
@@ -96,9 +102,9 @@ def load_cifar10(root: Path, download: bool) -> tuple[ArrayDataset, ArrayDataset
             train = CIFAR10(str(root), train=True, download=download)
             test = CIFAR10(str(root), train=False, download=False)
     except (urllib.error.URLError, OSError) as e:
-        raise _missing(root, f"download failed: {e}") from e
+        raise _missing(root, f"download failed: {e}", download) from e
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise _missing(root, str(e)) from e
+        raise _missing(root, str(e), download) from e
     classes = list(train.classes)
     return (
         ArrayDataset(np.asarray(train.data), np.asarray(train.targets, dtype=np.int64), classes),
@@ -185,10 +191,42 @@ def load_data(cfg_data, test_needed: bool = True) -> tuple[ArrayDataset, ArrayDa
     return train, (test if test_needed else None)
 
 
+def _split_sizes(cfg_data, root: Path) -> dict[str, int]:
+    """Images per split, as far as known without reading the images."""
+    if cfg_data.name in ("synthetic", "cifar10"):
+        return dict(SYNTHETIC_SIZES)  # synthetic has CIFAR-10's sizes
+    sizes = {}
+    for split in ("train", "test"):
+        files = [f for f in (root / split).glob("*/*") if f.suffix.lower() in (".png", ".jpg", ".jpeg")]
+        sizes[split] = len(files)
+    return sizes
+
+
 def check_available(cfg_data) -> None:
-    """Fail fast, before any run file is written, when the data cannot possibly be read."""
+    """Fail fast, before any run file is written, when the data cannot possibly be read.
+
+    CIFAR-10 missing with data.download=true is downloaded here (md5-checked, under the root's lock), so that
+    an unreachable download fails before the run dir holds anything."""
     root = Path(str(cfg_data.root)).expanduser()
-    if cfg_data.name == "cifar10" and not cfg_data.download and not (root / "cifar-10-batches-py").is_dir():
-        raise _missing(root, "folder missing and data.download=false")
+    if cfg_data.name == "cifar10" and not (root / "cifar-10-batches-py").is_dir():
+        if not cfg_data.download:
+            raise _missing(root, "folder missing and data.download=false")
+        created = not root.exists()
+        try:
+            load_cifar10(root, download=True)
+        except DataError:
+            if created:  # leave no empty data root (or its lock file) behind a failed download
+                (root / ".cifar10.lock").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    root.rmdir()
+            raise
     if cfg_data.name == "imagefolder" and not ((root / "train").is_dir() and (root / "test").is_dir()):
         raise DataError(f"data=imagefolder needs {root}/train/<class>/* and {root}/test/<class>/*; set data.root=DIR")
+    sizes = _split_sizes(cfg_data, root)
+    for split in ("train", "test"):
+        n = cfg_data[f"{split}_size"]
+        if n is not None and n > sizes[split]:
+            raise DataError(
+                f"data.{split}_size={n} but data={cfg_data.name} has only {sizes[split]} {split} images; "
+                f"use data.{split}_size=null for all, or a number up to {sizes[split]}"
+            )
