@@ -47,8 +47,32 @@ def test_cli_run_writes_spec_files(tmp_path):
     assert t["total_epoch_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in ep), rel=1e-6)
     assert t["avg_train_acc"] == pytest.approx(sum(float(r["train_acc"]) for r in ep) / 2, rel=1e-6)
     log = (d / "train.log").read_text()
-    assert "epoch 1/1" in log and "data " in log and "compute " in log  # Hydra's log file has the epoch lines
-    assert "epoch 0/1" in p.stdout + p.stderr
+    assert "epoch 2/2" in log and "data " in log and "compute " in log  # Hydra's log file has the epoch lines
+    assert "epoch 1/2" in p.stdout + p.stderr and "epoch 0/" not in p.stdout + p.stderr  # 1-based in logs
+
+
+def test_worker_warning_once_per_job(tmp_path):
+    """torch warns about too many workers for this machine; the train and test loaders must not repeat it."""
+    p = train_cli([*TINY, "workers=64", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=True)
+    assert (p.stdout + p.stderr).count("This DataLoader will create") <= 1
+
+
+def test_inspect_writes_nothing_unless_asked(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "trainbench.inspect", "--no-layers"], cwd=tmp_path, capture_output=True,
+                       text=True, check=True)  # fmt: skip
+    assert "Q1" in p.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_help_explains_groups_presets_and_keys_not_test_keys(tmp_path):
+    p = train_cli(["--help"], tmp_path, check=True)
+    out = p.stdout
+    for word in ("optimizer", "sgd, nesterov, adagrad, adadelta, adam", "experiment", "c3", "workers", "epochs",
+                 "data.train_size", "loader", "precision", "python train.py -m"):  # fmt: skip
+        assert word in out, word
+    assert "faults" not in out and "restore_rng" not in out and "nan_at_step" not in out
 
 
 def test_test_eval_can_be_switched_off(tmp_path):

@@ -89,7 +89,7 @@ def test_negative_control_skipping_rng_restore_breaks_equality(tmp_path, referen
     """Stop after epoch 0, resume with and without restoring RNG/sampler state: only the former matches."""
     for restore in (True, False):
         d = tmp_path / f"restore_{restore}"
-        run(compose([*RESUME, "epochs=1"]), d)  # as if stopped after its first epoch
+        run(compose([*RESUME, "epochs=1", "checkpoint.keep_on_complete=true"]), d)  # as if stopped after epoch 0
         run(compose([*RESUME, f"resume.restore_rng={str(restore).lower()}"]), d)
         assert len(metrics(d)) == 3 and metrics(d)[0] == metrics(reference)[0]
         if restore:
@@ -121,7 +121,7 @@ def test_sigterm_mid_epoch_marks_interrupted_and_resumes(tmp_path, reference):
 def test_rows_past_the_checkpoint_are_reconciled(tmp_path, reference):
     """Epoch rows written after the last checkpoint (killed between row and checkpoint) are redone once."""
     d = tmp_path / "run"
-    run(compose([*RESUME, "checkpoint.keep=3"]), d)
+    run(compose([*RESUME, "checkpoint.keep=3", "checkpoint.keep_on_complete=true"]), d)
     for e in (1, 2):
         (d / f"checkpoint_epoch{e}.pt").unlink()  # as if killed right after writing rows 1 and 2
     info = json.loads((d / "run.json").read_text())
@@ -145,7 +145,7 @@ def test_nan_at_chosen_step_marks_diverged(tmp_path):
 
 def test_truncated_checkpoint_is_never_loaded(tmp_path):
     d = tmp_path / "run"
-    run(compose([*TINY, "epochs=2"]), d)
+    run(compose([*TINY, "epochs=2", "checkpoint.keep_on_complete=true"]), d)
     ck = d / "checkpoint_epoch1.pt"
     ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
     before = (d / "epochs.csv").read_text()
@@ -157,7 +157,7 @@ def test_truncated_checkpoint_is_never_loaded(tmp_path):
 
 def test_truncated_newest_checkpoint_falls_back_to_older(tmp_path):
     d = tmp_path / "run"
-    cfg = compose([*TINY, "epochs=2", "checkpoint.keep=2"])
+    cfg = compose([*TINY, "epochs=2", "checkpoint.keep=2", "checkpoint.keep_on_complete=true"])
     run(cfg, d)
     ck = d / "checkpoint_epoch1.pt"
     ck.write_bytes(ck.read_bytes()[:100])
@@ -176,9 +176,9 @@ def test_different_config_is_refused(tmp_path):
 def test_completed_run_is_not_redone(tmp_path, caplog):
     caplog.set_level("INFO", logger="trainbench")
     d = tmp_path / "run"
-    run(compose(TINY), d)
+    run(compose([*TINY, "checkpoint.keep_on_complete=true"]), d)
     before = {f: (d / f).read_bytes() for f in ("epochs.csv", "batches.csv", "run.json", "checkpoint_epoch0.pt")}
-    info = run(compose(TINY), d)
+    info = run(compose([*TINY, "checkpoint.keep_on_complete=true"]), d)
     assert info["status"] == "complete"
     assert {f: (d / f).read_bytes() for f in before} == before  # not even run.json's timestamps are touched
     assert "already complete" in caplog.text
@@ -213,20 +213,34 @@ def test_resume_disabled_refuses_a_run_dir_with_rows(tmp_path):
     assert (d / "epochs.csv").read_bytes() == before
 
 
-def test_checkpoint_disabled_writes_none_and_a_rerun_is_refused(tmp_path):
+def test_checkpoint_disabled_writes_none_and_a_rerun_is_not_redone(tmp_path):
     d = tmp_path / "run"
     info = run(compose([*TINY, "epochs=2", "checkpoint.enabled=false"]), d)
     assert info["status"] == "complete" and info["epochs_done"] == 2
     assert not list(d.glob("checkpoint_*"))
-    # the same config again: no checkpoint to continue from, but run.json says it is this config
-    info2 = run(compose([*TINY, "epochs=2", "checkpoint.enabled=false"]), d)
-    assert info2["status"] == "complete"
-    assert [r["epoch"] for r in rows(d / "epochs.csv")] == ["0", "1"]
+    before = (d / "epochs.csv").read_bytes()
+    info2 = run(compose([*TINY, "epochs=2", "checkpoint.enabled=false"]), d)  # complete: nothing to redo
+    assert info2["status"] == "complete" and (d / "epochs.csv").read_bytes() == before
+
+
+def test_complete_run_checkpoints_are_removed_by_default_and_it_cannot_be_extended(tmp_path):
+    d = tmp_path / "run"
+    run(compose([*TINY, "epochs=2"]), d)
+    assert not list(d.glob("checkpoint_*"))
+    before = (d / "epochs.csv").read_bytes()
+    with pytest.raises(CheckpointError, match="complete run of 2 epochs whose checkpoints were removed.*keep_on_complete=true"):
+        run(compose([*TINY, "epochs=3"]), d)
+    assert (d / "epochs.csv").read_bytes() == before
+    # kept on request: the run can be extended
+    k = tmp_path / "kept"
+    run(compose([*TINY, "epochs=2", "checkpoint.keep_on_complete=true"]), k)
+    assert [p.name for p in k.glob("checkpoint_*")] == ["checkpoint_epoch1.pt"]
+    assert run(compose([*TINY, "epochs=3", "checkpoint.keep_on_complete=true"]), k)["epochs_done"] == 3
 
 
 def test_checkpoint_keep_prunes_to_the_newest(tmp_path):
     d = tmp_path / "run"
-    run(compose([*TINY, "epochs=3", "checkpoint.keep=2"]), d)
+    run(compose([*TINY, "epochs=3", "checkpoint.keep=2", "checkpoint.keep_on_complete=true"]), d)
     assert sorted(p.name for p in d.glob("checkpoint_*")) == ["checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]
 
 

@@ -79,6 +79,14 @@ def save_checkpoint(run_dir: Path, epoch: int, state: dict[str, Any], keep: int)
     return path
 
 
+def remove_checkpoints(run_dir: Path) -> int:
+    """Delete every checkpoint of run_dir; returns how many were removed."""
+    found = list_checkpoints(run_dir)
+    for _, p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
+
+
 def load_latest(run_dir: Path) -> dict | None:
     """The newest readable checkpoint; an unreadable one is skipped with a warning, never loaded silently."""
     bad = []

@@ -72,6 +72,7 @@ class OptimizerConfig:
 class CheckpointConfig:
     enabled: bool = True
     keep: int = 1  # how many epoch checkpoints to keep (the newest)
+    keep_on_complete: bool = False  # false: a complete run's checkpoints are removed (a full model's is 89 MB)
 
 
 @dataclass

@@ -126,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainbench.inspect", description=__doc__.splitlines()[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optimizer=adam norm=none")
     p.add_argument(
-        "--json", type=Path, default=Path("inspect.json"), help="where to write the JSON (default inspect.json)"
+        "--json", type=Path, default=None, help="also write the answers as JSON to this path (default: write nothing)"
     )
     p.add_argument("--no-layers", action="store_true", help="leave out the per-layer table")
     a = p.parse_args(argv)
     facts = model_facts(compose(a.overrides), layers=not a.no_layers)
     print(render(facts))
-    a.json.write_text(json.dumps(facts, indent=2) + "\n")
-    print(f"\nwrote {a.json}")
+    if a.json is not None:
+        a.json.write_text(json.dumps(facts, indent=2) + "\n")
+        print(f"\nwrote {a.json}")
     return 0
 
 

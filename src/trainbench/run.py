@@ -10,6 +10,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from .records import (
 )
 
 log = logging.getLogger("trainbench")
+# torch warns about a large worker count each time a DataLoader is made (train and test, every job): once is enough
+warnings.filterwarnings("once", message=r"This DataLoader will create", category=UserWarning)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -164,9 +167,18 @@ class Trainer:
         ckpt = ckpt_mod.load_latest(self.run_dir) if cfg.resume.enabled else None
         self._check_existing(ckpt, fp)
         start_epoch = ckpt["epoch"] + 1 if ckpt else 0
-        if ckpt and start_epoch >= cfg.epochs and self.info.get("status") == "complete":
-            log.info("run dir %s is already complete (%d epochs); nothing to do", self.run_dir, start_epoch)
-            return self.info
+        done = len(read_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS))
+        if self.info.get("status") == "complete" and self.info.get("fingerprint") == fp:
+            if done >= cfg.epochs:
+                log.info("run dir %s is already complete (%d epochs); nothing to do", self.run_dir, done)
+                return self.info
+            if ckpt is None:
+                raise ckpt_mod.CheckpointError(
+                    f"run dir {self.run_dir} holds a complete run of {done} epochs whose checkpoints were removed "
+                    "(checkpoint.keep_on_complete=false), so it cannot be extended to "
+                    f"epochs={cfg.epochs}; nothing was changed. Train epochs={cfg.epochs} in another hydra.run.dir, "
+                    "and set checkpoint.keep_on_complete=true for runs you want to extend later"
+                )
 
         timing = cfg.timing if dev.type == "cuda" else "sync"
         if timing != cfg.timing:
@@ -262,7 +274,7 @@ class Trainer:
         try:
             with _StopFlag() as stop:
                 for epoch in range(start_epoch, cfg.epochs):
-                    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{cfg.epochs - 1}", disable=disable,
+                    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=disable,
                                leave=False, mininterval=0.5, unit="batch")  # fmt: skip
 
                     def on_batch(rec, stats: EpochStats, bar=bar) -> None:
@@ -280,9 +292,13 @@ class Trainer:
                     global_step += stats.batches
                     # Test evaluation runs after the epoch clock stopped: it is in no timed figure.
                     t = time.perf_counter()
-                    test_loss, test_acc = (
-                        evaluate(ctx, test_loader) if test_loader is not None else (math.nan, math.nan)
-                    )
+                    if test_loader is not None:
+                        ebar = tqdm(test_loader, desc=f"test {epoch + 1}/{cfg.epochs}", disable=disable, leave=False,
+                                    mininterval=0.5, unit="batch")  # fmt: skip
+                        test_loss, test_acc = evaluate(ctx, ebar)
+                        ebar.close()
+                    else:
+                        test_loss, test_acc = math.nan, math.nan
                     synchronize(dev)
                     eval_s = time.perf_counter() - t if test_loader is not None else math.nan
                     row = {
@@ -297,7 +313,7 @@ class Trainer:
                     log.info(
                         "epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | data %.2fs compute %.2fs "
                         "other %.2fs epoch %.2fs | %.0f img/s",
-                        epoch, cfg.epochs - 1, stats.loss, stats.acc, test_loss, test_acc, stats.data_time_s,
+                        epoch + 1, cfg.epochs, stats.loss, stats.acc, test_loss, test_acc, stats.data_time_s,
                         stats.compute_time_s, stats.other_time_s, stats.epoch_time_s, row["samples_per_s"],
                     )  # fmt: skip
                     if cfg.checkpoint.enabled:
@@ -318,6 +334,10 @@ class Trainer:
         rows = read_rows(run_dir / "epochs.csv", EPOCH_COLUMNS)
         tot = totals(rows)
         self._save_info(status="complete", finished_at=_now(), epochs_done=len(rows), totals=tot)
+        if not cfg.checkpoint.keep_on_complete:
+            removed = ckpt_mod.remove_checkpoints(run_dir)
+            if removed:
+                log.info("removed %d checkpoint(s) of the complete run (checkpoint.keep_on_complete=false)", removed)
         log.info(
             "done: %d epochs | total epoch %.2fs (avg %.2fs) = data %.2fs + compute %.2fs + other %.2fs | run dir %s",
             len(rows), tot.get("total_epoch_time_s", 0), tot.get("avg_epoch_time_s", 0), tot.get("total_data_time_s", 0),
