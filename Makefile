@@ -27,12 +27,12 @@ test-all: venv
 	$(PY) -m pytest -q
 
 lint: venv
-	$(PY) -m ruff check src tests benchmarks train.py
-	$(PY) -m ruff format --check src tests benchmarks train.py
+	$(PY) -m ruff check src tests benchmarks mutation train.py
+	$(PY) -m ruff format --check src tests benchmarks mutation train.py
 
 format: venv
-	$(PY) -m ruff format src tests benchmarks train.py
-	$(PY) -m ruff check --fix src tests benchmarks train.py
+	$(PY) -m ruff format src tests benchmarks mutation train.py
+	$(PY) -m ruff check --fix src tests benchmarks mutation train.py
 
 bench: venv
 	$(PY) benchmarks/input_pipeline.py

@@ -36,100 +36,264 @@ class Mutant:
 M = Mutant
 MUTANTS: list[Mutant] = [
     # 1. the lab's train transforms (loader=torch)
-    M("transforms-no-crop", "loader=torch without RandomCrop(32, padding=4)",
-      (("src/trainbench/loaders.py", "[T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)]",
-        "[T.RandomHorizontalFlip(p=0.5)]"),), ("tests/test_loaders.py",)),
-    M("transforms-no-flip", "loader=torch without RandomHorizontalFlip",
-      (("src/trainbench/loaders.py", "[T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)]",
-        "[T.RandomCrop(size, padding=PAD)]"),), ("tests/test_loaders.py",)),
-    M("transforms-no-normalize", "loader=torch without Normalize",
-      (("src/trainbench/loaders.py", "T.Compose([*aug, T.ToTensor(), T.Normalize(MEAN, std)])",
-        "T.Compose([*aug, T.ToTensor()])"),), ("tests/test_loaders.py",)),
-    M("normalize-choice-ignored", "data.normalize=cifar10 uses the lab's std",
-      (("src/trainbench/data.py", "return STD[NORMALIZE_ALIASES.get(name, name)]", 'return STD["lab"]'),),
-      ("tests/test_loaders.py",)),
+    M(
+        "transforms-no-crop",
+        "loader=torch without RandomCrop(32, padding=4)",
+        (
+            (
+                "src/trainbench/loaders.py",
+                "[T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)]",
+                "[T.RandomHorizontalFlip(p=0.5)]",
+            ),
+        ),
+        ("tests/test_loaders.py",),
+    ),
+    M(
+        "transforms-no-flip",
+        "loader=torch without RandomHorizontalFlip",
+        (
+            (
+                "src/trainbench/loaders.py",
+                "[T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)]",
+                "[T.RandomCrop(size, padding=PAD)]",
+            ),
+        ),
+        ("tests/test_loaders.py",),
+    ),
+    M(
+        "transforms-no-normalize",
+        "loader=torch without Normalize",
+        (
+            (
+                "src/trainbench/loaders.py",
+                "T.Compose([*aug, T.ToTensor(), T.Normalize(MEAN, std)])",
+                "T.Compose([*aug, T.ToTensor()])",
+            ),
+        ),
+        ("tests/test_loaders.py",),
+    ),
+    M(
+        "normalize-choice-ignored",
+        "data.normalize=cifar10 uses the lab's std",
+        (("src/trainbench/data.py", "return STD[NORMALIZE_ALIASES.get(name, name)]", 'return STD["lab"]'),),
+        ("tests/test_loaders.py",),
+    ),
     # 2. optimizers
-    M("adagrad-is-sgd", "optimizer=adagrad builds torch.optim.SGD",
-      (("conf/optimizer/adagrad.yaml", "_target_: torch.optim.Adagrad", "_target_: torch.optim.SGD"),),
-      ("tests/test_config.py",)),
-    M("adadelta-is-sgd", "optimizer=adadelta builds torch.optim.SGD",
-      (("conf/optimizer/adadelta.yaml", "_target_: torch.optim.Adadelta", "_target_: torch.optim.SGD"),),
-      ("tests/test_config.py",)),
-    M("nesterov-dropped", "build_optimizer drops nesterov",
-      (("src/trainbench/run.py", 'k not in ("name", "_target_", "_partial_")',
-        'k not in ("name", "_target_", "_partial_", "nesterov")'),), ("tests/test_config.py",)),
+    M(
+        "adagrad-is-sgd",
+        "optimizer=adagrad builds torch.optim.SGD",
+        (("conf/optimizer/adagrad.yaml", "_target_: torch.optim.Adagrad", "_target_: torch.optim.SGD"),),
+        ("tests/test_config.py",),
+    ),
+    M(
+        "adadelta-is-sgd",
+        "optimizer=adadelta builds torch.optim.SGD",
+        (("conf/optimizer/adadelta.yaml", "_target_: torch.optim.Adadelta", "_target_: torch.optim.SGD"),),
+        ("tests/test_config.py",),
+    ),
+    M(
+        "nesterov-dropped",
+        "build_optimizer drops nesterov",
+        (
+            (
+                "src/trainbench/run.py",
+                'k not in ("name", "_target_", "_partial_")',
+                'k not in ("name", "_target_", "_partial_", "nesterov")',
+            ),
+        ),
+        ("tests/test_config.py",),
+    ),
     # 3. presets
-    M("c3-banana", "c3 sweeps workers 1,banana",
-      (("conf/experiment/c3.yaml", "workers: 0,4,8,12,16", "workers: 1,banana"),), ("tests/test_presets.py",)),
-    M("c6-not-multirun", "c6 with mode: RUN",
-      (("conf/experiment/c6.yaml", "mode: MULTIRUN", "mode: RUN"),), ("tests/test_presets.py",)),
-    M("c7-without-none", "c7 sweeps batchnorm only",
-      (("conf/experiment/c7.yaml", "norm: batchnorm,none", "norm: batchnorm"),), ("tests/test_presets.py",)),
+    M(
+        "c3-banana",
+        "c3 sweeps workers 1,banana",
+        (("conf/experiment/c3.yaml", "workers: 0,4,8,12,16", "workers: 1,banana"),),
+        ("tests/test_presets.py",),
+    ),
+    M(
+        "c6-not-multirun",
+        "c6 with mode: RUN",
+        (("conf/experiment/c6.yaml", "mode: MULTIRUN", "mode: RUN"),),
+        ("tests/test_presets.py",),
+    ),
+    M(
+        "c7-without-none",
+        "c7 sweeps batchnorm only",
+        (("conf/experiment/c7.yaml", "norm: batchnorm,none", "norm: batchnorm"),),
+        ("tests/test_presets.py",),
+    ),
     # 4. stop requests
-    M("no-per-batch-stop", "the per-batch stop check removed (SIGTERM finishes the epoch)",
-      (("src/trainbench/engine.py", "        batch += 1\n        if stop_requested():\n            raise",
-        "        batch += 1\n        if False:\n            raise"),), ("tests/test_timing.py",)),
+    M(
+        "no-per-batch-stop",
+        "the per-batch stop check removed (SIGTERM finishes the epoch)",
+        (
+            (
+                "src/trainbench/engine.py",
+                "        batch += 1\n        if stop_requested():\n            raise",
+                "        batch += 1\n        if False:\n            raise",
+            ),
+        ),
+        ("tests/test_timing.py",),
+    ),
     # 5. device loader precomputes the epoch
-    M("device-loader-precompute", "DeviceLoader augments the whole epoch before the first batch",
-      (("src/trainbench/loaders.py",
-        "    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:\n        n, g, dev",
-        "    def __iter__(self):\n        return iter(list(self._batches()))\n\n"
-        "    def _batches(self):\n        n, g, dev"),), ("tests/test_speed_paths.py",)),
+    M(
+        "device-loader-precompute",
+        "DeviceLoader augments the whole epoch before the first batch",
+        (
+            (
+                "src/trainbench/loaders.py",
+                "    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:\n        n, g, dev",
+                "    def __iter__(self):\n        return iter(list(self._batches()))\n\n"
+                "    def _batches(self):\n        n, g, dev",
+            ),
+        ),
+        ("tests/test_speed_paths.py",),
+    ),
     # 6. channels_last
-    M("channels-last-off", "channels_last disabled everywhere",
-      (("src/trainbench/engine.py", "fmt = torch.channels_last if self.channels_last else torch.contiguous_format",
-        "fmt = torch.contiguous_format"),
-       ("src/trainbench/run.py", "if cfg.channels_last:\n            model = model.to(", "if False:\n            model = model.to(")),
-      ("tests/test_speed_paths.py",)),
+    M(
+        "channels-last-off",
+        "channels_last disabled everywhere",
+        (
+            (
+                "src/trainbench/engine.py",
+                "fmt = torch.channels_last if self.channels_last else torch.contiguous_format",
+                "fmt = torch.contiguous_format",
+            ),
+            (
+                "src/trainbench/run.py",
+                "if cfg.channels_last:\n            model = model.to(",
+                "if False:\n            model = model.to(",
+            ),
+        ),
+        ("tests/test_speed_paths.py",),
+    ),
     # 7. clocks
-    M("startup-before-clock", "worker start-up before the epoch clock plus a hidden 0.5 s prefetch",
-      (("src/trainbench/engine.py",
-        "    synchronize(dev)  # nothing queued from before may leak into this epoch\n"
-        "    epoch_start = time.perf_counter()\n    it = None\n",
-        "    synchronize(dev)  # nothing queued from before may leak into this epoch\n"
-        "    it = iter(loader)\n    time.sleep(0.5)\n    epoch_start = time.perf_counter()\n"),),
-      ("tests/test_timing.py",)),
-    M("iter-outside-data-clock", "iter(loader) before the data clock (start-up lands in other)",
-      (("src/trainbench/engine.py",
-        "    epoch_start = time.perf_counter()\n    it = None\n",
-        "    epoch_start = time.perf_counter()\n    it = iter(loader)\n"),), ("tests/test_timing.py",)),
-    M("compute-clock-after-step", "compute clock started after the step (the step counted as data)",
-      (("src/trainbench/engine.py",
-        "        t1 = time.perf_counter()\n        step = first_step + batch\n        loss_t, logits = ctx.step(x, y, step)\n",
-        "        step = first_step + batch\n        loss_t, logits = ctx.step(x, y, step)\n        t1 = time.perf_counter()\n"),),
-      ("tests/test_timing.py",)),
-    M("isnan-only", "divergence check sees NaN but not inf",
-      (("src/trainbench/engine.py", "        loss = loss_t.item()\n        if not math.isfinite(loss):",
-        "        loss = loss_t.item()\n        if math.isnan(loss):"),), ("tests/test_timing.py",)),
+    M(
+        "startup-before-clock",
+        "worker start-up before the epoch clock plus a hidden 0.5 s prefetch",
+        (
+            (
+                "src/trainbench/engine.py",
+                "    synchronize(dev)  # nothing queued from before may leak into this epoch\n"
+                "    epoch_start = time.perf_counter()\n    it = None\n",
+                "    synchronize(dev)  # nothing queued from before may leak into this epoch\n"
+                "    it = iter(loader)\n    time.sleep(0.5)\n    epoch_start = time.perf_counter()\n",
+            ),
+        ),
+        ("tests/test_timing.py",),
+    ),
+    M(
+        "iter-outside-data-clock",
+        "iter(loader) before the data clock (start-up lands in other)",
+        (
+            (
+                "src/trainbench/engine.py",
+                "    epoch_start = time.perf_counter()\n    it = None\n",
+                "    epoch_start = time.perf_counter()\n    it = iter(loader)\n",
+            ),
+        ),
+        ("tests/test_timing.py",),
+    ),
+    M(
+        "compute-clock-after-step",
+        "compute clock started after the step (the step counted as data)",
+        (
+            (
+                "src/trainbench/engine.py",
+                "        t1 = time.perf_counter()\n        step = first_step + batch\n        loss_t, logits = ctx.step(x, y, step)\n",
+                "        step = first_step + batch\n        loss_t, logits = ctx.step(x, y, step)\n        t1 = time.perf_counter()\n",
+            ),
+        ),
+        ("tests/test_timing.py",),
+    ),
+    M(
+        "isnan-only",
+        "divergence check sees NaN but not inf",
+        (
+            (
+                "src/trainbench/engine.py",
+                "        loss = loss_t.item()\n        if not math.isfinite(loss):",
+                "        loss = loss_t.item()\n        if math.isnan(loss):",
+            ),
+        ),
+        ("tests/test_timing.py",),
+    ),
     # 8. bf16
-    M("bf16-skips-steps", "bf16 skips every fourth optimizer step",
-      (("src/trainbench/engine.py", "            loss.backward()\n            self.optimizer.step()",
-        "            loss.backward()\n            if self.autocast_dtype is None or global_step % 4 != 3:\n"
-        "                self.optimizer.step()"),), ("tests/test_speed_paths.py",)),
+    M(
+        "bf16-skips-steps",
+        "bf16 skips every fourth optimizer step",
+        (
+            (
+                "src/trainbench/engine.py",
+                "            loss.backward()\n            self.optimizer.step()",
+                "            loss.backward()\n            if self.autocast_dtype is None or global_step % 4 != 3:\n"
+                "                self.optimizer.step()",
+            ),
+        ),
+        ("tests/test_speed_paths.py",),
+    ),
     # 9. summarizer
-    M("best-workers-argmin", "C3's best count is the plain argmin of data time",
-      (("src/trainbench/summarize.py",
-        'best, more = best_workers(agg["workers"].tolist(), agg["total_data_time_s"].tolist())',
-        'best, more = int(agg.loc[agg["total_data_time_s"].idxmin(), "workers"]), False'),),
-      ("tests/test_summarize.py::test_c3_best_is_the_first_stop_not_the_lowest",)),
-    M("concurrency-any-two", "the concurrency warning fires for any two runs on one host",
-      (("src/trainbench/summarize.py", "if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]", "if x[2] == y[2]"),),
-      ("tests/test_summarize.py::test_concurrency_warning_only_for_runs_that_overlapped",)),
+    M(
+        "best-workers-argmin",
+        "C3's best count is the plain argmin of data time",
+        (
+            (
+                "src/trainbench/summarize.py",
+                'best, more = best_workers(agg["workers"].tolist(), agg["total_data_time_s"].tolist())',
+                'best, more = int(agg.loc[agg["total_data_time_s"].idxmin(), "workers"]), False',
+            ),
+        ),
+        ("tests/test_summarize.py::test_c3_best_is_the_first_stop_not_the_lowest",),
+    ),
+    M(
+        "concurrency-any-two",
+        "the concurrency warning fires for any two runs on one host",
+        (("src/trainbench/summarize.py", "if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]", "if x[2] == y[2]"),),
+        ("tests/test_summarize.py::test_concurrency_warning_only_for_runs_that_overlapped",),
+    ),
     # 10. device loader padding, completed runs
-    M("device-pad-255", "DeviceLoader pads with 255 instead of 0",
-      (("src/trainbench/loaders.py", "imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD))",
-        "imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD), value=255)"),),
-      ("tests/test_loaders.py", "tests/test_speed_paths.py")),
-    M("complete-run-redone", 'the "already complete" early return removed',
-      (("src/trainbench/run.py", 'if ckpt and start_epoch >= cfg.epochs and self.info.get("status") == "complete":',
-        "if False:"),), ("tests/test_faults.py::test_completed_run_is_not_redone",)),
-    M("prefetch-factor-ignored", "loader.prefetch_factor not passed to the DataLoader",
-      (("src/trainbench/loaders.py", 'kwargs["prefetch_factor"] = prefetch_factor', "pass"),),
-      ("tests/test_loaders.py",)),
-    M("eval-in-epoch-clock", "test evaluation timed inside the epoch",
-      (("src/trainbench/engine.py", "    synchronize(dev)\n    stats.epoch_time_s = time.perf_counter() - epoch_start\n    return stats",
-        "    synchronize(dev)\n    time.sleep(0.3)\n    stats.epoch_time_s = time.perf_counter() - epoch_start\n    return stats"),),
-      ("tests/test_timing.py",)),
+    M(
+        "device-pad-255",
+        "DeviceLoader pads with 255 instead of 0",
+        (
+            (
+                "src/trainbench/loaders.py",
+                "imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD))",
+                "imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD), value=255)",
+            ),
+        ),
+        ("tests/test_loaders.py", "tests/test_speed_paths.py"),
+    ),
+    M(
+        "complete-run-redone",
+        'the "already complete" early return removed',
+        (
+            (
+                "src/trainbench/run.py",
+                'if ckpt and start_epoch >= cfg.epochs and self.info.get("status") == "complete":',
+                "if False:",
+            ),
+        ),
+        ("tests/test_faults.py::test_completed_run_is_not_redone",),
+    ),
+    M(
+        "prefetch-factor-ignored",
+        "loader.prefetch_factor not passed to the DataLoader",
+        (("src/trainbench/loaders.py", 'kwargs["prefetch_factor"] = prefetch_factor', "pass"),),
+        ("tests/test_loaders.py",),
+    ),
+    M(
+        "eval-in-epoch-clock",
+        "test evaluation timed inside the epoch",
+        (
+            (
+                "src/trainbench/engine.py",
+                "    synchronize(dev)\n    stats.epoch_time_s = time.perf_counter() - epoch_start\n    return stats",
+                "    synchronize(dev)\n    time.sleep(0.3)\n    stats.epoch_time_s = time.perf_counter() - epoch_start\n    return stats",
+            ),
+        ),
+        ("tests/test_timing.py",),
+    ),
 ]
 
 

@@ -152,8 +152,14 @@ def test_optimizer_state_after_a_real_step_matches_the_algorithm():
 
 
 def test_custom_optimizer_target_is_allowed():
-    cfg = compose(["optimizer._target_=torch.optim.RMSprop", "optimizer.name=rmsprop", "optimizer.momentum=0.5",
-                   "optimizer.nesterov=null"])
+    cfg = compose(
+        [
+            "optimizer._target_=torch.optim.RMSprop",
+            "optimizer.name=rmsprop",
+            "optimizer.momentum=0.5",
+            "optimizer.nesterov=null",
+        ]
+    )
     validate(cfg)
     from trainbench.run import build_optimizer
 

@@ -228,7 +228,9 @@ def test_complete_run_checkpoints_are_removed_by_default_and_it_cannot_be_extend
     run(compose([*TINY, "epochs=2"]), d)
     assert not list(d.glob("checkpoint_*"))
     before = (d / "epochs.csv").read_bytes()
-    with pytest.raises(CheckpointError, match="complete run of 2 epochs whose checkpoints were removed.*keep_on_complete=true"):
+    with pytest.raises(
+        CheckpointError, match="complete run of 2 epochs whose checkpoints were removed.*keep_on_complete=true"
+    ):
         run(compose([*TINY, "epochs=3"]), d)
     assert (d / "epochs.csv").read_bytes() == before
     # kept on request: the run can be extended

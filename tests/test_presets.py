@@ -63,7 +63,13 @@ def test_single_run_presets_stay_single_runs_of_the_lab_setup(preset):
     cfg = compose_with_hydra([f"experiment={preset}"])
     assert cfg.hydra.mode in (None, RunMode.RUN)
     assert not cfg.hydra.sweeper.params
-    assert (cfg.epochs, cfg.batch_size, cfg.workers, cfg.optimizer.name, cfg.norm.name) == (5, 128, 2, "sgd", "batchnorm")
+    assert (cfg.epochs, cfg.batch_size, cfg.workers, cfg.optimizer.name, cfg.norm.name) == (
+        5,
+        128,
+        2,
+        "sgd",
+        "batchnorm",
+    )
 
 
 def test_launcher_presets_compose():

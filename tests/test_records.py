@@ -158,7 +158,10 @@ def test_atomic_write_into_a_missing_dir_is_a_run_write_error(tmp_path):
     with pytest.raises(R.RunWriteError) as e:
         R.atomic_write_bytes(tmp_path / "nodir" / "f.bin", b"x")
     assert e.value.errno == errno.ENOENT
-    assert e.value.strerror == f"cannot write {tmp_path / 'nodir' / 'f.bin'}: No such file or directory; the previous version is intact"
+    assert (
+        e.value.strerror
+        == f"cannot write {tmp_path / 'nodir' / 'f.bin'}: No such file or directory; the previous version is intact"
+    )
 
 
 def test_csv_log_open_failure_message_and_errno(tmp_path):

@@ -149,7 +149,9 @@ def test_multirun_of_five_optimizers_ends_with_report(tmp_path):
     acc = next(x for x in f if x["metric"] == "avg_train_acc")
     assert acc["winner"] is None and acc["significant"] is False
     assert "too short to compare accuracy" in acc["text"] or "indistinguishable" in acc["text"]
-    assert report.index("| sgd |") < report.index("| nesterov |") < report.index("| adagrad |") < report.index("| adam |")
+    assert (
+        report.index("| sgd |") < report.index("| nesterov |") < report.index("| adagrad |") < report.index("| adam |")
+    )
     facts = json.loads((sweep / "inspect.json").read_text())
     assert {f["optimizer"] for f in facts} == {"sgd", "nesterov", "adagrad", "adadelta", "adam"}
     for png in ("time_split.png", "curves.png"):
@@ -184,8 +186,15 @@ def test_submitit_local_launcher(tmp_path):
     assert ("ran at the same time" in (sweep / "report.md").read_text()) == overlap
 
 
-def crafted(d: Path, config: dict, epochs: list[dict], start: str = "2026-01-01T00:00:00", end: str | None = None,
-            host: str = "h", status: str = "complete") -> None:
+def crafted(
+    d: Path,
+    config: dict,
+    epochs: list[dict],
+    start: str = "2026-01-01T00:00:00",
+    end: str | None = None,
+    host: str = "h",
+    status: str = "complete",
+) -> None:
     """A run dir with an explicit config and start/finish times."""
     d.mkdir(parents=True)
     base = {"workers": 2, "seed": 0, "optimizer": {"name": "sgd"}, "norm": {"name": "batchnorm"},
@@ -235,7 +244,9 @@ def test_c5_and_c7_sections(tmp_path):
     crafted(c5 / "1", {"device": {"name": "cuda"}}, [epoch(0, 1.0, 2.0), epoch(1, 1.0, 2.0)])
     s = summarize(c5, inspect_models=False)
     t = s.tables["c5_device"].set_index("device")
-    assert t.loc["cpu", "avg_epoch_time_s"] == pytest.approx(31.1) and t.loc["cuda", "avg_epoch_time_s"] == pytest.approx(3.1)
+    assert t.loc["cpu", "avg_epoch_time_s"] == pytest.approx(31.1) and t.loc[
+        "cuda", "avg_epoch_time_s"
+    ] == pytest.approx(3.1)
     report = (c5 / "report.md").read_text()
     assert "## C5: average epoch time per device" in report and "Fastest device per epoch: **cuda**" in report
     assert "10x as long per epoch" in report  # 31.1 / 3.1 = 10.03
@@ -246,7 +257,9 @@ def test_c5_and_c7_sections(tmp_path):
     report = (c7 / "report.md").read_text()
     assert "## C7: BatchNorm against none" in report and "Per-epoch training top-1" in report
     t = s.tables["c7_norm"].set_index("norm")
-    assert t.loc["batchnorm", "avg_train_acc"] == pytest.approx(0.6) and t.loc["none", "avg_train_acc"] == pytest.approx(0.35)
+    assert t.loc["batchnorm", "avg_train_acc"] == pytest.approx(0.6) and t.loc[
+        "none", "avg_train_acc"
+    ] == pytest.approx(0.35)
     assert "| none | 0.3 | 0.4 |  |" in report  # the shorter run's missing epoch is an empty cell
 
 
@@ -276,13 +289,17 @@ def test_summarize_as_a_command(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "# trainbench report" in p.stdout and (tmp_path / "runs" / "summary.csv").exists()
     (tmp_path / "empty").mkdir()
-    p = subprocess.run([sys.executable, "-m", "trainbench.summarize", str(tmp_path / "empty")], capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "trainbench.summarize", str(tmp_path / "empty")], capture_output=True, text=True
+    )
     assert p.returncode == 1 and "no runs" in p.stderr
 
 
 def test_parallel_launcher(tmp_path):
     sweep = tmp_path / "sweep"
-    train_cli(["-m", "launcher=parallel", "optimizer=sgd,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True)
+    train_cli(
+        ["-m", "launcher=parallel", "optimizer=sgd,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True
+    )
     s = pd.read_csv(sweep / "summary.csv")
     assert list(s["optimizer"]) == ["sgd", "adam"] and list(s["status"]) == ["complete", "complete"]
 
@@ -297,3 +314,19 @@ def test_sweep_of_full_models_leaves_little_on_disk(tmp_path):
     assert not list(sweep.rglob("checkpoint_*.pt"))
     s = pd.read_csv(sweep / "summary.csv")
     assert list(s["status"]) == ["complete"] * 3
+
+
+def test_sweep_rerun_with_other_settings_is_refused_and_reported(tmp_path):
+    sweep = tmp_path / "sweep"
+    train_cli(["-m", "optimizer=sgd,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True)
+    before = (sweep / "0" / "epochs.csv").read_bytes()
+    p = train_cli(["-m", "optimizer=adagrad,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "1 job(s) were refused" in out and f"hydra.sweep.dir={sweep}" in out
+    assert (sweep / "0" / "epochs.csv").read_bytes() == before  # the old run is untouched
+    report = (sweep / "report.md").read_text()
+    assert "## Jobs refused in this invocation" in report and "job 0 (optimizer=adagrad" in report
+    # a later invocation that is not refused does not repeat old refusals
+    p = train_cli(["-m", "optimizer=sgd,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True)
+    assert "Jobs refused" not in (sweep / "report.md").read_text()

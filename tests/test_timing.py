@@ -59,7 +59,9 @@ class SlowModel(nn.Module):
 
 
 def _ctx(model: nn.Module, **kw) -> StepContext:
-    return StepContext(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), device=torch.device("cpu"), **kw)
+    return StepContext(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), device=torch.device("cpu"), **kw
+    )
 
 
 def _train(model, loader, on_batch=None, **kw):

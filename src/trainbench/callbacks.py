@@ -15,12 +15,26 @@ log = logging.getLogger("trainbench")
 class SummarizeOnMultirunEnd(Callback):
     """Write summary.csv, report.md and plots into the sweep dir; exit non-zero if any job did not complete."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import shutil
+
+        from .cli import REFUSED_DIR
+
+        shutil.rmtree(Path(config.hydra.sweep.dir) / REFUSED_DIR, ignore_errors=True)  # refusals of earlier runs
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from .summarize import summarize
 
         sweep_dir = Path(config.hydra.sweep.dir)
         result = summarize(sweep_dir)
         print(f"[trainbench] report: {result.report_path}  summary: {result.summary_path}", flush=True)
+        if result.refused:
+            for r in result.refused:
+                print(f"[trainbench] job {r['job']} refused: {r['error']}", flush=True)
+            raise SystemExit(
+                f"[trainbench] {len(result.refused)} job(s) were refused: hydra.sweep.dir={sweep_dir} holds runs of "
+                "other settings, which were left as they were (the report lists them). Choose another hydra.sweep.dir"
+            )
         bad = [r for r in result.runs if r.status != "complete"]
         if bad:
             for r in bad:

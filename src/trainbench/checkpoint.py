@@ -28,6 +28,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (unreadable, or from a different config)."""
 
 
+class RunDirRefused(CheckpointError):
+    """The run dir holds a run that this config may not continue or overwrite; nothing was changed."""
+
+
 def training_config(cfg: DictConfig) -> dict:
     """The resolved config minus the keys that may change on resume."""
     c = OmegaConf.to_container(cfg, resolve=True)

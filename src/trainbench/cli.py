@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, RunDirRefused
 from .config import ConfigError, validate
 from .data import DataError, check_available
 from .device import check_device_options, resolve_device
@@ -24,6 +24,7 @@ from .run import _now, hydra_info, run
 log = logging.getLogger("trainbench")
 
 OUR_FILES = ("run.json", "epochs.csv", "batches.csv")
+REFUSED_DIR = ".refused"  # in a sweep dir: one JSON per job refused in the current invocation
 _sweep_interrupted = False  # set when a signal stopped a job: the sweep's remaining jobs do not start
 # Errors a user can cause and fix: one clear message, no traceback (HYDRA_FULL_ERROR=1 shows it).
 EXPECTED = (ConfigError, DataError, CheckpointError, RunDirLocked, RunWriteError, Diverged, LoaderDied)
@@ -91,6 +92,10 @@ def run_job(cfg: DictConfig) -> None:
             raise
         if isinstance(e, Interrupted):
             _sweep_interrupted = True
+        if isinstance(e, RunDirRefused):  # the old run stays as it was; the sweep's report must say so
+            (run_dir.parent / REFUSED_DIR).mkdir(exist_ok=True)
+            write_json(run_dir.parent / REFUSED_DIR / f"{hc.job.num}.json",
+                       {"job": hc.job.num, "run_dir": str(run_dir), "error": str(e), "overrides": list(hc.overrides.task)})  # fmt: skip
         if read_json(run_dir / "run.json") is None:
             _record_failure(cfg, run_dir, e)
         log.exception("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)

@@ -26,6 +26,8 @@ NORMALIZE_ALIASES = {"true": "cifar10", "True": "cifar10"}
 def normalize_std(name: str) -> tuple[float, float, float]:
     """The per-channel std that data.normalize names (lab, cifar10, or the old alias true)."""
     return STD[NORMALIZE_ALIASES.get(name, name)]
+
+
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SYNTHETIC_SIZES = {"train": 50_000, "test": 10_000}  # CIFAR-10's, so that timings compare
 SUBSET_SEED = 20190101  # fixed: subsets never depend on the training seed

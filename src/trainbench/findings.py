@@ -93,7 +93,9 @@ class Estimate:
     source: str  # "repeats" or "within-run"
 
 
-def estimates(groups: list[tuple[Any, list[tuple[dict, pd.DataFrame, pd.DataFrame | None]]]], metric: str) -> list[Estimate]:
+def estimates(
+    groups: list[tuple[Any, list[tuple[dict, pd.DataFrame, pd.DataFrame | None]]]], metric: str
+) -> list[Estimate]:
     """Per setting (in the order given): the mean of the metric over its runs and its standard error.
 
     groups: [(setting, [(summary row, epochs frame, batches frame or None), ...]), ...]."""
@@ -141,8 +143,16 @@ def best_of(ests: list[Estimate], lower_is_better: bool) -> tuple[Estimate, Esti
     return ranked[0], ranked[1], differ(ranked[0], ranked[1])
 
 
-def compare(part: str, key: str, metric: str, ests: list[Estimate], lower_is_better: bool, what: str, fmt: str,
-            missing: list[str] | None = None) -> Finding:
+def compare(
+    part: str,
+    key: str,
+    metric: str,
+    ests: list[Estimate],
+    lower_is_better: bool,
+    what: str,
+    fmt: str,
+    missing: list[str] | None = None,
+) -> Finding:
     """A finding naming the best setting of `key` by `metric` only when it beats the runner-up past the noise."""  # fmt: skip
     if len(ests) < 2:
         have = ", ".join(f"{key}={e.setting}" for e in ests) or "none"
@@ -162,7 +172,9 @@ def compare(part: str, key: str, metric: str, ests: list[Estimate], lower_is_bet
     return Finding(part, metric, None, False, text)
 
 
-def accuracy_finding(part: str, key: str, ests: list[Estimate], classes: int, missing: list[str] | None = None) -> Finding:
+def accuracy_finding(
+    part: str, key: str, ests: list[Estimate], classes: int, missing: list[str] | None = None
+) -> Finding:
     """Highest average training accuracy, or why none can be named (chance level, one setting, noise)."""
     chance = 1.0 / max(1, classes)
     if ests and all(e.value < chance + CHANCE_MARGIN for e in ests):

@@ -149,13 +149,13 @@ class Trainer:
         )
         if saved and saved.get("fingerprint") and saved["fingerprint"] != fp:
             diff = ckpt_mod.config_diff(saved.get("train_config") or {}, ckpt_mod.training_config(self.cfg))
-            raise ckpt_mod.CheckpointError(
+            raise ckpt_mod.RunDirRefused(
                 f"run dir {self.run_dir} holds a run of a different config ({'; '.join(diff) or 'fingerprint differs'}); "
                 "refusing to resume it. Use the original settings, or another hydra.run.dir"
             )
         if rows and ckpt is None and not (self.cfg.resume.enabled and self.info.get("fingerprint") == fp):
             why = "resume.enabled=false" if not self.cfg.resume.enabled else "no checkpoint or record of its config"
-            raise ckpt_mod.CheckpointError(
+            raise ckpt_mod.RunDirRefused(
                 f"run dir {self.run_dir} already holds {len(rows)} epoch rows and {why}; nothing was overwritten. "
                 "Choose another hydra.run.dir"
             )
@@ -173,7 +173,7 @@ class Trainer:
                 log.info("run dir %s is already complete (%d epochs); nothing to do", self.run_dir, done)
                 return self.info
             if ckpt is None:
-                raise ckpt_mod.CheckpointError(
+                raise ckpt_mod.RunDirRefused(
                     f"run dir {self.run_dir} holds a complete run of {done} epochs whose checkpoints were removed "
                     "(checkpoint.keep_on_complete=false), so it cannot be extended to "
                     f"epochs={cfg.epochs}; nothing was changed. Train epochs={cfg.epochs} in another hydra.run.dir, "

@@ -126,6 +126,13 @@ class Summary:
     report_path: Path
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
+
+
+def refused_jobs(root: Path) -> list[dict]:
+    """Jobs of the latest sweep invocation that were refused (their run dir held other settings)."""
+    out = [read_json(p) for p in sorted((root / ".refused").glob("*.json"))]
+    return sorted((r for r in out if r), key=lambda r: int(r.get("job", 0)))
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -286,9 +293,21 @@ def _cores(ctx: Context) -> int | None:
 def part_status(ctx: Context) -> PartOutput:
     """Runs left out of the tables, and a warning when compared runs ran at the same time."""
     out = PartOutput()
+    refused = refused_jobs(ctx.root)
+    if refused:
+        out.md += ["## Jobs refused in this invocation", "",
+                   "These jobs' run dirs already held runs of other settings; nothing was trained or overwritten, so "
+                   "the tables below show the OLD runs for them, not what this invocation asked for. Re-run with "
+                   "another `hydra.sweep.dir`.", ""]  # fmt: skip
+        out.md += [f"- job {r['job']} ({' '.join(r.get('overrides') or [])}): {r['error']}" for r in refused] + [""]
     if len(ctx.done) < len(ctx.runs):
         bad = ctx.table[ctx.table["status"] != "complete"]
-        out.md += ["## Runs left out of every table (not complete)", "", _md(bad[["run", "status", "epochs", "error"]]), ""]
+        out.md += [
+            "## Runs left out of every table (not complete)",
+            "",
+            _md(bad[["run", "status", "epochs", "error"]]),
+            "",
+        ]
     warn = _concurrency_warning(ctx.done)
     if warn:
         out.md += [warn, ""]
@@ -336,7 +355,9 @@ def part_c3(ctx: Context) -> PartOutput:
     nxt = data[ws[i + 1]] if i + 1 < len(ws) else None
     # significant: the decrease that made `best` the best is beyond the noise (or, at the smallest count,
     # the increase after it is)
-    sig = (prev is not None and differ(prev, data[best])) or (prev is None and nxt is not None and differ(nxt, data[best]))
+    sig = (prev is not None and differ(prev, data[best])) or (
+        prev is None and nxt is not None and differ(nxt, data[best])
+    )
     rule = (f"By the lab's rule (data-loading time stops decreasing after it) the best worker count is **{best}**"
             + (" (still decreasing at the largest count tried: try more workers)" if more else "")
             + f"; lowest data-loading time {min(e.value for e in data.values()):.3g} s with "
@@ -412,8 +433,12 @@ def part_c4(ctx: Context) -> PartOutput:
     t = pd.DataFrame({"epoch": a["epoch"].astype(int).astype(str)})
     for tag, e in (("1w", a), (f"{best}w", b)):
         for c in ("data_time_s", "compute_time_s", "other_time_s", "epoch_time_s"):
-            t[f"{c}_{tag}"] = e[c].values[: len(t)] if len(e) >= len(t) else list(e[c].values) + [math.nan] * (len(t) - len(e))
-    t = pd.concat([t, pd.DataFrame([{"epoch": "Total", **t.iloc[:, 1:].sum()}, {"epoch": "Avg", **t.iloc[:, 1:].mean()}])])
+            t[f"{c}_{tag}"] = (
+                e[c].values[: len(t)] if len(e) >= len(t) else list(e[c].values) + [math.nan] * (len(t) - len(e))
+            )
+    t = pd.concat(
+        [t, pd.DataFrame([{"epoch": "Total", **t.iloc[:, 1:].sum()}, {"epoch": "Avg", **t.iloc[:, 1:].mean()}])]
+    )
     out = PartOutput(tables={"c4_profile": t})
     out.md += [f"## C4: 1 worker against {best} workers ({source}), per epoch", "", _md(t), ""]
 
@@ -459,7 +484,9 @@ def _group_part(key: str, part: str, title: str, accuracy: bool) -> Callable[[Co
         groups = ctx.groups(key)
         missing = ctx.missing(key)
         ests = estimates(groups, "avg_epoch_time_s")
-        out.findings.append(compare(part[:2], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing))
+        out.findings.append(
+            compare(part[:2], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing)
+        )
         if part == "c5_device" and len(ests) > 1:
             slow, quick = max(e.value for e in ests), min(e.value for e in ests)
             out.md += [f"The slowest device takes {slow / quick:.3g}x as long per epoch as the fastest.", ""]
@@ -467,7 +494,9 @@ def _group_part(key: str, part: str, title: str, accuracy: bool) -> Callable[[Co
             acc = estimates(groups, "avg_train_acc")
             out.findings.append(accuracy_finding(part[:2], key, acc, ctx.classes(), missing))
         if key == "norm":
-            per_epoch = pd.DataFrame({r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in ctx.done[:4]}).T
+            per_epoch = pd.DataFrame(
+                {r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in ctx.done[:4]}
+            ).T
             per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
             out.md += ["Per-epoch training top-1:", "", _md(per_epoch.reset_index(names="norm")), ""]
         return out
@@ -563,7 +592,7 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
             t.to_csv(root / "tables" / f"{name}.csv", index=False, float_format=FLOAT_FORMAT)
     (root / "findings.json").write_text(json.dumps([f.as_dict() for f in findings], indent=2, default=str) + "\n")
     report_path.write_text("\n".join(md))
-    return Summary(runs, varying, table, summary_path, report_path, tables, findings)
+    return Summary(runs, varying, table, summary_path, report_path, tables, findings, refused_jobs(root))
 
 
 def _plot_c3(agg: pd.DataFrame, out: Path) -> Path:
@@ -578,7 +607,11 @@ def _plot_c3(agg: pd.DataFrame, out: Path) -> Path:
     left.plot(a["workers"], a["total_data_time_s"], marker="o", color="tab:blue")
     left.set(xlabel="DataLoader workers", ylabel="data-loading time, s (sum over epochs)", title="C3: data loading")
     left.set_ylim(bottom=0)
-    for c, lab in (("total_compute_time_s", "compute"), ("total_other_time_s", "other"), ("total_epoch_time_s", "epoch")):
+    for c, lab in (
+        ("total_compute_time_s", "compute"),
+        ("total_other_time_s", "other"),
+        ("total_epoch_time_s", "epoch"),
+    ):
         right.plot(a["workers"], a[c], marker="o", label=lab)
     right.set(xlabel="DataLoader workers", ylabel="seconds (sum over epochs)", title="C3: the whole epoch")
     right.set_ylim(bottom=0)
