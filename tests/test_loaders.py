@@ -126,3 +126,16 @@ def test_train_loader_shuffles_with_its_generator_and_test_does_not():
     b = make_loader(cfg, data, True, torch.device("cpu"), torch.Generator().manual_seed(1))
     ya, yb = next(iter(a))[1].tolist(), next(iter(b))[1].tolist()
     assert ya == yb and sorted(ya) == list(range(16)) and ya != list(range(16))
+
+
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_device_loader_yields_the_models_layout(cl, train):
+    """Batches come in the layout the model uses, so the step does not copy them again inside compute."""
+    data = _images(8)
+    cfg = _cfg("loader=device", "batch_size=4", f"channels_last={str(cl).lower()}")
+    x, _ = next(iter(make_loader(cfg, data, train, torch.device("cpu"), None)))
+    assert x.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert x.is_contiguous() != cl
+    same = x.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert same.data_ptr() == x.data_ptr()  # what StepContext.to_device does is then a no-op

@@ -79,3 +79,8 @@ def test_launcher_presets_compose():
     assert par._target_.endswith("JoblibLauncher") and par.n_jobs == 2
     slurm = compose_with_hydra(["launcher=slurm"]).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.max_num_timeout >= 1
+    import torch
+
+    assert local.gpus_per_node == min(1, torch.cuda.device_count())  # never 0 where a GPU is visible
+    assert compose_with_hydra(["launcher=slurm", "workers=16"]).hydra.launcher.cpus_per_task == 17
+    assert compose_with_hydra(["launcher=slurm", "workers=0"]).hydra.launcher.cpus_per_task == 2

@@ -254,3 +254,35 @@ def test_cuda_fast_path(tmp_path, timing):
 def test_cuda_fp16_with_scaler_and_pinned_loader(tmp_path):
     cfg = compose([*TINY, "device=cuda", "precision=fp16", "workers=2"])
     assert run(cfg, tmp_path / "r")["status"] == "complete"
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_flags_follow_the_key_and_are_recorded(tmp_path, tf32):
+    """fp32 means fp32 unless tf32=true; run.json's environment records the flags in force (CUDA reads them)."""
+    try:
+        info = run(compose([*TINY, "test_eval=false", f"tf32={str(tf32).lower()}"]), tmp_path / "r")
+        env = info["environment"]
+        assert env["tf32_matmul"] is tf32 and env["tf32_cudnn"] is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True  # torch's default, for the tests after this one
+
+
+def test_cpu_bf16_detection_from_flags():
+    from trainbench.device import cpu_bf16_native
+
+    assert cpu_bf16_native({"avx2", "avx512f", "avx512_bf16"})
+    assert cpu_bf16_native({"avx2", "amx_bf16", "amx_tile"})
+    assert not cpu_bf16_native({"avx2", "avx512f", "avx512bw"})  # AVX-512 without BF16: emulated
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_warns_where_the_cpu_emulates_it(tmp_path, monkeypatch, caplog, native):
+    from trainbench import device
+
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda flags=None: native)
+    caplog.set_level("WARNING", logger="trainbench")
+    run(compose([*TINY, "test_eval=false", "precision=bf16"]), tmp_path / "r")
+    warned = "precision=bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16" in caplog.text
+    assert warned is not native

@@ -330,3 +330,30 @@ def test_sweep_rerun_with_other_settings_is_refused_and_reported(tmp_path):
     # a later invocation that is not refused does not repeat old refusals
     p = train_cli(["-m", "optimizer=sgd,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True)
     assert "Jobs refused" not in (sweep / "report.md").read_text()
+
+
+def test_real_tiny_c3_sweep_writes_findings_with_noise(tmp_path):
+    sweep = tmp_path / "sweep"
+    train_cli(["experiment=c3", "data=synthetic", "data.train_size=512", "data.test_size=128", "epochs=1",
+               "model.width=8", "workers=0,1,2", "progress=false", f"hydra.sweep.dir={sweep}"], tmp_path, check=True)  # fmt: skip
+    f = {x["metric"]: x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "c3"}
+    assert f["total_data_time_s"]["winner"] in (0, 1, 2) and isinstance(f["total_data_time_s"]["significant"], bool)
+    assert "lab's rule" in f["total_data_time_s"]["text"]
+    fastest = f["avg_epoch_time_s"]
+    assert isinstance(fastest["significant"], bool) and (fastest["winner"] is None) == (not fastest["significant"])
+    report = (sweep / "report.md").read_text()
+    assert f["diagnosis"]["text"] in report and "of the epoch" in f["diagnosis"]["text"]
+    assert (sweep / "plots" / "c3_workers.png").exists()
+
+
+def test_c4_sweep_takes_its_best_count_from_c3_not_from_its_two_points(tmp_path):
+    for i, (w, data) in enumerate([(1, 5.0), (8, 0.5)]):
+        crafted(tmp_path / str(i), {"workers": w}, [epoch(0, data, 10.0), epoch(1, data, 10.0)])
+    s = summarize(tmp_path, inspect_models=False)
+    parts = {f.part for f in s.findings}
+    assert "c3" not in parts  # no "best" computed from two points
+    report = (tmp_path / "report.md").read_text()
+    assert "## C4: 1 worker against 8 workers (the count given on the command line (from C3))" in report
+    text = next(f.text for f in s.findings if f.part == "c4" and f.metric == "explanation")
+    assert "with 1 worker, data loading took 5 s" in text and "with 8 workers 0.5 s" in text
+    assert "cannot prepare batches as fast" in text

@@ -109,6 +109,7 @@ class TrainConfig:
     compile: bool = False
     timing: str = "sync"  # sync: exact per-step split; events: CUDA events read once per epoch
     cudnn_benchmark: bool = True
+    tf32: bool = False  # false: fp32 really is fp32 on Ampere+ GPUs (cuDNN/cuBLAS TF32 off); true allows TF32
     progress: bool | None = None  # null: a progress bar on a terminal only; true/false: always/never
 
 
@@ -124,9 +125,24 @@ CHOICES = {
 }
 
 
+def _visible_gpus() -> int:
+    import torch
+
+    return min(1, torch.cuda.device_count())
+
+
+def cpus_for_workers(workers: Any) -> int:
+    """CPU cores a job needs: one per DataLoader worker plus the training process (at least 2)."""
+    return max(2, int(workers) + 1)
+
+
 def register_configs() -> None:
-    """Register the schema so that config.yaml can name it in its defaults list."""
+    """Register the schema (config.yaml names it in its defaults list) and the launchers' resolvers."""
     ConfigStore.instance().store(name="trainbench_schema", node=TrainConfig)
+    # launcher=local: give each job the GPU it needs (0 makes submitit hide every GPU); launcher=slurm:
+    # cpus_per_task from the job's worker count (a fixed 8 would cap a C3 sweep that goes to 16 workers).
+    OmegaConf.register_new_resolver("tb.gpus", _visible_gpus, replace=True)
+    OmegaConf.register_new_resolver("tb.cpus", cpus_for_workers, replace=True)
 
 
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:

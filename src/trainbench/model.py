@@ -10,7 +10,10 @@ from torch import nn
 
 NORMS: dict[str, Callable[[int], nn.Module]] = {
     "batchnorm": nn.BatchNorm2d,
-    "none": lambda channels: nn.Identity(),  # norm=none: no normalization module at all
+    # norm=none: no normalization module at all. An empty nn.Sequential (the identity) rather than nn.Identity,
+    # as the lab's reference code writes its identity shortcut: summary tools skip containers, so the
+    # per-layer table lists only real layers.
+    "none": lambda channels: nn.Sequential(),
 }
 
 
@@ -23,7 +26,7 @@ class BasicBlock(nn.Module):
         self.bn1 = norm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
         self.bn2 = norm(cout)
-        self.shortcut: nn.Module = nn.Identity()
+        self.shortcut: nn.Module = nn.Sequential()  # identity, as in the lab's reference code (no summary row)
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), norm(cout))
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_mod
 from .config import validate
 from .data import load_data
-from .device import check_device_options, environment, resolve_device, synchronize
+from .device import check_device_options, environment, resolve_device, set_precision_flags, synchronize
 from .engine import Diverged, EpochStats, Interrupted, StepContext, evaluate, train_epoch
 from .loaders import DeviceLoader, make_loader
 from .model import ResNet18, count_trainable
@@ -180,6 +180,7 @@ class Trainer:
                     "and set checkpoint.keep_on_complete=true for runs you want to extend later"
                 )
 
+        set_precision_flags(cfg, dev)  # before environment(): run.json records the TF32 flags in force
         timing = cfg.timing if dev.type == "cuda" else "sync"
         if timing != cfg.timing:
             log.warning("timing=%s needs CUDA; using timing=sync on %s", cfg.timing, dev)
