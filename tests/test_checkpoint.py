@@ -38,8 +38,9 @@ def test_fingerprint_ignores_resumable_keys_only(change, same):
 
 
 def test_rng_state_round_trip():
-    state = C.rng_state()
+    state = C.rng_state(torch.device("cpu"))
     assert set(state) == {"torch", "cuda", "numpy", "python"}
+    assert state["cuda"] is None  # a CPU run saves no GPU state (a resume with fewer GPUs must not fail)
     a = (torch.rand(3), np.random.rand(3), random.random())
     C.set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
@@ -150,3 +151,21 @@ def test_two_unreadable_checkpoints_are_both_named(tmp_path):
 
 def test_config_diff_keeps_earlier_differences_before_a_nested_one():
     assert C.config_diff({"a": 1, "b": {"x": 1}}, {"a": 2, "b": {"x": 2}}) == ["a: 1 -> 2", "b.x: 1 -> 2"]
+
+
+def test_fingerprint_includes_the_resolved_device():
+    cfg = compose(TINY)
+    assert C.fingerprint(cfg, "cpu") != C.fingerprint(cfg, "cuda")
+    assert C.training_config(cfg, "cuda")["resolved_device"] == "cuda"
+    assert C.config_diff(C.training_config(cfg, "cuda"), C.training_config(cfg, "cpu")) == [
+        "resolved_device: 'cuda' -> 'cpu'"
+    ]
+
+
+def test_old_checkpoints_cuda_list_is_ignored_on_cpu():
+    state = C.rng_state(torch.device("cpu"))
+    state["cuda"] = [torch.zeros(8, dtype=torch.uint8)]  # the old format: every visible GPU's state
+    a = torch.rand(2)
+    C.set_rng_state({**state, "torch": torch.get_rng_state()}, torch.device("cpu"))  # no GPU: nothing to restore
+    C.set_rng_state(state, None)
+    assert torch.rand(2).shape == a.shape

@@ -319,3 +319,16 @@ def test_dead_dataloader_worker_is_an_error_not_a_hang():
     with pytest.raises(LoaderDied, match="DataLoader worker process died .* workers=0"):
         train_epoch(ctx, DataLoader(_DyingData(), batch_size=8, num_workers=1), 0)
     assert time.time() - t < 30
+
+
+def test_resume_on_another_device_type_is_refused(tmp_path, monkeypatch):
+    """A device=auto run that resolved to a GPU must not be continued on a CPU (simulated: the recorded
+    fingerprint is the one of a CUDA run)."""
+    from trainbench import checkpoint as C
+
+    d = tmp_path / "run"
+    run(compose([*TINY, "epochs=2", "checkpoint.keep_on_complete=true"]), d)
+    real = C.fingerprint
+    monkeypatch.setattr(C, "fingerprint", lambda cfg, device_type=None: real(cfg, "cuda"))
+    with pytest.raises(CheckpointError, match="different config"):
+        run(compose([*TINY, "epochs=3", "checkpoint.keep_on_complete=true"]), d)

@@ -32,36 +32,46 @@ class RunDirRefused(CheckpointError):
     """The run dir holds a run that this config may not continue or overwrite; nothing was changed."""
 
 
-def training_config(cfg: DictConfig) -> dict:
-    """The resolved config minus the keys that may change on resume."""
+def training_config(cfg: DictConfig, device_type: str | None = None) -> dict:
+    """The resolved config minus the keys that may change on resume, plus the resolved device type.
+
+    device=auto resolves per machine: a run started on a GPU must not be continued on a CPU (one CSV would
+    mix CPU and GPU epochs), so the device it resolved to is part of what a resume must match."""
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
     for k in RESUMABLE_KEYS:
         c.pop(k, None)
     c.get("data", {}).pop("root", None)  # the same data may be moved
+    if device_type is not None:
+        c["resolved_device"] = device_type
     return c
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """A short hash of training_config(cfg)."""
-    return hashlib.sha256(json.dumps(training_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+def fingerprint(cfg: DictConfig, device_type: str | None = None) -> str:
+    """A short hash of training_config(cfg, device_type)."""
+    tc = training_config(cfg, device_type)
+    return hashlib.sha256(json.dumps(tc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def rng_state() -> dict:
-    """Every global RNG that training draws from."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every global RNG that training draws from; of the GPUs, only the training device's (CUDA only)."""
+    on_cuda = device is not None and device.type == "cuda"
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if on_cuda else None,
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() captured."""
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore what rng_state() captured (the CUDA state only onto a CUDA training device)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # checkpoints before 0.2 saved every visible GPU's state: take the device's own
+        cuda = cuda[device.index or 0] if device is not None and device.type == "cuda" and cuda else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 

@@ -148,7 +148,9 @@ class Trainer:
             else None
         )
         if saved and saved.get("fingerprint") and saved["fingerprint"] != fp:
-            diff = ckpt_mod.config_diff(saved.get("train_config") or {}, ckpt_mod.training_config(self.cfg))
+            diff = ckpt_mod.config_diff(
+                saved.get("train_config") or {}, ckpt_mod.training_config(self.cfg, self.device.type)
+            )
             raise ckpt_mod.RunDirRefused(
                 f"run dir {self.run_dir} holds a run of a different config ({'; '.join(diff) or 'fingerprint differs'}); "
                 "refusing to resume it. Use the original settings, or another hydra.run.dir"
@@ -163,7 +165,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train cfg.epochs epochs (continuing from a checkpoint), keeping run.json's status true throughout."""
         cfg, dev = self.cfg, self.device
-        fp = ckpt_mod.fingerprint(cfg)
+        fp = ckpt_mod.fingerprint(cfg, dev.type)
         ckpt = ckpt_mod.load_latest(self.run_dir) if cfg.resume.enabled else None
         self._check_existing(ckpt, fp)
         start_epoch = ckpt["epoch"] + 1 if ckpt else 0
@@ -187,7 +189,7 @@ class Trainer:
         self.info.setdefault("started_at", _now())
         self._save_info(
             status="running", error=None, fingerprint=fp, config=OmegaConf.to_container(cfg, resolve=True),
-            train_config=ckpt_mod.training_config(cfg), environment=environment(dev), timing_mode=timing,
+            train_config=ckpt_mod.training_config(cfg, dev.type), environment=environment(dev), timing_mode=timing,
             run_dir=str(self.run_dir), resumed_from_epoch=start_epoch if ckpt else None, **hydra_info(),
         )  # fmt: skip
         try:
@@ -248,7 +250,7 @@ class Trainer:
                 scaler.load_state_dict(ckpt["scaler"])
             if cfg.resume.restore_rng:
                 loader_gen.set_state(ckpt["loader_generator"])
-                ckpt_mod.set_rng_state(ckpt["rng"])
+                ckpt_mod.set_rng_state(ckpt["rng"], dev)
             else:
                 log.warning("resume.restore_rng=false: RNG and sampler state NOT restored (results will differ)")
             global_step = ckpt["global_step"]
@@ -321,7 +323,7 @@ class Trainer:
                         state = {
                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict() if scaler is not None else None,
-                            "rng": ckpt_mod.rng_state(), "loader_generator": loader_gen.get_state(),
+                            "rng": ckpt_mod.rng_state(dev), "loader_generator": loader_gen.get_state(),
                             "global_step": global_step, "fingerprint": self.info["fingerprint"],
                             "train_config": self.info["train_config"],
                         }  # fmt: skip
@@ -350,7 +352,7 @@ class Trainer:
         """Compile on one real batch outside every timed epoch; model, optimizer and RNGs are restored after."""
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         opt_state = copy.deepcopy(ctx.optimizer.state_dict())
-        rng, gen_state = ckpt_mod.rng_state(), gen.get_state()
+        rng, gen_state = ckpt_mod.rng_state(self.device), gen.get_state()
         t = time.perf_counter()
         x, y = next(iter(loader))
         ctx.step(x, y, global_step=-1)
@@ -358,7 +360,7 @@ class Trainer:
         elapsed = time.perf_counter() - t
         model.load_state_dict(saved)
         ctx.optimizer.load_state_dict(opt_state)
-        ckpt_mod.set_rng_state(rng)
+        ckpt_mod.set_rng_state(rng, self.device)
         gen.set_state(gen_state)
         log.info("compile=true: compiled in %.1fs (reported as compile_time_s, not in any epoch)", elapsed)
         return elapsed
