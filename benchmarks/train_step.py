@@ -2,8 +2,11 @@
 
     python benchmarks/train_step.py [--batch-size 32] [--reps 5] [--device cpu|cuda] [--no-compile]
 
-FLOPs of one step (forward + backward) are counted with torch.utils.flop_counter; the peak is this
-machine's measured matmul rate (fp32, and bf16), so "% of peak" is against what it can actually do.
+FLOPs of one step (forward + backward) are counted with torch.utils.flop_counter. The peak is a credible
+upper bound: the best large-matmul rate measured on this device in ANY precision (fp32 and bf16, several
+sizes). A per-precision peak is not one: where bf16 is emulated, its matmul rate is far below what a bf16
+training step reaches through fp32 kernels, and "% of peak" went above 1,000 %. So % of peak <= 100 % up
+to measurement noise, and the script says so if a row exceeds it.
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ def main() -> None:
     a = p.parse_args()
     dev = torch.device(a.device)
     bs = a.batch_size or (512 if dev.type == "cuda" else 32)
-    peaks = {"fp32": matmul_peak(dev, torch.float32), "bf16": matmul_peak(dev, torch.bfloat16)}
+    peaks = {
+        name: max(matmul_peak(dev, dt, n) for n in (1024, 2048, 4096))
+        for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    peak = max(peaks.values())  # one bound for every row: the best this device was measured to do
     configs = [("fp32", False, False), ("fp32", True, False), ("bf16", False, False), ("bf16", True, False)]
     if not a.no_compile:
         configs.append(("fp32", False, True))
@@ -74,13 +81,17 @@ def main() -> None:
         s = median(secs)
         rows.append({"precision": prec, "channels_last": cl, "compile": comp, "step_s": s, "images_per_s": bs / s,
                      "gflop_per_step": flops / 1e9, "achieved_tflops": flops / s / 1e12,
-                     "pct_of_peak": 100 * flops / s / peaks[prec], "first_step_s": warm})  # fmt: skip
+                     "pct_of_peak": 100 * flops / s / peak, "first_step_s": warm})  # fmt: skip
+        if rows[-1]["pct_of_peak"] > 100:
+            print(f"note: {rows[-1]['pct_of_peak']:.0f} % of the measured peak: the peak measurement is too low "
+                  "(busy machine?); re-run on a quiet machine", flush=True)  # fmt: skip
         print(rows[-1], flush=True)
     base = rows[0]["images_per_s"]
     for r in rows:
         r["vs_fp32"] = r["images_per_s"] / base
     print(table(rows, f"Training step, ResNet-18, batch {bs}, median of {a.reps} — {machine(dev.type)}"))
-    print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s")
+    print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s; "
+          f"% of peak is against the larger, {peak / 1e12:.3f} TFLOP/s")  # fmt: skip
     print(f"\nwrote {write_csv('train_step', rows)}")
 
 

@@ -131,13 +131,12 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "        batch += 1\n        if stop_requested():\n            raise",
-                "        batch += 1\n        if False:\n            raise",
+                "        if stop_requested():\n            clock.settle()",
+                "        if False:\n            clock.settle()",
             ),
         ),
         ("tests/test_timing.py",),
     ),
-    # 5. device loader precomputes the epoch
     M(
         "device-loader-precompute",
         "DeviceLoader augments the whole epoch before the first batch",
@@ -176,10 +175,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "    synchronize(dev)  # nothing queued from before may leak into this epoch\n"
-                "    epoch_start = time.perf_counter()\n    it = None\n",
-                "    synchronize(dev)  # nothing queued from before may leak into this epoch\n"
-                "    it = iter(loader)\n    time.sleep(0.5)\n    epoch_start = time.perf_counter()\n",
+                "    epoch_start = time.perf_counter()\n    pending: list[_Pending] = []\n    it = None\n",
+                "    it = iter(loader)\n    time.sleep(0.5)\n    epoch_start = time.perf_counter()\n    pending: list[_Pending] = []\n",
             ),
         ),
         ("tests/test_timing.py",),
@@ -190,8 +187,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "    epoch_start = time.perf_counter()\n    it = None\n",
-                "    epoch_start = time.perf_counter()\n    it = iter(loader)\n",
+                "    pending: list[_Pending] = []\n    it = None\n",
+                "    pending: list[_Pending] = []\n    it = iter(loader)\n",
             ),
         ),
         ("tests/test_timing.py",),
@@ -202,8 +199,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "        t1 = time.perf_counter()\n        step = first_step + batch\n        loss_t, logits = ctx.step(x, y, step)\n",
-                "        step = first_step + batch\n        loss_t, logits = ctx.step(x, y, step)\n        t1 = time.perf_counter()\n",
+                "        m1 = clock.mark()",
+                "        ctx.step(x, y, -1)\n        m1 = clock.mark()",
             ),
         ),
         ("tests/test_timing.py",),
@@ -214,13 +211,12 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "        loss = loss_t.item()\n        if not math.isfinite(loss):",
-                "        loss = loss_t.item()\n        if math.isnan(loss):",
+                "        if not math.isfinite(loss):\n            pending.clear()",
+                "        if math.isnan(loss):\n            pending.clear()",
             ),
         ),
         ("tests/test_timing.py",),
     ),
-    # 8. bf16
     M(
         "bf16-skips-steps",
         "bf16 skips every fourth optimizer step",
@@ -286,15 +282,63 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "eval-in-epoch-clock",
-        "test evaluation timed inside the epoch",
+        "work after the last batch timed inside the epoch",
         (
             (
                 "src/trainbench/engine.py",
-                "    synchronize(dev)\n    stats.epoch_time_s = time.perf_counter() - epoch_start\n    return stats",
-                "    synchronize(dev)\n    time.sleep(0.3)\n    stats.epoch_time_s = time.perf_counter() - epoch_start\n    return stats",
+                "    synchronize(ctx.device)\n    stats.epoch_time_s = time.perf_counter() - epoch_start",
+                "    synchronize(ctx.device)\n    time.sleep(0.3)\n    stats.epoch_time_s = time.perf_counter() - epoch_start",
             ),
         ),
         ("tests/test_timing.py",),
+    ),
+    M(
+        "events-loader-time-dropped",
+        "with CUDA events, device time queued by the loader not counted as data",
+        (("src/trainbench/engine.py", "data_s = p.host_wait_s + clock.span(m0, m1)", "data_s = p.host_wait_s"),),
+        ("tests/test_timing.py",),
+    ),
+    M(
+        "events-per-step-sync",
+        "the events clock reading every step (a hidden per-step stall)",
+        (
+            (
+                "src/trainbench/engine.py",
+                "    per_step = False  # spans are readable only after settle()",
+                "    per_step = True",
+            ),
+        ),
+        ("tests/test_timing.py",),
+    ),
+    M(
+        "device-loader-layout",
+        "the device loader yields channels_last strides whatever the model uses",
+        (
+            (
+                "src/trainbench/loaders.py",
+                "yield x.contiguous(memory_format=self.memory_format), self.labels[idx]",
+                "yield x, self.labels[idx]",
+            ),
+        ),
+        ("tests/test_loaders.py",),
+    ),
+    M(
+        "tf32-on",
+        "TF32 allowed whatever tf32 says",
+        (
+            (
+                "src/trainbench/device.py",
+                "torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)",
+                "torch.backends.cudnn.allow_tf32 = True",
+            ),
+        ),
+        ("tests/test_speed_paths.py",),
+    ),
+    M(
+        "resume-ignores-device",
+        "the fingerprint ignores the resolved device",
+        (("src/trainbench/checkpoint.py", '        c["resolved_device"] = device_type', "        pass"),),
+        ("tests/test_checkpoint.py",),
     ),
 ]
 

@@ -286,3 +286,57 @@ def test_bf16_warns_where_the_cpu_emulates_it(tmp_path, monkeypatch, caplog, nat
     run(compose([*TINY, "test_eval=false", "precision=bf16"]), tmp_path / "r")
     warned = "precision=bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16" in caplog.text
     assert warned is not native
+
+
+def test_batch_shapes_include_the_short_last_batch():
+    from trainbench.run import batch_shapes
+
+    assert batch_shapes(80, 32, 32) == ([16, 32], [32])
+    assert batch_shapes(64, 0, 32) == ([32], [])
+    assert batch_shapes(10, 5, 32) == ([10], [5])
+
+
+def test_warm_up_restores_model_optimizer_scaler_and_rngs():
+    """The warm-up trains on random batches, then puts everything back: the run is as without it."""
+    from trainbench.engine import StepContext
+    from trainbench.model import ResNet18
+    from trainbench.run import warm_up
+
+    torch.manual_seed(0)
+    model = ResNet18("batchnorm", 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ctx = StepContext(model=model, optimizer=opt, device=torch.device("cpu"))
+    ctx.step(torch.randn(4, 3, 32, 32), torch.arange(4), 0)  # momentum buffers exist, BN stats moved
+    gen = torch.Generator().manual_seed(5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_before = {k: v.clone() for k, v in opt.state[next(iter(opt.state))].items()}
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    secs = warm_up(ctx, model, gen, [8, 3], [5], image_size=32, classes=10)
+    assert secs > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for k, v in opt.state[next(iter(opt.state))].items():
+        assert torch.equal(v, opt_before[k]), k
+    assert torch.equal(torch.rand(3), expected_draw)  # the global RNG continues as if nothing ran
+    assert torch.equal(torch.randint(0, 100, (4,), generator=gen),
+                       torch.randint(0, 100, (4,), generator=torch.Generator().manual_seed(5)))  # fmt: skip
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_runs_record_their_warm_up(tmp_path):
+    info = run(compose([*TINY, "test_eval=false"]), tmp_path / "r")
+    assert info["warmup_time_s"] > 0 and "compile_time_s" not in info
+
+
+@pytest.mark.slow
+def test_compile_with_short_last_batch_compiles_outside_the_epochs(tmp_path):
+    """compile=true with a short last batch: every shape is compiled in the warm-up, so epoch 0's compute is
+    within 3x of epoch 1's (before, a recompilation inside epoch 0 made it 450x)."""
+    info = run(compose([*TINY, "data.train_size=80", "batch_size=32", "model.width=8", "epochs=2", "compile=true"]),
+               tmp_path / "r")  # fmt: skip
+    r = rows(tmp_path / "r" / "epochs.csv")
+    c0, c1 = float(r[0]["compute_time_s"]), float(r[1]["compute_time_s"])
+    assert c0 < 3 * c1, (c0, c1, info["compile_time_s"])
+    assert info["compile_time_s"] > c0

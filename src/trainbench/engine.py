@@ -111,8 +111,8 @@ class StepContext:
             self.device, non_blocking=non_blocking
         )
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training step; returns (loss, logits), still on the device (nothing is read back here)."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One training step; returns (loss, logits, labels) on the device (nothing is read back here)."""
         x, y = self.to_device(x, y)
         with self.autocast():
             logits = self.model(x)
@@ -127,7 +127,78 @@ class StepContext:
         else:
             loss.backward()
             self.optimizer.step()
-        return loss.detach(), logits.detach()
+        return loss.detach(), logits.detach(), y
+
+
+class SyncClock:
+    """Exact per-step split: the device is synchronized before every reading (a stall per step on a GPU).
+
+    A mark is a number of seconds (perf_counter); span(a, b) = b - a."""
+
+    per_step = True  # spans can be read as soon as they are marked
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def mark(self) -> float:
+        synchronize(self.device)  # note: CPU-GPU sync point; the reading must include the queued kernels
+        return time.perf_counter()
+
+    def host(self) -> float:
+        """A host-side reading without a sync (the device is idle or its time is marked separately)."""
+        return time.perf_counter()
+
+    def span(self, a: float, b: float) -> float:
+        return b - a
+
+    def settle(self) -> None:
+        """Make every mark readable (nothing to wait for: each was read synchronously)."""
+
+
+class EventClock:
+    """CUDA events: a mark is an event recorded on the stream; spans are read once per epoch, after one sync.
+
+    make_event and sync are injectable so that the bookkeeping is testable with fake events on a CPU."""
+
+    per_step = False  # spans are readable only after settle()
+
+    def __init__(self, device: torch.device, make_event: Callable[[], Any] | None = None,
+                 sync: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self.device = device
+        self.make_event = make_event or (lambda: torch.cuda.Event(enable_timing=True))
+        self.sync = sync or (lambda: torch.cuda.synchronize(device))
+
+    def mark(self) -> Any:
+        ev = self.make_event()
+        ev.record()  # queued: no sync
+        return ev
+
+    def host(self) -> float:
+        return time.perf_counter()
+
+    def span(self, a: Any, b: Any) -> float:
+        return a.elapsed_time(b) / 1e3  # ms -> s
+
+    def settle(self) -> None:
+        self.sync()  # note: the one CPU-GPU sync point of the epoch
+
+
+def make_clock(timing: str, device: torch.device) -> SyncClock | EventClock:
+    """The clock for timing (sync | events); events need CUDA, elsewhere the sync clock is used."""
+    return EventClock(device) if timing == "events" and device.type == "cuda" else SyncClock(device)
+
+
+@dataclass
+class _Pending:
+    """A step whose figures are read back later (at once with the sync clock, at epoch end with events)."""
+
+    batch: int
+    step: int
+    size: int
+    host_wait_s: float
+    marks: tuple  # (before next(), after next(), after the step)
+    loss: torch.Tensor
+    correct: torch.Tensor
 
 
 def train_epoch(
@@ -139,12 +210,12 @@ def train_epoch(
     on_batch: Callable[[BatchRecord, EpochStats], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     timing: str = "sync",
+    clock: SyncClock | EventClock | None = None,
 ) -> EpochStats:
     """Train one epoch with the three independent clocks; timing='events' uses CUDA events (CUDA only)."""
     try:
-        if timing == "events" and ctx.device.type == "cuda":
-            return _train_epoch_events(ctx, loader, epoch, first_step, on_batch, stop_requested)
-        return _train_epoch_sync(ctx, loader, epoch, first_step, on_batch, stop_requested)
+        return _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested,
+                            clock or make_clock(timing, ctx.device))  # fmt: skip
     except Exception as e:
         # Free the finished frames' locals now, so that the DataLoader iterator shuts its workers down
         # (and stops watching SIGCHLD) at once, not whenever this traceback is collected.
@@ -172,93 +243,72 @@ def _next_batch(it):
         raise _loader_died(e) from e
 
 
-def _train_epoch_sync(ctx, loader, epoch, first_step, on_batch, stop_requested) -> EpochStats:
-    """Exact per-step split: the device is synchronized around every step."""
+def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock) -> EpochStats:
+    """One loop for both clocks.
+
+    data    = waiting for next(loader) on the host (iter() included: worker start-up is the first batch's
+              wait), plus, with events, the device time of what the loader queued (on-device augmentation);
+    compute = copy + forward + loss + backward + optimizer step;
+    epoch   = its own host clock, from before iter() to after the last batch's bookkeeping.
+    With the sync clock each step is read at once; with events, once at the end of the epoch (divergence
+    is then found at the epoch's end too).
+    """
     ctx.model.train()
     stats = EpochStats(epoch)
-    dev = ctx.device
-    synchronize(dev)  # nothing queued from before may leak into this epoch
+    synchronize(ctx.device)  # nothing queued from before may leak into this epoch
     epoch_start = time.perf_counter()
+    pending: list[_Pending] = []
     it = None
     batch = 0
     while True:
-        # The device is idle here (the last step ended with a sync), so this clock needs no sync.
-        t0 = time.perf_counter()
+        # With the sync clock the device is idle here (the last step ended with a sync).
+        h0, m0 = clock.host(), clock.mark()
         if it is None:
             it = iter(loader)  # worker start-up happens here: it is part of the first batch's data wait
         try:
             x, y = _next_batch(it)
         except StopIteration:
             break
-        synchronize(dev)  # note: sync point; the device loader's augmentation is data time, not compute
-        t1 = time.perf_counter()
+        h1 = clock.host()
+        m1 = clock.mark()  # sync clock: sync point, so the device loader's augmentation is data time
         step = first_step + batch
-        loss_t, logits = ctx.step(x, y, step)
-        synchronize(dev)  # note: CPU-GPU sync point; compute time must include the queued kernels
-        t2 = time.perf_counter()
-        # --- bookkeeping: counted in other time ---
-        loss = loss_t.item()
-        if not math.isfinite(loss):
-            raise Diverged(epoch, batch, step, loss)
-        n = int(y.shape[0])
-        correct = int((logits.argmax(1) == y.to(logits.device)).sum().item())
-        rec = BatchRecord(epoch, batch, step, n, loss, correct / n, t1 - t0, t2 - t1)
-        stats.add(rec, correct)
-        if on_batch is not None:
-            on_batch(rec, stats)
+        loss_t, logits, y_dev = ctx.step(x, y, step)
+        m2 = clock.mark()  # sync clock: compute must include the queued kernels
+        # --- bookkeeping: counted in other time (queued after m2 with events, so outside compute) ---
+        correct_t = (logits.argmax(1) == y_dev).sum()
+        pending.append(_Pending(batch, step, int(y_dev.shape[0]), h1 - h0, (m0, m1, m2), loss_t, correct_t))
+        if clock.per_step:
+            _drain(pending, stats, clock, epoch, on_batch)
         batch += 1
         if stop_requested():
+            clock.settle()
+            _drain(pending, stats, clock, epoch, on_batch)
             raise Interrupted(f"stop requested during epoch {epoch} after batch {batch - 1}")
-    synchronize(dev)
+    clock.settle()
+    _drain(pending, stats, clock, epoch, on_batch)
+    synchronize(ctx.device)
     stats.epoch_time_s = time.perf_counter() - epoch_start
     return stats
 
 
-def _train_epoch_events(ctx, loader, epoch, first_step, on_batch, stop_requested) -> EpochStats:
-    """CUDA-event timing: no per-step sync, so the loader overlaps compute; events are read once per epoch.
-
-    Data time is the host's wait for the next batch; compute time is GPU time between events around each
-    step. With overlap the two can add up to more than the epoch, so other time is floored at zero.
-    Divergence is detected at the end of the epoch (reading the loss every step would be a sync).
-    """
-    ctx.model.train()
-    stats = EpochStats(epoch)
-    torch.cuda.synchronize(ctx.device)
-    epoch_start = time.perf_counter()
-    pending = []
-    it = None
-    batch = 0
-    while True:
-        t0 = time.perf_counter()
-        if it is None:
-            it = iter(loader)  # worker start-up: part of the first batch's data wait
-        try:
-            x, y = _next_batch(it)
-        except StopIteration:
-            break
-        data_s = time.perf_counter() - t0
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        loss_t, logits = ctx.step(x, y, first_step + batch)
-        correct_t = (logits.argmax(1) == y.to(logits.device, non_blocking=True)).sum()
-        end.record()
-        pending.append((batch, int(y.shape[0]), data_s, start, end, loss_t, correct_t))
-        batch += 1
-        if stop_requested():
-            break
-    torch.cuda.synchronize(ctx.device)  # note: the one sync of the epoch
-    stats.epoch_time_s = time.perf_counter() - epoch_start
-    for b, n, data_s, start, end, loss_t, correct_t in pending:
-        loss, correct = float(loss_t), int(correct_t)
+def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_batch) -> None:
+    """Read back the pending steps' figures, check them, count them and report each batch."""
+    for p in pending:
+        loss = p.loss.item()  # note: a CPU-GPU sync point (free here: the clock already synced)
         if not math.isfinite(loss):
-            raise Diverged(epoch, b, first_step + b, loss)
-        rec = BatchRecord(epoch, b, first_step + b, n, loss, correct / n, data_s, start.elapsed_time(end) / 1e3)
+            pending.clear()
+            raise Diverged(epoch, p.batch, p.step, loss)
+        correct = int(p.correct.item())
+        m0, m1, m2 = p.marks
+        if clock.per_step:
+            data_s = clock.span(m0, m1)  # host wait + the sync after next()
+        else:
+            data_s = p.host_wait_s + clock.span(m0, m1)  # host wait + device time the loader queued
+        rec = BatchRecord(epoch, p.batch, p.step, p.size, loss, correct / p.size, data_s, clock.span(m1, m2))
         stats.add(rec, correct)
         if on_batch is not None:
             on_batch(rec, stats)
-    if stop_requested():
-        raise Interrupted(f"stop requested during epoch {epoch}")
-    return stats
+    pending.clear()
 
 
 @torch.no_grad()
