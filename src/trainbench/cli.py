@@ -14,12 +14,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError, RunDirRefused
-from .config import ConfigError, validate
+from .config import ConfigError
 from .data import DataError, check_available
-from .device import check_device_options, resolve_device
 from .engine import Diverged, Interrupted, LoaderDied
 from .records import RunDirLocked, RunWriteError, read_json, write_json
-from .run import _now, hydra_info, run
+from .run import _now, hydra_info, make_plan, run
 
 log = logging.getLogger("trainbench")
 
@@ -64,8 +63,7 @@ def run_job(cfg: DictConfig) -> None:
     run_dir = Path(hc.runtime.output_dir)
     try:
         # Every check that needs no data runs here, before any trainbench file is written.
-        validate(cfg)
-        check_device_options(cfg, resolve_device(cfg.device.name))
+        plan = make_plan(cfg)  # validated and device resolved once; run() takes the plan as it is
         check_available(cfg.data)
     except (ConfigError, DataError) as e:
         if not multirun:
@@ -80,7 +78,7 @@ def run_job(cfg: DictConfig) -> None:
         log.warning("job %s not started: the sweep was interrupted (re-run the sweep to continue it)", hc.job.num)
         return
     try:
-        run(cfg, run_dir)
+        run(plan, run_dir)
     except Exception as e:
         if not multirun:
             if isinstance(e, Interrupted):

@@ -111,7 +111,9 @@ class StepContext:
             self.device, non_blocking=non_blocking
         )
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, global_step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One training step; returns (loss, logits, labels) on the device (nothing is read back here)."""
         x, y = self.to_device(x, y)
         with self.autocast():

@@ -401,12 +401,29 @@ class Trainer:
         )  # fmt: skip
         return self.info
 
-def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Validate cfg, then train in run_dir (default: the Hydra job's output dir); returns run.json's content."""
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A checked config and the device it resolved to: what a run takes, produced once by make_plan()."""
+
+    cfg: DictConfig
+    device: torch.device
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    """Range-check cfg and resolve its device (ConfigError names the key, the value and the choices)."""
     validate(cfg)
     device = resolve_device(cfg.device.name)
     check_device_options(cfg, device)
+    return Plan(cfg, device)
+
+
+def run(cfg: DictConfig | Plan, run_dir: Path | None = None) -> dict[str, Any]:
+    """Train in run_dir (default: the Hydra job's output dir); returns run.json's content.
+
+    cfg is a Plan (checked once by the caller) or a config, which is then checked here."""
+    plan = cfg if isinstance(cfg, Plan) else make_plan(cfg)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        return Trainer(cfg, device, run_dir).fit()
+        return Trainer(plan.cfg, plan.device, run_dir).fit()
