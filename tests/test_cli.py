@@ -100,3 +100,13 @@ def test_a_plan_is_checked_once(tmp_path, monkeypatch):
     assert plan.device.type == "cpu" and calls == [1]
     assert run(plan, tmp_path / "r")["status"] == "complete"
     assert calls == [1]
+
+
+def test_cudnn_benchmark_sweep_in_one_process_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = train_cli(["-m", "cudnn_benchmark=true,false", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "launcher=local (one process per job)" in out
+    assert not list(sweep.rglob("epochs.csv"))  # nothing trained
+    statuses = [json.loads(p.read_text())["status"] for p in sorted(sweep.glob("*/run.json"))]
+    assert statuses == ["failed", "failed"]

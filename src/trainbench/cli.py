@@ -37,6 +37,19 @@ def _exit_with(e: BaseException, extra: str = "", code: int = 1) -> None:
     raise SystemExit(code)
 
 
+def swept_in_one_process(key: str) -> bool:
+    """True when this multirun sweeps `key` over several values and runs its jobs in this one process."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hc = HydraConfig.get()
+    if not str(hc.launcher.get("_target_", "")).endswith("BasicLauncher"):
+        return False
+    specs = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(f"{key}=")]
+    specs += [str(hc.sweeper.params[key])] if hc.sweeper.get("params") and key in hc.sweeper.params else []
+    parser = OverridesParser.create()
+    return any(parser.parse_override(f"{key}={v}").is_sweep_override() for v in specs)
+
+
 def resume_command(run_dir: Path) -> str:
     """The command that continues this run: the same overrides, pinned to its run dir."""
     from hydra.core.hydra_config import HydraConfig
@@ -73,6 +86,15 @@ def run_job(cfg: DictConfig) -> None:
         log.error("job %s failed before training: %s", hc.job.num, e)
         return
     global _sweep_interrupted
+    if multirun and swept_in_one_process("cudnn_benchmark"):
+        e = ConfigError(
+            "cudnn_benchmark", cfg.cudnn_benchmark, "one value per process",
+            "the jobs of this sweep share one process, so cuDNN's autotuning choice of the first job would time "
+            "the others: sweep it with launcher=local (one process per job)",
+        )  # fmt: skip
+        _record_failure(cfg, run_dir, e)
+        log.error("job %s refused: %s", hc.job.num, e)
+        return
     if multirun and _sweep_interrupted:
         _record_failure(cfg, run_dir, Interrupted("not started: the sweep was interrupted"), status="interrupted")
         log.warning("job %s not started: the sweep was interrupted (re-run the sweep to continue it)", hc.job.num)
