@@ -170,6 +170,9 @@ def _count_steps(monkeypatch):
 
 def test_bf16_runs_under_autocast_and_steps_every_batch(tmp_path, monkeypatch):
     """Would catch: bf16 not really on, or bf16 runs skipping optimizer steps."""
+    from trainbench import run as run_mod
+
+    monkeypatch.setattr(run_mod, "warm_up", lambda *a, **k: 0.0)  # its (reverted) steps are tested on their own
     spy = _Spy(monkeypatch)
     steps, handle = _count_steps(monkeypatch)
     try:
@@ -203,7 +206,7 @@ def test_channels_last_reaches_the_model(tmp_path, monkeypatch, cl):
     """Would catch: channels_last=true not applied to the weights or the batches (or applied when false)."""
     spy = _Spy(monkeypatch)
     run(compose([*TINY, "test_eval=false", f"channels_last={str(cl).lower()}"]), tmp_path / "r")
-    assert len(spy.calls) == 2
+    assert len(spy.calls) == 3  # the warm-up step (batch shape 32) and the 2 batches
     for c in spy.calls:
         assert c["x_channels_last"] == cl and c["w_channels_last"] == cl, c
 

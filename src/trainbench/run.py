@@ -175,6 +175,19 @@ def warm_up(ctx: StepContext, model: torch.nn.Module, gen: torch.Generator, trai
     return elapsed
 
 
+@dataclasses.dataclass
+class _Built:
+    """What the epoch loop needs, built from the config (and a checkpoint)."""
+
+    ctx: StepContext
+    model: torch.nn.Module  # the uncompiled module (state dicts, checkpoints)
+    train_loader: Any
+    test_loader: Any
+    loader_gen: torch.Generator
+    timing: str
+    global_step: int = 0
+
+
 class Trainer:
     """State of one run dir; `fit()` trains from scratch or from the last checkpoint."""
 
@@ -261,7 +274,33 @@ class Trainer:
             log.error("could not record status %s in %s: %s", status, self.json_path, e)
 
     def _fit(self, ckpt: dict | None, start_epoch: int, timing: str) -> dict[str, Any]:
-        cfg, dev, run_dir = self.cfg, self.device, self.run_dir
+        """build -> epoch loop (train, evaluate, record, checkpoint) -> finish."""
+        b = self._build(ckpt, start_epoch, timing)
+        epochs_log = CsvLog(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
+        batches_log = CsvLog(self.run_dir / "batches.csv", BATCH_COLUMNS)
+        try:
+            with _StopFlag() as stop:
+                for epoch in range(start_epoch, self.cfg.epochs):
+                    stats = self._train_one_epoch(b, epoch, stop, batches_log)
+                    row = self._evaluate_and_record(b, epoch, stats, epochs_log)
+                    self._checkpoint(b, epoch)
+                    log.info(
+                        "epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | data %.2fs compute %.2fs "
+                        "other %.2fs epoch %.2fs | %.0f img/s",
+                        epoch + 1, self.cfg.epochs, stats.loss, stats.acc, row["test_loss"], row["test_acc"],
+                        stats.data_time_s, stats.compute_time_s, stats.other_time_s, stats.epoch_time_s,
+                        row["samples_per_s"],
+                    )  # fmt: skip
+                    if stop():
+                        raise Interrupted(f"stop requested; stopped after epoch {epoch}")
+        finally:
+            epochs_log.close()
+            batches_log.close()
+        return self._complete()
+
+    def _build(self, ckpt: dict | None, start_epoch: int, timing: str) -> _Built:
+        """Data, model, optimizer, scaler, loaders and generators from the config; restored from ckpt; warmed up."""
+        cfg, dev = self.cfg, self.device
         seed_everything(cfg.seed)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
@@ -289,32 +328,12 @@ class Trainer:
         )  # fmt: skip
         if cfg.loader.name == "device" and cfg.workers:
             log.info("loader=device uses no worker processes; workers is ignored")
-
-        global_step = 0
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            if cfg.resume.restore_rng:
-                loader_gen.set_state(ckpt["loader_generator"])
-                ckpt_mod.set_rng_state(ckpt["rng"], dev)
-            else:
-                log.warning("resume.restore_rng=false: RNG and sampler state NOT restored (results will differ)")
-            global_step = ckpt["global_step"]
-        # Rows written after the checkpoint (killed between an epoch row and its checkpoint) are redone.
-        dropped = keep_rows(run_dir / "epochs.csv", EPOCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
-        dropped_b = keep_rows(run_dir / "batches.csv", BATCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
-        if ckpt is not None or dropped or dropped_b:
-            log.info(
-                "resuming %s: epochs 0..%d done; dropped %d epoch and %d batch rows written after it",
-                Path(ckpt["path"]).name if ckpt else "from scratch", start_epoch - 1, dropped, dropped_b,
-            )  # fmt: skip
-
         ctx = StepContext(
             model=model, optimizer=optimizer, device=dev, autocast_dtype=AUTOCAST[cfg.precision], scaler=scaler,
             channels_last=cfg.channels_last, nan_at_step=cfg.faults.nan_at_step,
         )  # fmt: skip
+        b = _Built(ctx, model, train_loader, test_loader, loader_gen, timing, global_step=0)
+        self._restore(b, ckpt, start_epoch)
         if cfg.compile:
             ctx.model = torch.compile(model)
         shapes = batch_shapes(len(train_data), len(test_data) if test_data is not None else 0, cfg.batch_size)
@@ -323,81 +342,100 @@ class Trainer:
         self._save_info(warmup_time_s=warm_s, **({"compile_time_s": warm_s} if cfg.compile else {}))
         log.info("warm-up (untimed, state restored): %.2fs for train batch sizes %s and test batch sizes %s%s", warm_s,
                  shapes[0], shapes[1], "; compile=true: compile time is this, reported as compile_time_s" if cfg.compile else "")  # fmt: skip
+        return b
 
-        epochs_log = CsvLog(run_dir / "epochs.csv", EPOCH_COLUMNS)
-        batches_log = CsvLog(run_dir / "batches.csv", BATCH_COLUMNS)
-        disable = None if cfg.progress is None else not cfg.progress  # None: tqdm turns itself off off-terminal
+    def _restore(self, b: _Built, ckpt: dict | None, start_epoch: int) -> None:
+        """Continue from ckpt (state, RNGs, sampler); drop CSV rows written after it."""
+        if ckpt is not None:
+            b.model.load_state_dict(ckpt["model"])
+            b.ctx.optimizer.load_state_dict(ckpt["optimizer"])
+            if b.ctx.scaler is not None and ckpt.get("scaler"):
+                b.ctx.scaler.load_state_dict(ckpt["scaler"])
+            if self.cfg.resume.restore_rng:
+                b.loader_gen.set_state(ckpt["loader_generator"])
+                ckpt_mod.set_rng_state(ckpt["rng"], self.device)
+            else:
+                log.warning("resume.restore_rng=false: RNG and sampler state NOT restored (results will differ)")
+            b.global_step = ckpt["global_step"]
+        # Rows written after the checkpoint (killed between an epoch row and its checkpoint) are redone.
+        dropped = keep_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
+        dropped_b = keep_rows(self.run_dir / "batches.csv", BATCH_COLUMNS, lambda r: int(r["epoch"]) < start_epoch)
+        if ckpt is not None or dropped or dropped_b:
+            log.info(
+                "resuming %s: epochs 0..%d done; dropped %d epoch and %d batch rows written after it",
+                Path(ckpt["path"]).name if ckpt else "from scratch", start_epoch - 1, dropped, dropped_b,
+            )  # fmt: skip
+
+    def _train_one_epoch(self, b: _Built, epoch: int, stop: _StopFlag, batches_log: CsvLog) -> EpochStats:
+        """The timed epoch, with a batch row and the progress bar per batch."""
+        disable = None if self.cfg.progress is None else not self.cfg.progress  # None: off when not a terminal
+        bar = tqdm(total=len(b.train_loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=disable,
+                   leave=False, mininterval=0.5, unit="batch")  # fmt: skip
+
+        def on_batch(rec, stats: EpochStats) -> None:
+            batches_log.write(dataclasses.asdict(rec))
+            bar.update(1)
+            busy = stats.data_time_s + stats.compute_time_s
+            bar.set_postfix(loss=f"{rec.loss:.3f}", acc=f"{stats.acc:.3f}",
+                            img_s=f"{stats.samples / busy:.0f}" if busy else "-", refresh=False)  # fmt: skip
+
         try:
-            with _StopFlag() as stop:
-                for epoch in range(start_epoch, cfg.epochs):
-                    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=disable,
-                               leave=False, mininterval=0.5, unit="batch")  # fmt: skip
-
-                    def on_batch(rec, stats: EpochStats, bar=bar) -> None:
-                        batches_log.write(dataclasses.asdict(rec))
-                        bar.update(1)
-                        busy = stats.data_time_s + stats.compute_time_s
-                        bar.set_postfix(loss=f"{rec.loss:.3f}", acc=f"{stats.acc:.3f}",
-                                        img_s=f"{stats.samples / busy:.0f}" if busy else "-", refresh=False)  # fmt: skip
-
-                    try:
-                        stats = train_epoch(ctx, train_loader, epoch, first_step=global_step, on_batch=on_batch,
-                                            stop_requested=stop, timing=timing)  # fmt: skip
-                    finally:
-                        bar.close()
-                    global_step += stats.batches
-                    # Test evaluation runs after the epoch clock stopped: it is in no timed figure.
-                    t = time.perf_counter()
-                    if test_loader is not None:
-                        ebar = tqdm(test_loader, desc=f"test {epoch + 1}/{cfg.epochs}", disable=disable, leave=False,
-                                    mininterval=0.5, unit="batch")  # fmt: skip
-                        test_loss, test_acc = evaluate(ctx, ebar)
-                        ebar.close()
-                    else:
-                        test_loss, test_acc = math.nan, math.nan
-                    synchronize(dev)
-                    eval_s = time.perf_counter() - t if test_loader is not None else math.nan
-                    row = {
-                        "epoch": epoch, "batches": stats.batches, "samples": stats.samples,
-                        "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": test_loss, "test_acc": test_acc,
-                        "data_time_s": stats.data_time_s, "compute_time_s": stats.compute_time_s,
-                        "other_time_s": stats.other_time_s, "epoch_time_s": stats.epoch_time_s,
-                        "samples_per_s": stats.samples / stats.epoch_time_s, "eval_time_s": eval_s,
-                        "lr": optimizer.param_groups[0]["lr"],
-                    }  # fmt: skip
-                    epochs_log.write(row)
-                    log.info(
-                        "epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | data %.2fs compute %.2fs "
-                        "other %.2fs epoch %.2fs | %.0f img/s",
-                        epoch + 1, cfg.epochs, stats.loss, stats.acc, test_loss, test_acc, stats.data_time_s,
-                        stats.compute_time_s, stats.other_time_s, stats.epoch_time_s, row["samples_per_s"],
-                    )  # fmt: skip
-                    if cfg.checkpoint.enabled:
-                        state = {
-                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scaler": scaler.state_dict() if scaler is not None else None,
-                            "rng": ckpt_mod.rng_state(dev), "loader_generator": loader_gen.get_state(),
-                            "global_step": global_step, "fingerprint": self.info["fingerprint"],
-                            "train_config": self.info["train_config"],
-                        }  # fmt: skip
-                        ckpt_mod.save_checkpoint(run_dir, epoch, state, cfg.checkpoint.keep)
-                    self._save_info(epochs_done=epoch + 1)
-                    if stop():
-                        raise Interrupted(f"stop requested; stopped after epoch {epoch}")
+            stats = train_epoch(b.ctx, b.train_loader, epoch, first_step=b.global_step, on_batch=on_batch,
+                                stop_requested=stop, timing=b.timing)  # fmt: skip
         finally:
-            epochs_log.close()
-            batches_log.close()
-        rows = read_rows(run_dir / "epochs.csv", EPOCH_COLUMNS)
+            bar.close()
+        b.global_step += stats.batches
+        return stats
+
+    def _evaluate_and_record(self, b: _Built, epoch: int, stats: EpochStats, epochs_log: CsvLog) -> dict[str, Any]:
+        """Test loss/accuracy (after the epoch clock stopped: in no timed figure), then the epoch's row."""
+        test_loss, test_acc, eval_s = math.nan, math.nan, math.nan
+        if b.test_loader is not None:
+            disable = None if self.cfg.progress is None else not self.cfg.progress
+            t = time.perf_counter()
+            ebar = tqdm(b.test_loader, desc=f"test {epoch + 1}/{self.cfg.epochs}", disable=disable, leave=False,
+                        mininterval=0.5, unit="batch")  # fmt: skip
+            test_loss, test_acc = evaluate(b.ctx, ebar)
+            ebar.close()
+            synchronize(self.device)
+            eval_s = time.perf_counter() - t
+        row = {
+            "epoch": epoch, "batches": stats.batches, "samples": stats.samples,
+            "train_loss": stats.loss, "train_acc": stats.acc, "test_loss": test_loss, "test_acc": test_acc,
+            "data_time_s": stats.data_time_s, "compute_time_s": stats.compute_time_s,
+            "other_time_s": stats.other_time_s, "epoch_time_s": stats.epoch_time_s,
+            "samples_per_s": stats.samples / stats.epoch_time_s, "eval_time_s": eval_s,
+            "lr": b.ctx.optimizer.param_groups[0]["lr"],
+        }  # fmt: skip
+        epochs_log.write(row)
+        return row
+
+    def _checkpoint(self, b: _Built, epoch: int) -> None:
+        """The end-of-epoch checkpoint (atomic), then run.json's progress."""
+        if self.cfg.checkpoint.enabled:
+            state = {
+                "model": b.model.state_dict(), "optimizer": b.ctx.optimizer.state_dict(),
+                "scaler": b.ctx.scaler.state_dict() if b.ctx.scaler is not None else None,
+                "rng": ckpt_mod.rng_state(self.device), "loader_generator": b.loader_gen.get_state(),
+                "global_step": b.global_step, "fingerprint": self.info["fingerprint"],
+                "train_config": self.info["train_config"],
+            }  # fmt: skip
+            ckpt_mod.save_checkpoint(self.run_dir, epoch, state, self.cfg.checkpoint.keep)
+        self._save_info(epochs_done=epoch + 1)
+
+    def _complete(self) -> dict[str, Any]:
+        """Mark the run complete with its totals; drop its checkpoints unless checkpoint.keep_on_complete."""
+        rows = read_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
         tot = totals(rows)
         self._save_info(status="complete", finished_at=_now(), epochs_done=len(rows), totals=tot)
-        if not cfg.checkpoint.keep_on_complete:
-            removed = ckpt_mod.remove_checkpoints(run_dir)
+        if not self.cfg.checkpoint.keep_on_complete:
+            removed = ckpt_mod.remove_checkpoints(self.run_dir)
             if removed:
                 log.info("removed %d checkpoint(s) of the complete run (checkpoint.keep_on_complete=false)", removed)
         log.info(
             "done: %d epochs | total epoch %.2fs (avg %.2fs) = data %.2fs + compute %.2fs + other %.2fs | run dir %s",
             len(rows), tot.get("total_epoch_time_s", 0), tot.get("avg_epoch_time_s", 0), tot.get("total_data_time_s", 0),
-            tot.get("total_compute_time_s", 0), tot.get("total_other_time_s", 0), run_dir,
+            tot.get("total_compute_time_s", 0), tot.get("total_other_time_s", 0), self.run_dir,
         )  # fmt: skip
         return self.info
 
