@@ -169,3 +169,45 @@ def test_old_checkpoints_cuda_list_is_ignored_on_cpu():
     C.set_rng_state({**state, "torch": torch.get_rng_state()}, torch.device("cpu"))  # no GPU: nothing to restore
     C.set_rng_state(state, None)
     assert torch.rand(2).shape == a.shape
+
+
+def test_remove_checkpoints(tmp_path):
+    for e in range(3):
+        C.save_checkpoint(tmp_path, e, _state(e), keep=3)
+    (tmp_path / "other.pt").write_text("")
+    assert C.remove_checkpoints(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt"]
+    assert C.remove_checkpoints(tmp_path) == 0
+
+
+class _FakeCuda:
+    """torch.cuda's RNG functions, recorded: the CUDA branches' logic runs on a CPU."""
+
+    def __init__(self, monkeypatch):
+        self.set_calls = []
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.tensor([7, int(device.index or 0)]))
+        monkeypatch.setattr(
+            torch.cuda, "set_rng_state", lambda s, device=None: self.set_calls.append((s.tolist(), device))
+        )
+
+
+def test_cuda_rng_of_the_training_device_only(monkeypatch):
+    fake = _FakeCuda(monkeypatch)
+    dev = torch.device("cuda", 1)
+    state = C.rng_state(dev)
+    assert state["cuda"].tolist() == [7, 1]  # the training device's state, not every GPU's
+    C.set_rng_state(state, dev)
+    assert fake.set_calls == [([7, 1], dev)]
+    C.set_rng_state(state, torch.device("cpu"))  # resumed on a CPU: nothing to restore on a GPU
+    C.set_rng_state({**state, "cuda": None}, dev)
+    assert len(fake.set_calls) == 1
+
+
+def test_old_format_cuda_rng_list_restores_the_devices_own(monkeypatch):
+    fake = _FakeCuda(monkeypatch)
+    state = C.rng_state(torch.device("cpu"))
+    state["cuda"] = [torch.tensor([0]), torch.tensor([1])]
+    C.set_rng_state(state, torch.device("cuda", 1))
+    C.set_rng_state(state, torch.device("cuda"))  # no index: device 0
+    C.set_rng_state({**state, "cuda": []}, torch.device("cuda", 0))  # an old CPU run: nothing
+    assert [c[0] for c in fake.set_calls] == [[1], [0]]

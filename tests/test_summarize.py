@@ -357,3 +357,39 @@ def test_c4_sweep_takes_its_best_count_from_c3_not_from_its_two_points(tmp_path)
     text = next(f.text for f in s.findings if f.part == "c4" and f.metric == "explanation")
     assert "with 1 worker, data loading took 5 s" in text and "with 8 workers 0.5 s" in text
     assert "cannot prepare batches as fast" in text
+
+
+def test_refused_jobs_are_read_in_job_order(tmp_path):
+    from trainbench.records import write_json
+    from trainbench.summarize import refused_jobs
+
+    assert refused_jobs(tmp_path) == []
+    (tmp_path / ".refused").mkdir()
+    for j in (10, 2):
+        write_json(tmp_path / ".refused" / f"{j}.json", {"job": j, "error": f"e{j}", "overrides": ["optimizer=adam"]})
+    (tmp_path / ".refused" / "bad.json").write_text("{")
+    assert [r["job"] for r in refused_jobs(tmp_path)] == [2, 10]
+    crafted(tmp_path / "0", {}, [epoch(0, 1, 1)])
+    s = summarize(tmp_path, inspect_models=False)
+    assert [r["job"] for r in s.refused] == [2, 10]
+    report = (tmp_path / "report.md").read_text()
+    assert "- job 2 (optimizer=adam): e2" in report and "- job 10 (optimizer=adam): e10" in report
+
+
+def test_c3_diagnosis_when_workers_slow_the_epoch(tmp_path):
+    # more workers cut the data wait but make compute (and so the epoch) slower: 2 epochs each for noise
+    for i, (w, data, comp, other) in enumerate([(0, 3.0, 10.0, 0.01), (2, 0.5, 14.0, 0.4), (4, 0.4, 18.0, 0.8)]):
+        run = {"environment": {"cpu_count": 2}}
+        crafted(tmp_path / str(i), {"workers": w}, [epoch(0, data, comp, other), epoch(1, data, comp + 0.1, other)])
+        info = json.loads((tmp_path / str(i) / "run.json").read_text())
+        info["environment"].update(run["environment"])
+        (tmp_path / str(i) / "run.json").write_text(json.dumps(info))
+    s = summarize(tmp_path, inspect_models=False)
+    d = next(f.text for f in s.findings if f.metric == "diagnosis")
+    assert d.startswith("Data loading is 2.1%-23.0% of the epoch across worker counts.")
+    assert "More workers made the epoch slower (13.1 s at 0 workers, 19.2 s at 4)" in d
+    assert "this machine's 2 CPU cores" in d and "compute (20.1 s -> 36.1 s)" in d
+    assert "other (start-up and hand-over, 0.02 s -> 1.6 s)" in d
+    assert "by whole-epoch time 0 workers is the fastest" in d
+    lab = next(f for f in s.findings if f.metric == "total_data_time_s")
+    assert lab.winner == 4 and "still decreasing at the largest count tried" in lab.text

@@ -10,6 +10,7 @@ the measured noise (see trainbench.findings).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -469,40 +470,39 @@ def part_c4(ctx: Context) -> PartOutput:
     return out
 
 
-def _group_part(key: str, part: str, title: str, accuracy: bool) -> Callable[[Context], PartOutput]:
+def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) -> PartOutput:
     """C5/C6/C7: a table per value of key, the fastest setting and (where training differs) the most accurate."""
+    if key not in ctx.by and not ctx.missing(key):
+        return PartOutput()
+    if not ctx.done:
+        return PartOutput()
+    cols = ["avg_epoch_time_s", "avg_data_time_s", "avg_compute_time_s", "avg_other_time_s", "avg_train_loss",
+            "avg_train_acc", "final_train_acc", "final_test_acc"]  # fmt: skip
+    agg = _agg(ctx.ok, key, cols, ctx.order(key)) if key in ctx.ok else pd.DataFrame()
+    out = PartOutput(tables={part: agg}, md=[f"## {title}", "", _md(agg), ""])
+    groups = ctx.groups(key)
+    missing = ctx.missing(key)
+    ests = estimates(groups, "avg_epoch_time_s")
+    out.findings.append(
+        compare(part[:2], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing)
+    )
+    if part == "c5_device" and len(ests) > 1:
+        slow, quick = max(e.value for e in ests), min(e.value for e in ests)
+        out.md += [f"The slowest device takes {slow / quick:.3g}x as long per epoch as the fastest.", ""]
+    if accuracy:
+        acc = estimates(groups, "avg_train_acc")
+        out.findings.append(accuracy_finding(part[:2], key, acc, ctx.classes(), missing))
+    if key == "norm":
+        per_epoch = pd.DataFrame({r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in ctx.done[:4]}).T
+        per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
+        out.md += ["Per-epoch training top-1:", "", _md(per_epoch.reset_index(names="norm")), ""]
+    return out
 
-    def fn(ctx: Context) -> PartOutput:
-        if key not in ctx.by and not ctx.missing(key):
-            return PartOutput()
-        if not ctx.done:
-            return PartOutput()
-        cols = ["avg_epoch_time_s", "avg_data_time_s", "avg_compute_time_s", "avg_other_time_s", "avg_train_loss",
-                "avg_train_acc", "final_train_acc", "final_test_acc"]  # fmt: skip
-        agg = _agg(ctx.ok, key, cols, ctx.order(key)) if key in ctx.ok else pd.DataFrame()
-        out = PartOutput(tables={part: agg}, md=[f"## {title}", "", _md(agg), ""])
-        groups = ctx.groups(key)
-        missing = ctx.missing(key)
-        ests = estimates(groups, "avg_epoch_time_s")
-        out.findings.append(
-            compare(part[:2], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing)
-        )
-        if part == "c5_device" and len(ests) > 1:
-            slow, quick = max(e.value for e in ests), min(e.value for e in ests)
-            out.md += [f"The slowest device takes {slow / quick:.3g}x as long per epoch as the fastest.", ""]
-        if accuracy:
-            acc = estimates(groups, "avg_train_acc")
-            out.findings.append(accuracy_finding(part[:2], key, acc, ctx.classes(), missing))
-        if key == "norm":
-            per_epoch = pd.DataFrame(
-                {r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in ctx.done[:4]}
-            ).T
-            per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
-            out.md += ["Per-epoch training top-1:", "", _md(per_epoch.reset_index(names="norm")), ""]
-        return out
 
-    fn.__name__ = f"part_{part}"
-    fn.__doc__ = title
+def _group_part(key: str, part: str, title: str, accuracy: bool) -> Callable[[Context], PartOutput]:
+    """group_part for one key, as a part (a function of the context alone)."""
+    fn = functools.partial(group_part, key=key, part=part, title=title, accuracy=accuracy)
+    fn.__name__ = f"part_{part}"  # type: ignore[attr-defined]
     return fn
 
 
