@@ -256,7 +256,7 @@ class _GpuAugLoader:
         self.gpu, self.n = gpu, n_batches
 
     def __iter__(self):
-        for i in range(self.n):
+        for _ in range(self.n):
             time.sleep(0.02)
             self.gpu.now += 0.1
             yield torch.randn(8, 3, 8, 8), torch.arange(8) % 10
