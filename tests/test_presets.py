@@ -84,3 +84,12 @@ def test_launcher_presets_compose():
     assert local.gpus_per_node == min(1, torch.cuda.device_count())  # never 0 where a GPU is visible
     assert compose_with_hydra(["launcher=slurm", "workers=16"]).hydra.launcher.cpus_per_task == 17
     assert compose_with_hydra(["launcher=slurm", "workers=0"]).hydra.launcher.cpus_per_task == 2
+
+
+def test_local_launcher_gives_a_job_one_gpu_where_there_are_several(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert compose_with_hydra(["launcher=local"]).hydra.launcher.gpus_per_node == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert compose_with_hydra(["launcher=local"]).hydra.launcher.gpus_per_node == 0
