@@ -111,3 +111,13 @@ def test_third_party_summary_prints_the_labs_table():
     assert rows == [r.replace("_RefBlock", "BasicBlock") for r in _summary_rows(_RefResNet18())]
     assert len(rows) == 49 and rows[0] == "Conv2d-1" and rows[-1] == "Linear-49"
     assert not any(r.startswith("Identity") for r in rows)
+
+
+def test_inspect_layer_table_lists_real_layers_only():
+    from trainbench.inspect import model_facts
+
+    f = model_facts({"norm": {"name": "batchnorm"}, "optimizer": {"name": "sgd", "_target_": "torch.optim.SGD",
+                     "lr": 0.1}, "model": {"width": 8}}, layers=True)  # fmt: skip
+    types = [r["type"] for r in f["layers"]]
+    assert types.count("Conv2d") == 20 and types.count("BatchNorm2d") == 20 and types[-1] == "Linear"
+    assert len(types) == 41 and "Sequential" not in types

@@ -45,7 +45,7 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
     hooks = []
     if layers:
         for name, mod in model.named_modules():
-            if name and not list(mod.children()):
+            if name and not list(mod.children()) and not isinstance(mod, nn.Sequential):  # empty Sequential: identity
 
                 def hook(m: nn.Module, i: Any, o: torch.Tensor, name: str = name) -> None:
                     rows.append({"layer": name, "type": type(m).__name__, "output_shape": list(o.shape),
