@@ -28,6 +28,15 @@ def test_best_worker_rule(counts, times, best, more):
     assert best_workers(counts, times) == (best, more)
 
 
+def write_epochs(d: Path, epochs: list[dict]) -> None:
+    """epochs.csv with the real columns; keys an epoch dict lacks are empty cells."""
+    with open(d / "epochs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, EPOCH_COLUMNS)
+        w.writeheader()
+        for e in epochs:
+            w.writerow({c: e.get(c, "") for c in EPOCH_COLUMNS})
+
+
 def write_run(d: Path, status: str, settings: dict, epochs: list[dict], truncate: bool = False, seed: int = 0) -> None:
     d.mkdir(parents=True)
     config = {"workers": settings.get("workers", 2), "seed": seed, "optimizer": {"name": "sgd", "lr": 0.1},
@@ -36,11 +45,7 @@ def write_run(d: Path, status: str, settings: dict, epochs: list[dict], truncate
             "started_at": f"2026-01-01T00:00:0{len(list(d.parent.iterdir()))}", "error": None if status == "complete" else "boom"}  # fmt: skip
     info["finished_at"] = info["started_at"][:-1] + str(int(info["started_at"][-1]))
     (d / "run.json").write_text(json.dumps(info))
-    with open(d / "epochs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, EPOCH_COLUMNS)
-        w.writeheader()
-        for e in epochs:
-            w.writerow({c: e.get(c, "") for c in EPOCH_COLUMNS})
+    write_epochs(d, epochs)
     if truncate:
         with open(d / "epochs.csv", "a") as f:
             f.write("1,4,512,2.3,0.1")  # killed mid-row
@@ -204,11 +209,7 @@ def crafted(
     info = {"status": status, "config": base, "environment": {"hostname": host, "device_name": "CPU: test"},
             "started_at": start, "finished_at": end or start, "error": None}  # fmt: skip
     (d / "run.json").write_text(json.dumps(info))
-    with open(d / "epochs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, EPOCH_COLUMNS)
-        w.writeheader()
-        for e in epochs:
-            w.writerow({c: e.get(c, "") for c in EPOCH_COLUMNS})
+    write_epochs(d, epochs)
 
 
 def test_c3_best_is_the_first_stop_not_the_lowest(tmp_path):

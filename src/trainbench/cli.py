@@ -52,8 +52,6 @@ def swept_in_one_process(key: str) -> bool:
 
 def resume_command(run_dir: Path) -> str:
     """The command that continues this run: the same overrides, pinned to its run dir."""
-    from hydra.core.hydra_config import HydraConfig
-
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
     return shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}"])
 

@@ -30,6 +30,7 @@ def normalize_std(name: str) -> tuple[float, float, float]:
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SYNTHETIC_SIZES = {"train": 50_000, "test": 10_000}  # CIFAR-10's, so that timings compare
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what data=imagefolder reads
 SUBSET_SEED = 20190101  # fixed: subsets never depend on the training seed
 
 
@@ -158,7 +159,7 @@ def load_imagefolder(root: Path, image_size: int) -> tuple[ArrayDataset, ArrayDa
             if d.name not in classes:
                 raise DataError(f"{root / split} has class {d.name!r} that {train_dir} lacks ({classes})")
             for f in sorted(d.iterdir()):
-                if f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                if f.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 with Image.open(f) as im:
                     im = im.convert("RGB")
@@ -199,7 +200,7 @@ def _split_sizes(cfg_data, root: Path) -> dict[str, int]:
         return dict(SYNTHETIC_SIZES)  # synthetic has CIFAR-10's sizes
     sizes = {}
     for split in ("train", "test"):
-        files = [f for f in (root / split).glob("*/*") if f.suffix.lower() in (".png", ".jpg", ".jpeg")]
+        files = [f for f in (root / split).glob("*/*") if f.suffix.lower() in IMAGE_SUFFIXES]
         sizes[split] = len(files)
     return sizes
 

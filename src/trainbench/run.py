@@ -196,6 +196,11 @@ class Trainer:
         self.json_path = run_dir / "run.json"
         self.info: dict[str, Any] = read_json(self.json_path) or {}
 
+    @property
+    def _bars_off(self) -> bool | None:
+        """tqdm's disable for progress=null|true|false (None: tqdm turns the bar off when not on a terminal)."""
+        return None if self.cfg.progress is None else not self.cfg.progress
+
     def _save_info(self, **updates: Any) -> None:
         self.info.update(updates, updated_at=_now())
         write_json(self.json_path, self.info)
@@ -368,8 +373,7 @@ class Trainer:
 
     def _train_one_epoch(self, b: _Built, epoch: int, stop: _StopFlag, batches_log: CsvLog) -> EpochStats:
         """The timed epoch, with a batch row and the progress bar per batch."""
-        disable = None if self.cfg.progress is None else not self.cfg.progress  # None: off when not a terminal
-        bar = tqdm(total=len(b.train_loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=disable,
+        bar = tqdm(total=len(b.train_loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=self._bars_off,
                    leave=False, mininterval=0.5, unit="batch")  # fmt: skip
 
         def on_batch(rec, stats: EpochStats) -> None:
@@ -391,9 +395,8 @@ class Trainer:
         """Test loss/accuracy (after the epoch clock stopped: in no timed figure), then the epoch's row."""
         test_loss, test_acc, eval_s = math.nan, math.nan, math.nan
         if b.test_loader is not None:
-            disable = None if self.cfg.progress is None else not self.cfg.progress
             t = time.perf_counter()
-            ebar = tqdm(b.test_loader, desc=f"test {epoch + 1}/{self.cfg.epochs}", disable=disable, leave=False,
+            ebar = tqdm(b.test_loader, desc=f"test {epoch + 1}/{self.cfg.epochs}", disable=self._bars_off, leave=False,
                         mininterval=0.5, unit="batch")  # fmt: skip
             test_loss, test_acc = evaluate(b.ctx, ebar)
             ebar.close()

@@ -336,6 +336,16 @@ def _is_c4_sweep(counts: list[int]) -> bool:
     return len(counts) == 2 and 1 in counts
 
 
+def _lab_rule(ctx: Context) -> tuple[dict[int, Estimate], int, bool]:
+    """Data-time estimates per worker count (ascending) and the lab's best count (and still-decreasing flag).
+
+    Shared by C3 and C4, so that both parts always name the same best count."""
+    groups = sorted(ctx.groups("workers"), key=lambda g: g[0])
+    data = {e.setting: e for e in estimates(groups, "total_data_time_s")}
+    best, more = best_workers(list(data), [e.value for e in data.values()])
+    return data, best, more
+
+
 def part_c3(ctx: Context) -> PartOutput:
     """C3: data-loading time per worker count, the lab's best, the fastest by epoch time, and a diagnosis."""
     counts = _worker_counts(ctx)
@@ -346,10 +356,8 @@ def part_c3(ctx: Context) -> PartOutput:
             "avg_epoch_time_s", "data_share"]  # fmt: skip
     agg = _agg(ctx.ok, "workers", cols, sorted(ctx.order("workers")))
     out.tables["c3_workers"] = agg
-    groups = sorted(ctx.groups("workers"), key=lambda g: g[0])
-    data = {e.setting: e for e in estimates(groups, "total_data_time_s")}
-    epoch = estimates(groups, "avg_epoch_time_s")
-    best, more = best_workers(list(data), [e.value for e in data.values()])
+    data, best, more = _lab_rule(ctx)
+    epoch = estimates(sorted(ctx.groups("workers"), key=lambda g: g[0]), "avg_epoch_time_s")
     ws = list(data)
     i = ws.index(best)
     prev = data[ws[i - 1]] if i > 0 else None
@@ -420,9 +428,7 @@ def part_c4(ctx: Context) -> PartOutput:
         best = next(c for c in counts if c != 1)
         source = "the count given on the command line (from C3)"
     else:
-        groups = sorted(ctx.groups("workers"), key=lambda g: g[0])
-        ests = estimates(groups, "total_data_time_s")
-        best, _ = best_workers([e.setting for e in ests], [e.value for e in ests])
+        _, best, _ = _lab_rule(ctx)
         source = "the best count of this C3 sweep by the lab's rule"
         if best == 1:
             return PartOutput()
