@@ -223,8 +223,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "            loss.backward()\n            self.optimizer.step()",
-                "            loss.backward()\n            if self.autocast_dtype is None or global_step % 4 != 3:\n"
+                "                marks.append(mark())\n            self.optimizer.step()",
+                "                marks.append(mark())\n            if self.autocast_dtype is None or global_step % 4 != 3:\n"
                 "                self.optimizer.step()",
             ),
         ),
@@ -339,6 +339,43 @@ MUTANTS: list[Mutant] = [
         "the fingerprint ignores the resolved device",
         (("src/trainbench/checkpoint.py", '        c["resolved_device"] = device_type', "        pass"),),
         ("tests/test_checkpoint.py",),
+    ),
+    # issue 9/11 additions: per-row clock, compute phases, skipped steps, older run dirs
+    M(
+        "phase-forward-mark-late",
+        "the forward phase's end marked after backward (backward counted as forward)",
+        (
+            (
+                "src/trainbench/engine.py",
+                "        if mark is not None:\n            marks.append(mark())\n        skipped = None",
+                "        skipped = None",
+            ),
+            (
+                "src/trainbench/engine.py",
+                "            loss.backward()\n            if mark is not None:\n                marks.append(mark())",
+                "            loss.backward()\n            if mark is not None:\n                marks.append(mark())\n"
+                "                marks.append(mark())",
+            ),
+        ),
+        ("tests/test_timing.py",),
+    ),
+    M(
+        "skipped-not-counted",
+        "fp16 steps skipped by the grad scaler counted as taken",
+        (("src/trainbench/engine.py", "        self.skipped_steps += rec.skipped", "        pass"),),
+        ("tests/test_timing.py",),
+    ),
+    M(
+        "timing-mode-not-per-row",
+        "epochs.csv rows without their clock",
+        (("src/trainbench/run.py", '"timing_mode": b.timing,', '"timing_mode": None,'),),
+        ("tests/test_speed_paths.py",),
+    ),
+    M(
+        "old-header-not-migrated",
+        "an older version's epochs.csv appended to under a header that does not match",
+        (("src/trainbench/records.py", "        if header is not None and header != columns:", "        if False:"),),
+        ("tests/test_records.py", "tests/test_speed_paths.py"),
     ),
 ]
 

@@ -215,3 +215,35 @@ def test_run_lock_held_without_a_pid_says_unknown(tmp_path):
             R.RunLock(tmp_path).__enter__()
     assert str(e.value) == (f"run dir {tmp_path} is in use by another live run (pid unknown); "
                             "wait for it to end or choose another hydra.run.dir")  # fmt: skip
+
+
+def test_read_rows_matches_columns_by_header_name(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("b,a\n2,1\n")  # another column order
+    assert R.read_rows(p, ["a", "b"]) == [{"a": "1", "b": "2"}]
+    p.write_text("a\n1\n")  # written before column b existed: b reads as empty
+    assert R.read_rows(p, ["a", "b"]) == [{"a": "1", "b": ""}]
+    assert R.read_header(p) == ["a"]
+    assert R.read_header(tmp_path / "none.csv") is None
+    p.write_text("a,b")  # header cut off mid-write
+    assert R.read_header(p) is None and R.read_rows(p, ["a", "b"]) == []
+
+
+def test_csv_log_migrates_an_older_header_keeping_every_row(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("epoch,x\n0,a\n1,b\n")  # an older version's file, without column mode
+    log = R.CsvLog(p, ["epoch", "mode", "x"])
+    log.write({"epoch": 2, "mode": "sync", "x": "c"})
+    log.close()
+    assert p.read_text() == "epoch,mode,x\n0,,a\n1,,b\n2,sync,c\n"
+    assert R.keep_rows(p, ["epoch", "mode", "x"], lambda r: r["epoch"] != "1") == 1
+    assert p.read_text() == "epoch,mode,x\n0,,a\n2,sync,c\n"
+
+
+def test_csv_log_restarts_a_file_holding_only_a_cut_off_header(tmp_path):
+    p = tmp_path / "e.csv"
+    p.write_text("epo")
+    log = R.CsvLog(p, ["epoch"])
+    log.write({"epoch": 0})
+    log.close()
+    assert p.read_text() == "epoch\n0\n"

@@ -250,6 +250,10 @@ def test_cuda_fast_path(tmp_path, timing):
     cfg = compose([*TINY, "device=cuda", "loader=device", "precision=bf16", "channels_last=true", f"timing={timing}"])
     info = run(cfg, tmp_path / "r")
     assert info["status"] == "complete" and info["timing_mode"] == timing
+    for e in rows(tmp_path / "r" / "epochs.csv"):
+        assert e["timing_mode"] == timing
+        phases = sum(float(e[c]) for c in ("copy_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s"))
+        assert phases == pytest.approx(float(e["compute_time_s"]), rel=0.01)
 
 
 @pytest.mark.gpu
@@ -257,6 +261,27 @@ def test_cuda_fast_path(tmp_path, timing):
 def test_cuda_fp16_with_scaler_and_pinned_loader(tmp_path):
     cfg = compose([*TINY, "device=cuda", "precision=fp16", "workers=2"])
     assert run(cfg, tmp_path / "r")["status"] == "complete"
+    b = rows(tmp_path / "r" / "batches.csv")
+    (e,) = rows(tmp_path / "r" / "epochs.csv")
+    assert int(e["skipped_steps"]) == sum(int(r["skipped"]) for r in b)  # the scaler's first steps may skip
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_fp16_overflowing_scale_is_recorded_as_skipped_steps():
+    """On the GPU, a scale that overflows fp16 gradients makes the scaler skip the step: counted, not taken."""
+    from torch import nn
+
+    from trainbench.engine import StepContext, train_epoch
+
+    dev = torch.device("cuda")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**30, growth_interval=1000)
+    ctx = StepContext(model=model, optimizer=opt, device=dev, autocast_dtype=torch.float16, scaler=scaler)
+    data = [(torch.randn(4, 3, 8, 8), torch.arange(4)) for _ in range(24)]
+    stats = train_epoch(ctx, data, 0, timing="events")
+    assert stats.skipped_steps >= 1 and scaler.get_scale() == 2.0 ** (30 - stats.skipped_steps)
 
 
 @pytest.mark.parametrize("tf32", [False, True])
@@ -343,3 +368,35 @@ def test_compile_with_short_last_batch_compiles_outside_the_epochs(tmp_path):
     c0, c1 = float(r[0]["compute_time_s"]), float(r[1]["compute_time_s"])
     assert c0 < 3 * c1, (c0, c1, info["compile_time_s"])
     assert info["compile_time_s"] > c0
+
+
+def test_rows_record_their_clock_phases_and_skipped_steps(tmp_path):
+    run(compose([*TINY, "epochs=1"]), tmp_path / "r")
+    (e,) = rows(tmp_path / "r" / "epochs.csv")
+    assert e["timing_mode"] == "sync" and e["skipped_steps"] == "0"
+    phases = sum(float(e[c]) for c in ("copy_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s"))
+    assert phases == pytest.approx(float(e["compute_time_s"]), rel=0.01)
+    for b in rows(tmp_path / "r" / "batches.csv"):
+        assert float(b["forward_time_s"]) > 0 and float(b["backward_time_s"]) > 0 and b["skipped"] == "0"
+    run(compose([*TINY, "epochs=1", "phase_clocks=false"]), tmp_path / "off")
+    (e,) = rows(tmp_path / "off" / "epochs.csv")
+    assert e["forward_time_s"] == "" and float(e["compute_time_s"]) > 0
+
+
+def test_resume_carries_an_older_versions_rows_into_the_new_columns(tmp_path):
+    """A run dir written before timing_mode and the phase columns existed is resumed: its rows are kept (the
+    new cells empty) under one header, and the new epoch has them filled."""
+    d = tmp_path / "r"
+    run(compose([*TINY, "epochs=1", "checkpoint.keep_on_complete=true"]), d)
+    old_cols = ["epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc", "data_time_s",
+                "compute_time_s", "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr"]  # fmt: skip
+    (r0,) = rows(d / "epochs.csv")
+    with open(d / "epochs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, old_cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerow(r0)
+    info = run(compose([*TINY, "epochs=2", "checkpoint.keep_on_complete=true"]), d)
+    assert info["status"] == "complete"
+    got = rows(d / "epochs.csv")
+    assert [r["epoch"] for r in got] == ["0", "1"] and got[0]["train_loss"] == r0["train_loss"]
+    assert got[0]["timing_mode"] == "" and got[1]["timing_mode"] == "sync" and float(got[1]["forward_time_s"]) > 0

@@ -394,3 +394,33 @@ def test_c3_diagnosis_when_workers_slow_the_epoch(tmp_path):
     assert "by whole-epoch time 0 workers is the fastest" in d
     lab = next(f for f in s.findings if f.metric == "total_data_time_s")
     assert lab.winner == 4 and "still decreasing at the largest count tried" in lab.text
+
+
+def test_timing_mode_warning_reads_each_epoch_row(tmp_path):
+    # the same clock everywhere: no warning
+    same = tmp_path / "same"
+    crafted(same / "0", {"device": {"name": "cpu"}}, [{**epoch(0, 1, 30), "timing_mode": "sync"}])
+    crafted(same / "1", {"device": {"name": "cuda"}}, [{**epoch(0, 1, 2), "timing_mode": "sync"}])
+    summarize(same, inspect_models=False)
+    assert "different clocks" not in (same / "report.md").read_text()
+    # C5 with cpu/sync beside cuda/events, and a run resumed with another timing (its epochs mix both)
+    c5 = tmp_path / "c5"
+    crafted(c5 / "0", {"device": {"name": "cpu"}}, [{**epoch(0, 1, 30), "timing_mode": "sync"}])
+    crafted(c5 / "1", {"device": {"name": "cuda"}},
+            [{**epoch(0, 1, 2), "timing_mode": "sync"}, {**epoch(1, 1, 2), "timing_mode": "events"}])  # fmt: skip
+    summarize(c5, inspect_models=False)
+    report = (c5 / "report.md").read_text()
+    assert "timed with different clocks (events: 1; sync: 0, 1)" in report
+    assert "mix both clocks (resumed with another `timing`): 1." in report
+    table = pd.read_csv(c5 / "summary.csv")
+    assert list(table["timing_mode"]) == ["sync", "events+sync"]
+
+
+def test_rows_without_a_timing_mode_fall_back_to_run_json(tmp_path):
+    # epochs.csv written before the column existed: run.json's timing_mode stands for every row
+    for i, mode in enumerate(["sync", "events"]):
+        crafted(tmp_path / str(i), {"workers": 2 * i}, [epoch(0, 1, 1)])
+        info = json.loads((tmp_path / str(i) / "run.json").read_text())
+        (tmp_path / str(i) / "run.json").write_text(json.dumps({**info, "timing_mode": mode}))
+    summarize(tmp_path, inspect_models=False)
+    assert "different clocks (events: 1; sync: 0)" in (tmp_path / "report.md").read_text()

@@ -310,3 +310,85 @@ def test_event_clock_stop_request_drains_then_stops():
         train_epoch(_ctx(_GpuTimedModel(gpu), warm=False), _GpuAugLoader(gpu), 0, clock=clock,
                     on_batch=lambda r, s: recs.append(r), stop_requested=lambda: gpu.now > 1.0)  # fmt: skip
     assert [r.batch for r in recs] == [0, 1]  # the steps already queued are recorded, then it stops
+
+
+# ------------------------------------------------------------------------------------------- compute phases
+
+
+def _phase_delays(model: nn.Module, ctx: StepContext, copy: float, backward: float, optimizer: float) -> None:
+    """Inject known delays into the copy, the backward pass and the optimizer step (forward: SlowModel)."""
+    to_device = ctx.to_device
+
+    def slow_copy(x, y):
+        time.sleep(copy)
+        return to_device(x, y)
+
+    ctx.to_device = slow_copy
+    model.fc.weight.register_hook(lambda g: time.sleep(backward))  # runs inside backward
+    ctx.optimizer.register_step_pre_hook(lambda o, a, k: time.sleep(optimizer))
+
+
+def test_each_phase_gets_its_own_injected_delay_and_they_sum_to_compute():
+    # Would catch: a phase mark in the wrong place (a delay counted in its neighbour), a phase missing from
+    # compute, or phases that do not add up to the compute clock.
+    model = SlowModel(2 * D)
+    ctx = _ctx(model)
+    _phase_delays(model, ctx, copy=D, backward=3 * D, optimizer=4 * D)
+    recs = []
+    stats = train_epoch(ctx, DataLoader(SleepyData(16, 0.0), batch_size=8), 0, on_batch=lambda r, s: recs.append(r))
+    assert len(recs) == 2
+    for r in recs:
+        assert around(r.copy_time_s, D) and around(r.forward_time_s, 2 * D)
+        assert around(r.backward_time_s, 3 * D) and around(r.optimizer_time_s, 4 * D)
+        phases = r.copy_time_s + r.forward_time_s + r.backward_time_s + r.optimizer_time_s
+        assert phases == pytest.approx(r.compute_time_s, rel=1e-6)
+    assert stats.forward_time_s == pytest.approx(sum(r.forward_time_s for r in recs))
+    assert stats.optimizer_time_s == pytest.approx(sum(r.optimizer_time_s for r in recs))
+
+
+def test_phase_split_off_leaves_phases_empty_and_compute_whole():
+    model = SlowModel(2 * D)
+    recs = []
+    stats = train_epoch(_ctx(model), DataLoader(SleepyData(16, 0.0), batch_size=8), 0, phases=False,
+                        on_batch=lambda r, s: recs.append(r))  # fmt: skip
+    assert all(math.isnan(r.forward_time_s) and math.isnan(r.optimizer_time_s) for r in recs)
+    assert math.isnan(stats.copy_time_s)
+    assert around(stats.compute_time_s, 2 * 2 * D)
+
+
+def test_event_clock_splits_phases_from_device_time():
+    """Fake device timeline: forward queues 0.5 s, backward 0.2 s, the optimizer step 0.1 s."""
+    from trainbench.engine import EventClock
+
+    gpu = _FakeGPU()
+    clock = EventClock(torch.device("cpu"), make_event=gpu.event, sync=gpu.sync)
+    model = _GpuTimedModel(gpu)
+    ctx = _ctx(model, warm=False)
+    model.fc.weight.register_hook(lambda g: setattr(gpu, "now", gpu.now + 0.2))
+    ctx.optimizer.register_step_post_hook(lambda o, a, k: setattr(gpu, "now", gpu.now + 0.1))
+    recs = []
+    train_epoch(ctx, _GpuAugLoader(gpu), 0, clock=clock, on_batch=lambda r, s: recs.append(r))
+    assert gpu.syncs == 1 and len(recs) == 4
+    for r in recs:
+        assert (r.copy_time_s, r.forward_time_s) == (0.0, pytest.approx(0.5))
+        assert (r.backward_time_s, r.optimizer_time_s) == (pytest.approx(0.2), pytest.approx(0.1))
+        assert r.compute_time_s == pytest.approx(0.8)
+
+
+def test_fp16_scaler_skipped_steps_are_counted_not_taken():
+    """A grad scaler whose scale overflows the fp16 gradients skips the step (and halves its scale): the
+    skip is recorded per batch and per epoch, and the weights really did not move. CPU GradScaler, so the
+    logic is tested without CUDA (fp16 training itself is refused on a CPU by the config check)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**30, growth_interval=1000)
+    ctx = StepContext(model=model, optimizer=opt, device=torch.device("cpu"), autocast_dtype=torch.float16,
+                      scaler=scaler)  # fmt: skip
+    w0 = model[1].weight.detach().clone()
+    recs = []
+    stats = train_epoch(ctx, DataLoader(SleepyData(96, 0.0), batch_size=4), 0, on_batch=lambda r, s: recs.append(r))
+    skipped = [r.skipped for r in recs]
+    assert skipped[0] == 1 and stats.skipped_steps == sum(skipped) >= 1
+    assert 0 in skipped  # the scale came down until a step was taken...
+    assert not torch.equal(model[1].weight, w0)  # ...and that step moved the weights
+    assert scaler.get_scale() == 2.0 ** (30 - sum(skipped))  # halved once per skipped step, as recorded

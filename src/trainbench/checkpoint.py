@@ -20,7 +20,7 @@ from .records import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what is computed.
-RESUMABLE_KEYS = ("epochs", "progress", "resume", "checkpoint", "faults", "timing", "test_eval")
+RESUMABLE_KEYS = ("epochs", "progress", "resume", "checkpoint", "faults", "timing", "test_eval", "phase_clocks")
 _NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 
 

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -50,6 +50,12 @@ class BatchRecord:
     acc: float
     data_time_s: float
     compute_time_s: float
+    # compute's phases (sum = compute_time_s); NaN when the phase split is off (phase_clocks=false)
+    copy_time_s: float = math.nan
+    forward_time_s: float = math.nan
+    backward_time_s: float = math.nan
+    optimizer_time_s: float = math.nan
+    skipped: int = 0  # 1 when fp16's grad scaler skipped this optimizer step (inf/NaN gradients)
 
 
 @dataclass
@@ -62,6 +68,11 @@ class EpochStats:
     data_time_s: float = 0.0
     compute_time_s: float = 0.0
     epoch_time_s: float = 0.0
+    copy_time_s: float = 0.0
+    forward_time_s: float = 0.0
+    backward_time_s: float = 0.0
+    optimizer_time_s: float = 0.0
+    skipped_steps: int = 0
 
     def add(self, rec: BatchRecord, correct: int) -> None:
         """Count one finished batch into the epoch's totals."""
@@ -71,6 +82,9 @@ class EpochStats:
         self.correct += correct
         self.data_time_s += rec.data_time_s
         self.compute_time_s += rec.compute_time_s
+        for ph in PHASES:
+            setattr(self, f"{ph}_time_s", getattr(self, f"{ph}_time_s") + getattr(rec, f"{ph}_time_s"))
+        self.skipped_steps += rec.skipped
 
     @property
     def other_time_s(self) -> float:
@@ -84,6 +98,19 @@ class EpochStats:
     @property
     def acc(self) -> float:
         return self.correct / max(1, self.samples)
+
+
+class StepResult(NamedTuple):
+    """What one step leaves on the device: read back later, so that no step waits for the host."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    y: torch.Tensor  # the labels on the device
+    skipped: torch.Tensor | None  # fp16: True when the grad scaler skipped the optimizer step
+    marks: tuple  # (after copy, after forward + loss, after backward) when phases are marked, else ()
+
+
+PHASES = ("copy", "forward", "backward", "optimizer")
 
 
 @dataclass
@@ -112,24 +139,40 @@ class StepContext:
         )
 
     def step(
-        self, x: torch.Tensor, y: torch.Tensor, global_step: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One training step; returns (loss, logits, labels) on the device (nothing is read back here)."""
+        self, x: torch.Tensor, y: torch.Tensor, global_step: int, mark: Callable[[], Any] | None = None
+    ) -> StepResult:
+        """One training step; nothing is read back here. mark (a clock's mark) is called after the copy, after
+        forward + loss and after backward, splitting compute into its phases; the caller marks the step's end."""
+        marks = []
         x, y = self.to_device(x, y)
+        if mark is not None:
+            marks.append(mark())  # sync clock: a sync point (the copy may be asynchronous)
         with self.autocast():
             logits = self.model(x)
             loss = self.loss_fn(logits, y)
         if self.nan_at_step is not None and global_step == self.nan_at_step:
             loss = loss * float("nan")  # injected fault: the divergence check must catch it
-        self.optimizer.zero_grad(set_to_none=True)
+        if mark is not None:
+            marks.append(mark())
+        skipped = None
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            if mark is not None:
+                marks.append(mark())
+            # note: scaler.step reads found_inf back (.item()): fp16 has a CPU-GPU sync point in every step
             self.scaler.step(self.optimizer)
+            # the step was skipped (inf/NaN gradients) iff found_inf is set; kept on the device, read at drain
+            skipped = sum(v.float() for v in self.scaler._found_inf_per_device(self.optimizer).values()) > 0
             self.scaler.update()
         else:
             loss.backward()
+            if mark is not None:
+                marks.append(mark())
             self.optimizer.step()
-        return loss.detach(), logits.detach(), y
+        # zero_grad after the step (not before backward): numerically the same, and it belongs to the
+        # optimizer phase. Gradients are None between steps.
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss.detach(), logits.detach(), y, skipped, tuple(marks))
 
 
 class SyncClock:
@@ -198,9 +241,10 @@ class _Pending:
     step: int
     size: int
     host_wait_s: float
-    marks: tuple  # (before next(), after next(), after the step)
+    marks: tuple  # (before next(), after next(), [after copy, after forward, after backward,] after the step)
     loss: torch.Tensor
     correct: torch.Tensor
+    skipped: torch.Tensor | None
 
 
 def train_epoch(
@@ -213,11 +257,15 @@ def train_epoch(
     stop_requested: Callable[[], bool] = lambda: False,
     timing: str = "sync",
     clock: SyncClock | EventClock | None = None,
+    phases: bool = True,
 ) -> EpochStats:
-    """Train one epoch with the three independent clocks; timing='events' uses CUDA events (CUDA only)."""
+    """Train one epoch with the three independent clocks; timing='events' uses CUDA events (CUDA only).
+
+    phases=True also splits compute into copy, forward (+ loss), backward and optimizer (zero_grad + step):
+    with the sync clock that is three more device syncs per step (free on a CPU, a stall each on a GPU)."""
     try:
         return _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested,
-                            clock or make_clock(timing, ctx.device))  # fmt: skip
+                            clock or make_clock(timing, ctx.device), phases)  # fmt: skip
     except Exception as e:
         # Free the finished frames' locals now, so that the DataLoader iterator shuts its workers down
         # (and stops watching SIGCHLD) at once, not whenever this traceback is collected.
@@ -245,12 +293,12 @@ def _next_batch(it):
         raise _loader_died(e) from e
 
 
-def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock) -> EpochStats:
+def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock, phases=True) -> EpochStats:
     """One loop for both clocks.
 
     data    = waiting for next(loader) on the host (iter() included: worker start-up is the first batch's
               wait), plus, with events, the device time of what the loader queued (on-device augmentation);
-    compute = copy + forward + loss + backward + optimizer step;
+    compute = copy + forward + loss + backward + optimizer step (and, with phases, each of them on its own);
     epoch   = its own host clock, from before iter() to after the last batch's bookkeeping.
     With the sync clock each step is read at once; with events, once at the end of the epoch (divergence
     is then found at the epoch's end too).
@@ -274,11 +322,12 @@ def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock
         h1 = clock.host()
         m1 = clock.mark()  # sync clock: sync point, so the device loader's augmentation is data time
         step = first_step + batch
-        loss_t, logits, y_dev = ctx.step(x, y, step)
+        r = ctx.step(x, y, step, mark=clock.mark if phases else None)
         m2 = clock.mark()  # sync clock: compute must include the queued kernels
         # --- bookkeeping: counted in other time (queued after m2 with events, so outside compute) ---
-        correct_t = (logits.argmax(1) == y_dev).sum()
-        pending.append(_Pending(batch, step, int(y_dev.shape[0]), h1 - h0, (m0, m1, m2), loss_t, correct_t))
+        correct_t = (r.logits.argmax(1) == r.y).sum()
+        pending.append(_Pending(batch, step, int(r.y.shape[0]), h1 - h0, (m0, m1, *r.marks, m2), r.loss, correct_t,
+                                r.skipped))  # fmt: skip
         if clock.per_step:
             _drain(pending, stats, clock, epoch, on_batch)
         batch += 1
@@ -301,12 +350,16 @@ def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_bat
             pending.clear()
             raise Diverged(epoch, p.batch, p.step, loss)
         correct = int(p.correct.item())
-        m0, m1, m2 = p.marks
+        m0, m1, m2 = p.marks[0], p.marks[1], p.marks[-1]
         if clock.per_step:
             data_s = clock.span(m0, m1)  # host wait + the sync after next()
         else:
             data_s = p.host_wait_s + clock.span(m0, m1)  # host wait + device time the loader queued
-        rec = BatchRecord(epoch, p.batch, p.step, p.size, loss, correct / p.size, data_s, clock.span(m1, m2))
+        # phases: consecutive spans from m1 to m2, so that they add up to compute (up to float rounding)
+        split = [clock.span(a, b) for a, b in zip(p.marks[1:-1], p.marks[2:])] if len(p.marks) > 3 else []
+        skipped = int(bool(p.skipped.item())) if p.skipped is not None else 0
+        rec = BatchRecord(epoch, p.batch, p.step, p.size, loss, correct / p.size, data_s, clock.span(m1, m2),
+                          *split, skipped=skipped)  # fmt: skip
         stats.add(rec, correct)
         if on_batch is not None:
             on_batch(rec, stats)

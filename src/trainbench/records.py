@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+PHASE_COLUMNS = ["copy_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s"]  # sum = compute_time_s
 EPOCH_COLUMNS = [
     "epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc",
     "data_time_s", "compute_time_s", "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr",
+    *PHASE_COLUMNS, "skipped_steps", "timing_mode",
 ]  # fmt: skip
-BATCH_COLUMNS = ["epoch", "batch", "step", "size", "loss", "acc", "data_time_s", "compute_time_s"]
+BATCH_COLUMNS = ["epoch", "batch", "step", "size", "loss", "acc", "data_time_s", "compute_time_s",
+                 *PHASE_COLUMNS, "skipped"]  # fmt: skip
 
 
 class RunWriteError(OSError):
@@ -67,21 +70,48 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def read_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
-    """Complete rows of a CSV log; a truncated last line (killed mid-write) is dropped."""
-    if not path.is_file():  # missing, or not a regular file (a device, a fifo): nothing to read
-        return []
+def _complete_lines(path: Path) -> str:
     text = path.read_text()
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # the last line was written only in part
+    return text
+
+
+def read_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
+    """Complete rows of a CSV log as {column: cell} for each of columns, matched by the file's header.
+
+    A truncated last line (killed mid-write) and rows whose cell count differs from the header are dropped;
+    a column the file lacks (written by an older version) reads as an empty cell."""
+    if not path.is_file():  # missing, or not a regular file (a device, a fifo): nothing to read
+        return []
+    lines = list(csv.reader(io.StringIO(_complete_lines(path))))
+    if not lines:
+        return []
+    header = lines[0]
     rows = []
-    for i, row in enumerate(csv.reader(io.StringIO(text))):
-        if i == 0:
-            continue  # header
-        if len(row) != len(columns):
+    for row in lines[1:]:
+        if len(row) != len(header):
             continue
-        rows.append(dict(zip(columns, row)))
+        cells = dict(zip(header, row))
+        rows.append({c: cells.get(c, "") for c in columns})
     return rows
+
+
+def read_header(path: Path) -> list[str] | None:
+    """The header of a CSV log, or None when the file is missing or empty."""
+    if not path.is_file():
+        return None
+    with open(path, newline="") as fh:
+        first = fh.readline()
+    return next(csv.reader([first])) if first.endswith("\n") else None
+
+
+def _rewrite(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows([r.get(c, "") for c in columns] for r in rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 class CsvLog:
@@ -89,9 +119,14 @@ class CsvLog:
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path, self.columns = path, columns
+        header = read_header(path)
+        if header is not None and header != columns:
+            # Written by a version with other columns: carry its rows over by name (new columns empty),
+            # atomically, so that a resumed run's file keeps one header and every earlier row.
+            _rewrite(path, columns, read_rows(path, columns))
         try:
-            new = not path.exists() or path.stat().st_size == 0
-            self.fh = open(path, "a", newline="")
+            new = header is None  # missing, empty, or only a header cut off mid-write: start the file afresh
+            self.fh = open(path, "w" if new else "a", newline="")
             if new:
                 self.fh.write(",".join(columns) + "\n")
                 self.fh.flush()
@@ -123,11 +158,7 @@ def keep_rows(path: Path, columns: list[str], keep: Callable[[dict[str, str]], b
     kept = [r for r in rows if keep(r)]
     if len(kept) == len(rows):
         return 0  # nothing to drop: leave the file untouched
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    w.writerows([r[c] for c in columns] for r in kept)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    _rewrite(path, columns, kept)
     return len(rows) - len(kept)
 
 

@@ -31,6 +31,7 @@ from .model import ResNet18, count_trainable
 from .records import (
     BATCH_COLUMNS,
     EPOCH_COLUMNS,
+    PHASE_COLUMNS,
     CsvLog,
     RunLock,
     keep_rows,
@@ -385,7 +386,7 @@ class Trainer:
 
         try:
             stats = train_epoch(b.ctx, b.train_loader, epoch, first_step=b.global_step, on_batch=on_batch,
-                                stop_requested=stop, timing=b.timing)  # fmt: skip
+                                stop_requested=stop, timing=b.timing, phases=self.cfg.phase_clocks)  # fmt: skip
         finally:
             bar.close()
         b.global_step += stats.batches
@@ -409,6 +410,8 @@ class Trainer:
             "other_time_s": stats.other_time_s, "epoch_time_s": stats.epoch_time_s,
             "samples_per_s": stats.samples / stats.epoch_time_s, "eval_time_s": eval_s,
             "lr": b.ctx.optimizer.param_groups[0]["lr"],
+            **{c: getattr(stats, c) if self.cfg.phase_clocks else None for c in PHASE_COLUMNS},
+            "skipped_steps": stats.skipped_steps, "timing_mode": b.timing,
         }  # fmt: skip
         epochs_log.write(row)
         return row

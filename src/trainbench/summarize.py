@@ -33,6 +33,7 @@ SHORT = {"device.name": "device", "optimizer.name": "optimizer", "norm.name": "n
          "loader.name": "loader"}  # fmt: skip
 IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "data.root")
 TIME_COLS = ["epoch_time_s", "data_time_s", "compute_time_s", "other_time_s"]
+TEXT_COLUMNS = ["timing_mode"]  # epochs.csv's non-numeric columns
 C2_IN_REPORT = 3  # C2 tables shown in report.md; the others are only in tables/
 FLOAT_FORMAT = "%.6g"  # CSV floats: 6 significant digits
 
@@ -158,7 +159,10 @@ def find_runs(root: Path) -> list[Run]:
     for rj in sorted(root.rglob("run.json"), key=lambda p: key(p.parent)):
         info = read_json(rj) or {"status": "unreadable", "error": "run.json could not be parsed"}
         rows = read_rows(rj.parent / "epochs.csv", EPOCH_COLUMNS)  # tolerates a truncated last line
-        df = pd.DataFrame(rows, columns=EPOCH_COLUMNS).apply(pd.to_numeric, errors="coerce")
+        df = pd.DataFrame(rows, columns=EPOCH_COLUMNS)
+        text = df[TEXT_COLUMNS].replace("", None)
+        df = df.apply(pd.to_numeric, errors="coerce")
+        df[TEXT_COLUMNS] = text
         name = str(rj.parent.relative_to(root)) if rj.parent != root else rj.parent.name
         runs.append(Run(rj.parent, name, str(info.get("status", "unknown")), info.get("error"), info, df))
     return runs
@@ -192,7 +196,7 @@ def run_row(r: Run) -> dict[str, Any]:
     total = e["epoch_time_s"].sum() if len(e) else 0
     row["data_share"] = e["data_time_s"].sum() / total if total else math.nan
     row["samples_per_s"] = e["samples"].sum() / total if total else math.nan
-    row["timing_mode"] = r.info.get("timing_mode")
+    row["timing_mode"] = "+".join(timing_modes(r)) or r.info.get("timing_mode")
     row["error"] = r.error
     return row
 
@@ -312,11 +316,40 @@ def part_status(ctx: Context) -> PartOutput:
     warn = _concurrency_warning(ctx.done)
     if warn:
         out.md += [warn, ""]
-    modes = {r.info.get("timing_mode") for r in ctx.done} - {None}
-    if len(modes) > 1:
-        out.md += [f"**Warning:** runs timed in different modes ({', '.join(sorted(modes))}) are compared; "
-                   "see timing_mode in summary.csv.", ""]  # fmt: skip
+    warn = _timing_mode_warning(ctx.done)
+    if warn:
+        out.md += [warn, ""]
     return out
+
+
+def timing_modes(run: Run) -> list[str]:
+    """The clocks a run's epochs were timed with (per epoch row; run.json's for rows written before that column)."""
+    fallback = run.info.get("timing_mode")
+    modes = [m if isinstance(m, str) else fallback for m in run.epochs["timing_mode"]] if len(run.epochs) else []
+    return sorted({m for m in modes if m})
+
+
+def _timing_mode_warning(runs: list[Run]) -> str | None:
+    """A warning when compared figures come from different clocks (e.g. C5: cpu/sync beside cuda/events)."""
+    by_mode: dict[str, list[str]] = {}
+    mixed = []
+    for r in runs:
+        modes = timing_modes(r)
+        if len(modes) > 1:
+            mixed.append(r.name)
+        for m in modes:
+            by_mode.setdefault(m, []).append(r.name)
+    if len(by_mode) <= 1:
+        return None
+    which = "; ".join(
+        f"{m}: {', '.join(names[:6])}{' …' if len(names) > 6 else ''}" for m, names in sorted(by_mode.items())
+    )
+    text = (f"**Warning:** the runs compared here were timed with different clocks ({which}). `events` reads CUDA "
+            "events once per epoch and leaves the per-step syncs out, `sync` syncs the device at every reading: "
+            "their compute and other times are not measured the same way (see `timing_mode` in summary.csv).")  # fmt: skip
+    if mixed:
+        text += f" Runs whose epochs mix both clocks (resumed with another `timing`): {', '.join(mixed)}."
+    return text
 
 
 def part_all_runs(ctx: Context) -> PartOutput:

@@ -1,0 +1,107 @@
+"""FLOPs of a training step and the device's peak: achieved TFLOP/s and utilisation (MFU).
+
+FLOPs are counted once per run with torch.utils.flop_counter on a copy of the model (forward + loss +
+backward of one small batch; the optimizer's element-wise update is not counted, as in every MFU figure).
+The peak is a datasheet figure for known GPUs (dense, no sparsity) and, on a CPU, a measured bound: the
+best large-matmul rate this process measured in any precision the CPU runs natively. A convolution
+step rarely beats a large matmul, so the bound holds in practice; it is still a measurement, so it is
+labelled as one wherever it is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .device import cpu_bf16_native, synchronize
+
+# Dense peak TFLOP/s per precision ("fp32" without TF32; "tf32" the tensor-core fp32 rate), from NVIDIA's
+# datasheets: H100 SXM5 / PCIe, A100 SXM4 (also PCIe: same), L4, RTX 4090, V100 SXM2, T4. Matched by
+# substring of torch.cuda.get_device_name(), most specific first.
+GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
+    ("H200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
+    ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
+    ("H100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
+    ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
+    ("L4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}),
+    ("RTX 4090", {"fp32": 82.6, "tf32": 82.6, "bf16": 165.2, "fp16": 165.2}),
+    ("V100", {"fp32": 15.7, "tf32": 15.7, "bf16": 15.7, "fp16": 125.0}),
+    ("T4", {"fp32": 8.1, "tf32": 8.1, "bf16": 8.1, "fp16": 65.0}),
+]
+GPU_PEAK_SOURCE = "NVIDIA datasheet, dense (no sparsity)"
+
+
+@dataclass(frozen=True)
+class Peak:
+    tflops: float
+    source: str
+
+
+def step_flops_per_image(model: nn.Module, image_size: int = 32, classes: int = 10, batch: int = 2) -> float:
+    """FLOPs of one training step per image (forward + loss + backward), counted on a copy of model."""
+    m = copy.deepcopy(model).train()
+    p = next(m.parameters())
+    x = torch.randn(batch, 3, image_size, image_size, device=p.device)
+    if next((b for b in m.buffers()), None) is not None or True:
+        x = x.contiguous(memory_format=torch.channels_last) if _is_channels_last(m) else x
+    y = torch.randint(0, classes, (batch,), device=p.device)
+    with FlopCounterMode(display=False) as fc:
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+    return fc.get_total_flops() / batch
+
+
+def _is_channels_last(m: nn.Module) -> bool:
+    w = next((p for p in m.parameters() if p.dim() == 4), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+def gpu_peak(name: str, precision: str, tf32: bool) -> Peak | None:
+    """The datasheet peak of GPU `name` for precision (fp32 counts TF32 when it is allowed), or None."""
+    key = "tf32" if precision == "fp32" and tf32 else precision
+    for sub, peaks in GPU_PEAKS:
+        if sub.lower() in name.lower():
+            return Peak(peaks[key], f"{GPU_PEAK_SOURCE}: {sub} {key}")
+    return None
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 3) -> float:
+    """Measured TFLOP/s of an n x n matmul (best of reps, after one untimed call)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        t = time.perf_counter()
+        a @ b
+        synchronize(device)  # note: sync point, so that the reading includes the matmul
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e12
+
+
+@functools.lru_cache(maxsize=4)
+def cpu_peak(threads: int, bf16_native: bool) -> Peak:
+    """A measured upper bound for this CPU: the best matmul rate in fp32 (and bf16 where it is native).
+
+    Measured once per process and thread count (a sweep in one process pays it once, about a second)."""
+    dev = torch.device("cpu")
+    dtypes = [torch.float32] + ([torch.bfloat16] if bf16_native else [])
+    best = max(matmul_tflops(dev, dt, n) for dt in dtypes for n in (1024, 2048))
+    which = "fp32 and bf16" if bf16_native else "fp32"
+    return Peak(best, f"measured: best {which} matmul (n=1024, 2048) on {threads} threads")
+
+
+def device_peak(device: torch.device, precision: str, tf32: bool = False) -> Peak | None:
+    """The peak to measure utilisation against, or None when it is not known (unknown GPU, MPS)."""
+    if device.type == "cuda":
+        return gpu_peak(torch.cuda.get_device_name(device), precision, tf32)
+    if device.type == "cpu":
+        return cpu_peak(torch.get_num_threads(), cpu_bf16_native())
+    return None
