@@ -9,7 +9,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from trainbench.device import cpu_model  # noqa: E402
+from trainbench.device import cpu_flags, cpu_model  # noqa: E402
+
+KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def flags() -> str:
+    """The CPU flags that decide bf16 and channels_last speed (avx2, avx512*, amx*), or 'flags unknown'."""
+    have = [f for f in KEY_FLAGS if f in cpu_flags()]
+    return "flags " + (" ".join(have) if have else "unknown")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -22,7 +30,8 @@ def machine(device: str = "cpu") -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {flags()}, {torch.get_num_threads()} torch threads "
+            f"(torch {torch.__version__})")  # fmt: skip
 
 
 def median(xs: list[float]) -> float:
@@ -44,9 +53,10 @@ def table(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
-def write_csv(name: str, rows: list[dict]) -> Path:
-    """Write rows to benchmarks/results/NAME.csv."""
+def write_csv(name: str, rows: list[dict], device: str = "cpu") -> Path:
+    """Write rows to benchmarks/results/NAME.csv, each with the machine it was measured on (CPU flags included)."""
     RESULTS.mkdir(exist_ok=True)
+    rows = [{**r, "machine": machine(device)} for r in rows]
     path = RESULTS / f"{name}.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]))

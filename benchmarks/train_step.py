@@ -92,7 +92,7 @@ def main() -> None:
     print(table(rows, f"Training step, ResNet-18, batch {bs}, median of {a.reps} — {machine(dev.type)}"))
     print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s; "
           f"% of peak is against the larger, {peak / 1e12:.3f} TFLOP/s")  # fmt: skip
-    print(f"\nwrote {write_csv('train_step', rows)}")
+    print(f"\nwrote {write_csv('train_step', rows, dev.type)}")
 
 
 if __name__ == "__main__":

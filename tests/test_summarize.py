@@ -159,8 +159,18 @@ def test_multirun_of_five_optimizers_ends_with_report(tmp_path):
     )
     facts = json.loads((sweep / "inspect.json").read_text())
     assert {f["optimizer"] for f in facts} == {"sgd", "nesterov", "adagrad", "adadelta", "adam"}
-    for png in ("time_split.png", "curves.png"):
+    for png in ("time_split.png", "curves.png", "compute_phases.png"):
         assert (sweep / "plots" / png).stat().st_size > 1000
+    # where compute goes: the phase split per optimizer, and a finding on the phase that changes most
+    assert "## Where compute goes" in report
+    phases = pd.read_csv(sweep / "tables" / "compute_phases.csv")
+    assert list(phases["optimizer"]) == ["sgd", "nesterov", "adagrad", "adadelta", "adam"]
+    shares = phases[["copy_share", "forward_share", "backward_share", "optimizer_share"]].sum(axis=1)
+    assert shares.to_numpy() == pytest.approx(1.0)
+    split = phases[["avg_copy_time_s", "avg_forward_time_s", "avg_backward_time_s", "avg_optimizer_time_s"]]
+    assert split.sum(axis=1).to_numpy() == pytest.approx(phases["avg_compute_time_s"].to_numpy(), rel=0.01)
+    (c,) = [x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "compute"]
+    assert c["metric"].startswith("avg_") and "Compute phases across optimizer" in c["text"]
 
 
 def test_failing_job_and_sweep_rerun(tmp_path):
@@ -424,3 +434,32 @@ def test_rows_without_a_timing_mode_fall_back_to_run_json(tmp_path):
         (tmp_path / str(i) / "run.json").write_text(json.dumps({**info, "timing_mode": mode}))
     summarize(tmp_path, inspect_models=False)
     assert "different clocks (events: 1; sync: 0)" in (tmp_path / "report.md").read_text()
+
+
+def test_compute_part_names_the_phase_that_changes_past_the_noise(tmp_path):
+    # C6-like: adam's optimizer step is slower than sgd's; forward/backward the same within noise
+    def ep(i, opt_s, jitter):
+        e = epoch(i, 0.1, 1.0 + opt_s + jitter)
+        return {**e, "copy_time_s": 0.01, "forward_time_s": 0.3 + jitter, "backward_time_s": 0.69,
+                "optimizer_time_s": opt_s, "profiled_steps": 0, "timing_mode": "sync"}  # fmt: skip
+
+    for i, (opt, opt_s) in enumerate([("sgd", 0.05), ("adam", 0.25)]):
+        crafted(tmp_path / str(i), {"optimizer": {"name": opt}},
+                [ep(k, opt_s + 0.001 * k, 0.01 * (k % 2)) for k in range(3)])  # fmt: skip
+    summarize(tmp_path, inspect_models=False)
+    (f,) = [x for x in json.loads((tmp_path / "findings.json").read_text()) if x["part"] == "compute"]
+    assert f["metric"] == "avg_optimizer_time_s" and f["winner"] == "sgd" and f["significant"] is True
+    assert "the optimizer phase changes most" in f["text"] and "beyond the measured noise" in f["text"]
+    t = pd.read_csv(tmp_path / "tables" / "compute_phases.csv")
+    fwd = (0.3 + 0.31 + 0.3) / 3
+    expected = [o / (0.01 + fwd + 0.69 + o) for o in (0.051, 0.251)]  # mean phase times over the 3 epochs
+    assert t["optimizer_share"].tolist() == pytest.approx(expected, rel=1e-4)
+    assert "## Where compute goes" in (tmp_path / "report.md").read_text()
+
+
+def test_compute_part_absent_without_phase_columns(tmp_path):
+    crafted(tmp_path / "0", {"workers": 0}, [epoch(0, 1, 1)])
+    crafted(tmp_path / "1", {"workers": 2}, [epoch(0, 1, 1)])
+    summarize(tmp_path, inspect_models=False)
+    assert "Where compute goes" not in (tmp_path / "report.md").read_text()
+    assert not [x for x in json.loads((tmp_path / "findings.json").read_text()) if x["part"] == "compute"]

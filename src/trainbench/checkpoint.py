@@ -20,7 +20,19 @@ from .records import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what is computed.
-RESUMABLE_KEYS = ("epochs", "progress", "resume", "checkpoint", "faults", "timing", "test_eval", "phase_clocks")
+RESUMABLE_KEYS = (
+    "epochs",
+    "progress",
+    "resume",
+    "checkpoint",
+    "faults",
+    "timing",
+    "test_eval",
+    "phase_clocks",
+    "profile",
+    "profiler",
+    "logger",
+)
 _NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 
 

@@ -87,6 +87,17 @@ class FaultsConfig:
 
 
 @dataclass
+class ProfilerConfig:
+    """profile=true: torch.profiler over a few steps of one epoch (a wait / warm-up / active schedule)."""
+
+    epoch: int = 0  # which epoch (0-based, as epochs.csv counts)
+    wait: int = 1  # steps run unprofiled first
+    warmup: int = 1  # steps traced and discarded (the profiler's own start-up cost)
+    active: int = 3  # steps recorded into profile/trace.json and profile/ops.csv
+    record_shapes: bool = False
+
+
+@dataclass
 class TrainConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -97,6 +108,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
     epochs: int = 5
     # DataLoader worker processes (loader=torch). A typed key, not a config group: Hydra cannot take an
     # integer group choice from the command line ("Config group override must be a string"), and any count works.
@@ -110,6 +122,8 @@ class TrainConfig:
     timing: str = "sync"  # sync: exact per-step split; events: CUDA events read once per epoch
     # split compute into copy/forward/backward/optimizer; with timing=sync on a GPU that is 3 more syncs a step
     phase_clocks: bool = True
+    profile: bool = False  # torch.profiler over profiler.* steps: profile/trace.json, profile/ops.csv
+    logger: str = "none"  # none | tensorboard (per-batch and per-epoch figures in tb/; CSVs stay the record)
     cudnn_benchmark: bool = True
     tf32: bool = False  # false: fp32 really is fp32 on Ampere+ GPUs (cuDNN/cuBLAS TF32 off); true allows TF32
     progress: bool | None = None  # null: a progress bar on a terminal only; true/false: always/never
@@ -124,6 +138,7 @@ CHOICES = {
     "optimizer.name": ("sgd", "nesterov", "adagrad", "adadelta", "adam"),
     "precision": ("fp32", "bf16", "fp16"),
     "timing": ("sync", "events"),
+    "logger": ("none", "tensorboard"),
 }
 
 
@@ -178,5 +193,20 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.data.image_size >= 8, "data.image_size", cfg.data.image_size, "an integer >= 8")
     _check(cfg.model.width >= 1, "model.width", cfg.model.width, "an integer >= 1")
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
+    pr = cfg.profiler
+    _check(
+        not cfg.profile or 0 <= pr.epoch < cfg.epochs,
+        "profiler.epoch",
+        pr.epoch,
+        f"0 <= epoch < epochs ({cfg.epochs}), 0-based",
+    )
+    _check(pr.wait >= 0, "profiler.wait", pr.wait, "an integer >= 0")
+    _check(pr.warmup >= 0, "profiler.warmup", pr.warmup, "an integer >= 0")
+    _check(pr.active >= 1, "profiler.active", pr.active, "an integer >= 1")
+    if cfg.logger == "tensorboard":
+        import importlib.util
+
+        _check(importlib.util.find_spec("tensorboard") is not None, "logger", "tensorboard",
+               "none, or install the tensorboard extra: pip install 'trainbench[tensorboard]'")  # fmt: skip
     nan = cfg.faults.nan_at_step
     _check(nan is None or nan >= 0, "faults.nan_at_step", nan, "null or an integer >= 0")

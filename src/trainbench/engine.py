@@ -73,6 +73,7 @@ class EpochStats:
     backward_time_s: float = 0.0
     optimizer_time_s: float = 0.0
     skipped_steps: int = 0
+    profiled_steps: int = 0  # steps run under torch.profiler (slower; counted by the run, profile=true)
 
     def add(self, rec: BatchRecord, correct: int) -> None:
         """Count one finished batch into the epoch's totals."""
@@ -258,14 +259,16 @@ def train_epoch(
     timing: str = "sync",
     clock: SyncClock | EventClock | None = None,
     phases: bool = True,
+    after_step: Callable[[int], None] | None = None,
 ) -> EpochStats:
     """Train one epoch with the three independent clocks; timing='events' uses CUDA events (CUDA only).
 
     phases=True also splits compute into copy, forward (+ loss), backward and optimizer (zero_grad + step):
-    with the sync clock that is three more device syncs per step (free on a CPU, a stall each on a GPU)."""
+    with the sync clock that is three more device syncs per step (free on a CPU, a stall each on a GPU).
+    after_step(batch) runs after each step's clocks stopped (the profiler's step): in other time."""
     try:
         return _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested,
-                            clock or make_clock(timing, ctx.device), phases)  # fmt: skip
+                            clock or make_clock(timing, ctx.device), phases, after_step)  # fmt: skip
     except Exception as e:
         # Free the finished frames' locals now, so that the DataLoader iterator shuts its workers down
         # (and stops watching SIGCHLD) at once, not whenever this traceback is collected.
@@ -293,7 +296,8 @@ def _next_batch(it):
         raise _loader_died(e) from e
 
 
-def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock, phases=True) -> EpochStats:
+def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock, phases=True,
+                 after_step=None) -> EpochStats:  # fmt: skip
     """One loop for both clocks.
 
     data    = waiting for next(loader) on the host (iter() included: worker start-up is the first batch's
@@ -328,6 +332,8 @@ def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock
         correct_t = (r.logits.argmax(1) == r.y).sum()
         pending.append(_Pending(batch, step, int(r.y.shape[0]), h1 - h0, (m0, m1, *r.marks, m2), r.loss, correct_t,
                                 r.skipped))  # fmt: skip
+        if after_step is not None:
+            after_step(batch)
         if clock.per_step:
             _drain(pending, stats, clock, epoch, on_batch)
         batch += 1

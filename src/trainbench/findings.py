@@ -28,6 +28,10 @@ TIME_METRICS = {
     "total_data_time_s": ("data_time_s", ("data_time_s",), "sum"),
     "total_compute_time_s": ("compute_time_s", ("compute_time_s",), "sum"),
     "total_epoch_time_s": ("epoch_time_s", ("data_time_s", "compute_time_s"), "sum"),
+    **{
+        f"avg_{ph}_time_s": (f"{ph}_time_s", (f"{ph}_time_s",), "mean")
+        for ph in ("copy", "forward", "backward", "optimizer")
+    },
 }
 
 

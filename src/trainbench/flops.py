@@ -48,8 +48,8 @@ def step_flops_per_image(model: nn.Module, image_size: int = 32, classes: int = 
     m = copy.deepcopy(model).train()
     p = next(m.parameters())
     x = torch.randn(batch, 3, image_size, image_size, device=p.device)
-    if next((b for b in m.buffers()), None) is not None or True:
-        x = x.contiguous(memory_format=torch.channels_last) if _is_channels_last(m) else x
+    if _is_channels_last(m):
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,), device=p.device)
     with FlopCounterMode(display=False) as fc:
         loss = nn.functional.cross_entropy(m(x), y)

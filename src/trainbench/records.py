@@ -16,10 +16,10 @@ PHASE_COLUMNS = ["copy_time_s", "forward_time_s", "backward_time_s", "optimizer_
 EPOCH_COLUMNS = [
     "epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc",
     "data_time_s", "compute_time_s", "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr",
-    *PHASE_COLUMNS, "skipped_steps", "timing_mode",
+    *PHASE_COLUMNS, "skipped_steps", "timing_mode", "achieved_tflops", "mfu", "profiled_steps",
 ]  # fmt: skip
 BATCH_COLUMNS = ["epoch", "batch", "step", "size", "loss", "acc", "data_time_s", "compute_time_s",
-                 *PHASE_COLUMNS, "skipped"]  # fmt: skip
+                 *PHASE_COLUMNS, "skipped", "profiled"]  # fmt: skip
 
 
 class RunWriteError(OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -26,6 +27,7 @@ from .config import validate
 from .data import load_data
 from .device import check_device_options, environment, resolve_device, set_precision_flags, synchronize
 from .engine import Diverged, EpochStats, Interrupted, StepContext, evaluate, train_epoch
+from .flops import device_peak, step_flops_per_image
 from .loaders import DeviceLoader, make_loader
 from .model import ResNet18, count_trainable
 from .records import (
@@ -187,6 +189,8 @@ class _Built:
     loader_gen: torch.Generator
     timing: str
     global_step: int = 0
+    flops_per_image: float = math.nan
+    peak_tflops: float | None = None
 
 
 class Trainer:
@@ -196,6 +200,7 @@ class Trainer:
         self.cfg, self.device, self.run_dir = cfg, device, run_dir
         self.json_path = run_dir / "run.json"
         self.info: dict[str, Any] = read_json(self.json_path) or {}
+        self.tb: Any | None = None  # logger=tensorboard
 
     @property
     def _bars_off(self) -> bool | None:
@@ -284,6 +289,13 @@ class Trainer:
         b = self._build(ckpt, start_epoch, timing)
         epochs_log = CsvLog(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
         batches_log = CsvLog(self.run_dir / "batches.csv", BATCH_COLUMNS)
+        if self.cfg.logger == "tensorboard":
+            from .live import TensorBoardLog
+
+            self.tb = TensorBoardLog(self.run_dir / "tb")
+            log.info(
+                "logger=tensorboard: live figures in %s (tensorboard --logdir %s)", self.run_dir / "tb", self.run_dir
+            )
         try:
             with _StopFlag() as stop:
                 for epoch in range(start_epoch, self.cfg.epochs):
@@ -302,6 +314,8 @@ class Trainer:
         finally:
             epochs_log.close()
             batches_log.close()
+            if self.tb is not None:
+                self.tb.close()
         return self._complete()
 
     def _build(self, ckpt: dict | None, start_epoch: int, timing: str) -> _Built:
@@ -346,9 +360,20 @@ class Trainer:
         warm_s = warm_up(ctx, model, loader_gen, *shapes, image_size=int(train_data.images.shape[1]),
                          classes=len(train_data.classes))  # fmt: skip
         self._save_info(warmup_time_s=warm_s, **({"compile_time_s": warm_s} if cfg.compile else {}))
+        self._count_flops(b, int(train_data.images.shape[1]), len(train_data.classes))
         log.info("warm-up (untimed, state restored): %.2fs for train batch sizes %s and test batch sizes %s%s", warm_s,
                  shapes[0], shapes[1], "; compile=true: compile time is this, reported as compile_time_s" if cfg.compile else "")  # fmt: skip
         return b
+
+    def _count_flops(self, b: _Built, image_size: int, classes: int) -> None:
+        """FLOPs per image of a training step (counted once, on a copy of the model) and the device's peak."""
+        b.flops_per_image = step_flops_per_image(b.model, image_size, classes)
+        peak = device_peak(self.device, self.cfg.precision, bool(self.cfg.tf32))
+        b.peak_tflops = peak.tflops if peak else None
+        self._save_info(flops_per_image=b.flops_per_image, peak_tflops=b.peak_tflops,
+                        peak_source=peak.source if peak else "unknown device: no utilisation (mfu) reported")  # fmt: skip
+        log.info("%.3g GFLOP per image per training step (forward + backward); peak %s", b.flops_per_image / 1e9,
+                 f"{peak.tflops:.3g} TFLOP/s ({peak.source})" if peak else "unknown")  # fmt: skip
 
     def _restore(self, b: _Built, ckpt: dict | None, start_epoch: int) -> None:
         """Continue from ckpt (state, RNGs, sampler); drop CSV rows written after it."""
@@ -377,20 +402,40 @@ class Trainer:
         bar = tqdm(total=len(b.train_loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", disable=self._bars_off,
                    leave=False, mininterval=0.5, unit="batch")  # fmt: skip
 
+        prof = self._profiler(epoch)
+
         def on_batch(rec, stats: EpochStats) -> None:
-            batches_log.write(dataclasses.asdict(rec))
+            profiled = int(prof is not None and prof.profiled(rec.batch))
+            stats.profiled_steps += profiled
+            batches_log.write({**dataclasses.asdict(rec), "profiled": profiled})
+            if self.tb is not None:
+                self.tb.batch(rec)
             bar.update(1)
             busy = stats.data_time_s + stats.compute_time_s
             bar.set_postfix(loss=f"{rec.loss:.3f}", acc=f"{stats.acc:.3f}",
                             img_s=f"{stats.samples / busy:.0f}" if busy else "-", refresh=False)  # fmt: skip
 
         try:
-            stats = train_epoch(b.ctx, b.train_loader, epoch, first_step=b.global_step, on_batch=on_batch,
-                                stop_requested=stop, timing=b.timing, phases=self.cfg.phase_clocks)  # fmt: skip
+            with prof if prof is not None else contextlib.nullcontext():
+                stats = train_epoch(b.ctx, b.train_loader, epoch, first_step=b.global_step, on_batch=on_batch,
+                                    stop_requested=stop, timing=b.timing, phases=self.cfg.phase_clocks,
+                                    after_step=prof.step if prof is not None else None)  # fmt: skip
         finally:
             bar.close()
         b.global_step += stats.batches
         return stats
+
+    def _profiler(self, epoch: int) -> Any | None:
+        """profile=true: the profiler for profiler.epoch, else None."""
+        pc = self.cfg.profiler
+        if not self.cfg.profile or epoch != pc.epoch:
+            return None
+        from .profiling import EpochProfiler
+
+        log.info("profile=true: profiling epoch %d (profiler.epoch=%d), steps %d..%d traced (profiler.wait=%d, "
+                 "warmup=%d, active=%d); they run slower and are marked profiled in batches.csv", epoch + 1, pc.epoch,
+                 pc.wait, pc.wait + pc.warmup + pc.active - 1, pc.wait, pc.warmup, pc.active)  # fmt: skip
+        return EpochProfiler(self.run_dir / "profile", self.device, pc.wait, pc.warmup, pc.active, pc.record_shapes)
 
     def _evaluate_and_record(self, b: _Built, epoch: int, stats: EpochStats, epochs_log: CsvLog) -> dict[str, Any]:
         """Test loss/accuracy (after the epoch clock stopped: in no timed figure), then the epoch's row."""
@@ -412,8 +457,15 @@ class Trainer:
             "lr": b.ctx.optimizer.param_groups[0]["lr"],
             **{c: getattr(stats, c) if self.cfg.phase_clocks else None for c in PHASE_COLUMNS},
             "skipped_steps": stats.skipped_steps, "timing_mode": b.timing,
+            "profiled_steps": stats.profiled_steps,
         }  # fmt: skip
+        # achieved = counted FLOPs over compute time (the rate while computing); mfu against the device's peak
+        tflops = b.flops_per_image * stats.samples / stats.compute_time_s / 1e12 if stats.compute_time_s else math.nan
+        row["achieved_tflops"] = tflops
+        row["mfu"] = tflops / b.peak_tflops if b.peak_tflops else None
         epochs_log.write(row)
+        if self.tb is not None:
+            self.tb.epoch(row)
         return row
 
     def _checkpoint(self, b: _Built, epoch: int) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .findings import Estimate, Finding, accuracy_finding, compare, differ, estimates, noise_note
-from .records import BATCH_COLUMNS, EPOCH_COLUMNS, read_json, read_rows
+from .records import BATCH_COLUMNS, EPOCH_COLUMNS, PHASE_COLUMNS, read_json, read_rows
 
 log = logging.getLogger("trainbench")
 
@@ -196,6 +196,10 @@ def run_row(r: Run) -> dict[str, Any]:
     total = e["epoch_time_s"].sum() if len(e) else 0
     row["data_share"] = e["data_time_s"].sum() / total if total else math.nan
     row["samples_per_s"] = e["samples"].sum() / total if total else math.nan
+    for c in PHASE_COLUMNS + ["achieved_tflops", "mfu"]:
+        row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
+    row["flops_per_image"] = r.info.get("flops_per_image")
+    row["profiled_steps"] = e["profiled_steps"].sum() if len(e) else 0
     row["timing_mode"] = "+".join(timing_modes(r)) or r.info.get("timing_mode")
     row["error"] = r.error
     return row
@@ -582,6 +586,99 @@ def part_q(ctx: Context) -> PartOutput:
     return PartOutput(md=["## Q1-Q4: the model", "", _md(q), ""], tables={"q1_q4": q})
 
 
+PHASE_NAMES = [c.removesuffix("_time_s") for c in PHASE_COLUMNS]
+
+
+def _op_categories(run: Run, top: int = 5) -> str | None:
+    """The top operator categories of a run's profile (share of profiled self time), or None."""
+    path = run.path / "profile" / "ops.csv"
+    if not path.is_file():
+        return None
+    ops = pd.read_csv(path)
+    if not len(ops):
+        return None
+    cats = ops.groupby("category")["share"].sum().sort_values(ascending=False).head(top)
+    return ", ".join(f"{c} {s:.0%}" for c, s in cats.items())
+
+
+def _spread_in_se(es: list[Estimate]) -> float:
+    """(highest - lowest) in combined standard errors (the difference in seconds when the noise is unknown or 0)."""
+    hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
+    se = math.hypot(hi.se, lo.se)
+    return (hi.value - lo.value) / se if se > 0 and not math.isnan(se) else hi.value - lo.value
+
+
+def part_compute(ctx: Context) -> PartOutput:
+    """Where compute goes: the phase split per run, achieved TFLOP/s and utilisation, the top operator categories
+    of profiled runs, and per varying setting the phase that changes most (a finding only past the noise)."""
+    phase_cols = [f"avg_{c}" for c in PHASE_COLUMNS]
+    ok = ctx.ok
+    if not len(ok) or not all(c in ok for c in phase_cols) or ok[phase_cols].isna().all().all():
+        return PartOutput()
+    ok = ok[ok[phase_cols].notna().all(axis=1)]
+    t = ok[[*ctx.by, "run", *phase_cols, "avg_compute_time_s", "avg_achieved_tflops", "avg_mfu"]].copy()
+    for ph, c in zip(PHASE_NAMES, phase_cols):
+        t[f"{ph}_share"] = t[c] / t[phase_cols].sum(axis=1)
+    out = PartOutput(tables={"compute_phases": t})
+    out.md += ["## Where compute goes", "",
+               "Compute per epoch split into its phases (copy = host-to-device copy, forward includes the loss, "
+               "optimizer = zero_grad + step), the training step's achieved TFLOP/s (counted FLOPs / compute time) and "
+               "utilisation (mfu) against the device's peak (`peak_source` in run.json).", "", _md(t), ""]  # fmt: skip
+    runs = {r.name: r for r in ctx.done}
+    cats = [(name, _op_categories(runs[name])) for name in t["run"] if name in runs]
+    cats = [(n, c) for n, c in cats if c]
+    if cats:
+        out.md += ["Top operator categories (share of the profiled steps' self time, `profile/ops.csv`):", ""]
+        out.md += [f"- {n}: {c}" for n, c in cats] + [""]
+    profiled = [r.name for r in ctx.done if r.epochs["profiled_steps"].fillna(0).sum() > 0]
+    if profiled:
+        out.md += [f"**Note:** runs {', '.join(profiled)} include steps run under the profiler (slower; `profiled` in "
+                   "batches.csv): their times are not comparable with unprofiled runs.", ""]  # fmt: skip
+    for key in ctx.by:
+        groups = [(v, [g for g in gs if not pd.isna(g[0].get(phase_cols[0]))]) for v, gs in ctx.groups(key)]
+        groups = [(v, gs) for v, gs in groups if gs]
+        if len(groups) < 2:
+            continue
+        per_phase = {ph: estimates(groups, f"avg_{ph}_time_s") for ph in PHASE_NAMES}
+        spread = {ph: _spread_in_se(es) for ph, es in per_phase.items() if len(es) > 1}
+        if not spread:
+            continue
+        ph = max(spread, key=spread.get)  # the phase whose change with this setting stands out most from its noise
+        es = per_phase[ph]
+        hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
+        f = compare("compute", key, f"avg_{ph}_time_s", es, True, f"lowest {ph} time per epoch", ".3g")
+        vals = ", ".join(f"{key}={e.setting} {e.value:.3g} s" for e in es)
+        sig = ("a difference beyond the measured noise" if differ(hi, lo)
+               else "a difference within the measured noise: it may not be real")  # fmt: skip
+        f.text = (f"Compute phases across {key}: the {ph} phase changes most ({vals}; {key}={hi.setting} takes "
+                  f"{hi.value / lo.value if lo.value else math.inf:.3g}x {key}={lo.setting}'s), {sig}. " + f.text)  # fmt: skip
+        out.findings.append(f)
+    out.plots.append(_plot_phases(t, [runs[n].label() if n in runs else n for n in t["run"]], ctx.root / "plots"))
+    return out
+
+
+def _plot_phases(t: pd.DataFrame, labels: list[str], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(t)), 4))
+    bottom = [0.0] * len(t)
+    for ph in PHASE_NAMES:
+        vals = list(t[f"avg_{ph}_time_s"])
+        ax.bar(range(len(t)), vals, bottom=bottom, label=ph)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(t)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="seconds per epoch (mean)", title="Where compute goes")
+    ax.legend()
+    path = out / "compute_phases.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def part_plots(ctx: Context) -> PartOutput:
     """Where the epoch goes (stacked bars) and the training curves (per batch when runs have one epoch)."""
     if not ctx.done:
@@ -597,6 +694,7 @@ PARTS: list[Callable[[Context], PartOutput]] = [
     _group_part("device", "c5_device", "C5: average epoch time per device", accuracy=False),
     _group_part("optimizer", "c6_optimizer", "C6: per optimizer", accuracy=True),
     _group_part("norm", "c7_norm", "C7: BatchNorm against none", accuracy=True),
+    part_compute,
     part_c2,
     part_q,
     part_plots,

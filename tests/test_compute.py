@@ -1,0 +1,172 @@
+"""Where compute goes: FLOPs and peaks, the operator profile, the TensorBoard live view."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, compose
+from trainbench import flops
+from trainbench.config import ConfigError, validate
+from trainbench.model import ResNet18
+from trainbench.profiling import category
+from trainbench.run import run
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_full_model_step_is_3_33_gflop_per_image():
+    # The lab's ResNet-18 forward is 0.556 GMAC = 1.11 GFLOP per 32x32 image; backward about twice that
+    # (the first conv needs no input gradient, so slightly less than 3x).
+    fpi = flops.step_flops_per_image(ResNet18())
+    assert fpi == pytest.approx(3.33e9, rel=0.02)
+    # counting runs on a copy: the model's BatchNorm statistics and gradients are untouched
+    m = ResNet18(width=8)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    flops.step_flops_per_image(m)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_flops_scale_with_width_squared_and_count_channels_last_too():
+    a, b = flops.step_flops_per_image(ResNet18(width=8)), flops.step_flops_per_image(ResNet18(width=16))
+    assert 3.5 < b / a < 4.0  # convs scale with width^2; the stem and the classifier less
+    cl = ResNet18(width=8).to(memory_format=torch.channels_last)
+    assert flops.step_flops_per_image(cl) == a
+
+
+def test_gpu_peaks_from_the_datasheet_table():
+    p = flops.gpu_peak("NVIDIA H100 80GB HBM3", "bf16", tf32=False)
+    assert p.tflops == 989.4 and "H100 bf16" in p.source and "datasheet" in p.source
+    assert flops.gpu_peak("NVIDIA H100 PCIe", "fp32", tf32=False).tflops == 51.2  # PCIe before the SXM entry
+    assert flops.gpu_peak("NVIDIA A100-SXM4-40GB", "fp32", tf32=True).tflops == 156.0  # tf32=true: tensor cores
+    assert flops.gpu_peak("NVIDIA A100-SXM4-40GB", "fp32", tf32=False).tflops == 19.5
+    assert flops.gpu_peak("Some Future GPU", "bf16", tf32=False) is None
+
+
+def test_cpu_peak_is_measured_once_per_process():
+    flops.cpu_peak.cache_clear()
+    a = flops.cpu_peak(torch.get_num_threads(), False)
+    b = flops.cpu_peak(torch.get_num_threads(), False)
+    assert a is b and a.tflops > 0 and a.source.startswith("measured")
+    assert flops.cpu_peak.cache_info().hits == 1
+
+
+@pytest.mark.parametrize(
+    "name,cat",
+    [
+        ("aten::mkldnn_convolution", "convolution"),
+        ("aten::convolution_backward", "convolution"),
+        ("aten::cudnn_convolution", "convolution"),
+        ("aten::native_batch_norm_backward", "batch norm"),
+        ("aten::relu_", "activation"),
+        ("aten::threshold_backward", "activation"),
+        ("aten::avg_pool2d", "pooling"),
+        ("aten::addmm", "linear"),
+        ("aten::mm", "linear"),
+        ("aten::_log_softmax", "loss"),
+        ("aten::nll_loss_forward", "loss"),
+        ("Optimizer.step#SGD.step", "optimizer"),
+        ("aten::_foreach_add_", "optimizer"),
+        ("aten::copy_", "copy"),
+        ("aten::_to_copy", "copy"),
+        ("Memcpy HtoD (Pageable -> Device)", "copy"),
+        ("gloo:all_reduce", "communication"),
+        ("nccl:all_reduce", "communication"),
+        ("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", "data loading"),
+        ("aten::empty", "other"),
+    ],
+)
+def test_operator_categories(name, cat):
+    assert category(name) == cat
+
+
+def test_profile_writes_a_trace_and_an_ops_table_and_marks_its_steps(tmp_path):
+    d = tmp_path / "r"
+    info = run(compose([*TINY, "batch_size=8", "profile=true", "profiler.wait=1", "profiler.warmup=1",
+                        "profiler.active=2"]), d)  # fmt: skip
+    assert info["status"] == "complete"
+    trace = json.loads((d / "profile" / "trace.json").read_text())
+    assert trace["traceEvents"]  # loads in Perfetto / chrome://tracing
+    ops = rows(d / "profile" / "ops.csv")
+    assert list(ops[0]) == ["name", "category", "calls", "self_time_s", "share"]
+    assert sum(float(o["share"]) for o in ops) == pytest.approx(1.0, abs=1e-6)
+    assert {o["category"] for o in ops} >= {"convolution", "batch norm", "optimizer"}
+    assert [float(o["self_time_s"]) for o in ops] == sorted((float(o["self_time_s"]) for o in ops), reverse=True)
+    assert [b["profiled"] for b in rows(d / "batches.csv")] == ["0", "1", "1", "1", "0", "0", "0", "0"]
+    assert rows(d / "epochs.csv")[0]["profiled_steps"] == "3"
+
+
+def test_no_profile_no_profile_dir_and_zero_profiled_steps(tmp_path):
+    run(compose(TINY), tmp_path / "r")
+    assert not (tmp_path / "r" / "profile").exists()
+    assert rows(tmp_path / "r" / "epochs.csv")[0]["profiled_steps"] == "0"
+
+
+def test_run_records_flops_and_utilisation(tmp_path):
+    d = tmp_path / "r"
+    info = run(compose(TINY), d)
+    expected = flops.step_flops_per_image(ResNet18(width=8))
+    assert info["flops_per_image"] == pytest.approx(expected)
+    assert info["peak_tflops"] > 0 and info["peak_source"].startswith("measured")
+    (e,) = rows(d / "epochs.csv")
+    achieved = expected * int(e["samples"]) / float(e["compute_time_s"]) / 1e12
+    assert float(e["achieved_tflops"]) == pytest.approx(achieved, rel=1e-6)
+    assert float(e["mfu"]) == pytest.approx(achieved / info["peak_tflops"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("profiler.active=0", "profiler.active"), ("profiler.wait=-1", "profiler.wait"),
+     ("profiler.epoch=1", "profiler.epoch"), ("logger=wandb", "logger")],
+)  # fmt: skip
+def test_bad_profiler_and_logger_settings_are_config_errors(override, key):
+    with pytest.raises(ConfigError) as e:
+        validate(compose([*TINY, "profile=true", override]))
+    assert e.value.key == key
+
+
+def test_profiler_epoch_is_only_checked_when_profiling():
+    validate(compose([*TINY, "profiler.epoch=3"]))  # profile=false: not used, not an error
+
+
+def test_tensorboard_missing_is_a_config_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
+    with pytest.raises(ConfigError, match="pip install 'trainbench\\[tensorboard\\]'"):
+        validate(compose([*TINY, "logger=tensorboard"]))
+
+
+def test_tensorboard_log_reads_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = tmp_path / "r"
+    run(compose([*TINY, "epochs=2", "logger=tensorboard"]), d)
+    acc = EventAccumulator(str(d / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {
+        "batch/loss",
+        "batch/compute_time_s",
+        "batch/forward_time_s",
+        "epoch/test_acc",
+        "epoch/epoch_time_s",
+    } <= set(tags)
+    loss = acc.Scalars("batch/loss")
+    batches = rows(d / "batches.csv")
+    assert [s.step for s in loss] == [int(b["step"]) for b in batches]
+    assert [s.value for s in loss] == pytest.approx([float(b["loss"]) for b in batches], rel=1e-6)
+    test_acc = acc.Scalars("epoch/test_acc")
+    assert [s.step for s in test_acc] == [0, 1]
+    assert [s.value for s in test_acc] == pytest.approx([float(e["test_acc"]) for e in rows(d / "epochs.csv")])
+    assert not any(math.isnan(s.value) for s in acc.Scalars("epoch/mfu"))
