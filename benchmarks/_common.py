@@ -19,6 +19,7 @@ def flags() -> str:
     have = [f for f in KEY_FLAGS if f in cpu_flags()]
     return "flags " + (" ".join(have) if have else "unknown")
 
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -39,7 +39,9 @@ def main() -> None:
     for r in range(a.rounds):
         for phases in (True, False) if r % 2 == 0 else (False, True):
             recs = []
-            train_epoch(ctx, batches, 0, phases=phases, timing=a.timing, on_batch=lambda rec, s: recs.append(rec))
+            train_epoch(
+                ctx, batches, 0, phases=phases, timing=a.timing, on_batch=lambda rec, s, recs=recs: recs.append(rec)
+            )
             per_step[phases] += [rec.compute_time_s for rec in recs]
             print(f"round {r + 1}/{a.rounds} phases={phases}: median step {median(per_step[phases]):.4f} s", flush=True)
     on, off = median(per_step[True]), median(per_step[False])

@@ -198,7 +198,7 @@ def test_boundary_values_are_accepted(override):
      ("timing=cuda", "timing", "one of sync, events"), ("loader.name=fast", "loader.name", "one of torch, device"),
      ("device.name=tpu", "device.name", "one of auto, cpu, cuda, mps"),
      ("data.name=imagenet", "data.name", "one of cifar10, synthetic, imagefolder"),
-     ("norm.name=layer", "norm.name", "one of batchnorm, none"), ("precision=fp8", "precision", "one of fp32, bf16, fp16")],
+     ("norm.name=layer", "norm.name", "one of batchnorm, none"), ("precision=fp8", "precision", "one of fp32, bf16, fp16, auto")],
 )  # fmt: skip
 def test_each_range_check_names_key_value_and_allowed(override, key, allowed):
     with pytest.raises(ConfigError) as e:

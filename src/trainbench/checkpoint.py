@@ -32,6 +32,7 @@ RESUMABLE_KEYS = (
     "profile",
     "profiler",
     "logger",
+    "tune",
 )
 _NAME = re.compile(r"^checkpoint_epoch(\d+)\.pt$")
 

@@ -98,6 +98,22 @@ class ProfilerConfig:
 
 
 @dataclass
+class TuneConfig:
+    """python -m trainbench.tune: what to measure and for how long (not used by train.py)."""
+
+    budget_s: float = 300.0  # no new candidate starts after this many seconds
+    steps: int = 4  # timed steps per measurement
+    warmup_steps: int = 1  # steps drawn first and not counted (worker start-up, first-batch effects)
+    repeats: int = 2  # measurements per candidate: their spread is the noise that decides ties
+    precisions: list[str] | None = None  # null: fp32, bf16 where native, fp16 on CUDA
+    channels_last: list[bool] = field(default_factory=lambda: [False, True])
+    workers: list[int] | None = None  # null: 0, 2, half and all of the cores
+    compile: bool = True  # try compile=true on the best, when half the budget is left
+    out: str | None = None  # null: outputs/tune/<date>_<time>
+    write_preset: bool = True  # also write conf/tuned/winner.yaml (what experiment=fastest uses)
+
+
+@dataclass
 class TrainConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -109,6 +125,7 @@ class TrainConfig:
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     epochs: int = 5
     # DataLoader worker processes (loader=torch). A typed key, not a config group: Hydra cannot take an
     # integer group choice from the command line ("Config group override must be a string"), and any count works.
@@ -116,7 +133,7 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     test_eval: bool = True  # test loss/accuracy after each epoch, outside the timed region
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (bf16 where the hardware runs it natively, else fp32)
     channels_last: bool = False
     compile: bool = False
     timing: str = "sync"  # sync: exact per-step split; events: CUDA events read once per epoch
@@ -136,7 +153,7 @@ CHOICES = {
     "data.normalize": ("lab", "cifar10"),
     "norm.name": ("batchnorm", "none"),
     "optimizer.name": ("sgd", "nesterov", "adagrad", "adadelta", "adam"),
-    "precision": ("fp32", "bf16", "fp16"),
+    "precision": ("fp32", "bf16", "fp16", "auto"),
     "timing": ("sync", "events"),
     "logger": ("none", "tensorboard"),
 }

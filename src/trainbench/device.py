@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,6 +73,47 @@ def cpu_bf16_native(flags: set[str] | None = None) -> bool:
     """True when this CPU has bf16 arithmetic units (AVX-512-BF16 or AMX); without them bf16 is emulated."""
     flags = cpu_flags() if flags is None else flags
     return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+@dataclass(frozen=True)
+class HardwareFacts:
+    """What decides whether bf16 is native: CUDA compute capability, or what torch reports of the CPU."""
+
+    cuda_capability: tuple[int, int] | None = None
+    cpu_avx512_bf16: bool = False
+    cpu_amx: bool = False
+
+
+def hardware_facts(device: torch.device) -> HardwareFacts:
+    """The facts for device, as torch reports them (cpuinfo inside torch; /proc/cpuinfo flags if torch lacks them)."""
+    if device.type == "cuda":
+        return HardwareFacts(cuda_capability=tuple(torch.cuda.get_device_capability(device)))
+    if device.type != "cpu":
+        return HardwareFacts()
+    try:
+        return HardwareFacts(cpu_avx512_bf16=bool(torch.cpu._is_avx512_bf16_supported()),
+                             cpu_amx=bool(torch.cpu._is_amx_tile_supported()))  # fmt: skip
+    except AttributeError:  # an older torch: read the flags ourselves
+        flags = cpu_flags()
+        return HardwareFacts(cpu_avx512_bf16="avx512_bf16" in flags, cpu_amx="amx_bf16" in flags)
+
+
+def resolve_precision(precision: str, device: torch.device, facts: HardwareFacts | None = None) -> tuple[str, str]:
+    """precision=auto -> (bf16 where the hardware computes bf16 natively, else fp32; the reason). Others pass."""
+    if precision != "auto":
+        return precision, f"precision={precision} as configured"
+    f = facts if facts is not None else hardware_facts(device)
+    if device.type == "cuda":
+        cc = f.cuda_capability or (0, 0)
+        if cc >= (8, 0):
+            return "bf16", f"CUDA compute capability {cc[0]}.{cc[1]} >= 8.0 has bf16 tensor cores"
+        return "fp32", f"CUDA compute capability {cc[0]}.{cc[1]} < 8.0: no bf16 tensor cores"
+    if device.type == "cpu":
+        if f.cpu_amx or f.cpu_avx512_bf16:
+            unit = "AMX" if f.cpu_amx else "AVX-512-BF16"
+            return "bf16", f"the CPU has {unit} (as torch reports it): bf16 runs natively"
+        return "fp32", "the CPU has neither AVX-512-BF16 nor AMX (as torch reports it): bf16 would be emulated"
+    return "fp32", f"{device.type}: bf16 speed unknown, fp32 chosen"
 
 
 def device_name(device: torch.device) -> str:

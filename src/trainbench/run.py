@@ -25,7 +25,14 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_mod
 from .config import validate
 from .data import load_data
-from .device import check_device_options, environment, resolve_device, set_precision_flags, synchronize
+from .device import (
+    check_device_options,
+    environment,
+    resolve_device,
+    resolve_precision,
+    set_precision_flags,
+    synchronize,
+)
 from .engine import Diverged, EpochStats, Interrupted, StepContext, evaluate, train_epoch
 from .flops import device_peak, step_flops_per_image
 from .loaders import DeviceLoader, make_loader
@@ -504,14 +511,25 @@ class Plan:
 
     cfg: DictConfig
     device: torch.device
+    precision: dict | None = None  # precision=auto: {"requested", "resolved", "why"} (run.json's precision_auto)
 
 
 def make_plan(cfg: DictConfig) -> Plan:
-    """Range-check cfg and resolve its device (ConfigError names the key, the value and the choices)."""
+    """Range-check cfg, resolve its device and precision=auto (ConfigError names the key, the value and the choices).
+
+    precision=auto is replaced by what it resolved to, so that the run, its fingerprint and run.json's config
+    say what really ran; run.json's precision_auto says why."""
     validate(cfg)
     device = resolve_device(cfg.device.name)
+    note = None
+    if cfg.precision == "auto":
+        resolved, why = resolve_precision("auto", device)
+        cfg = copy.deepcopy(cfg)
+        cfg.precision = resolved
+        note = {"requested": "auto", "resolved": resolved, "why": why}
+        log.info("precision=auto -> %s: %s", resolved, why)
     check_device_options(cfg, device)
-    return Plan(cfg, device)
+    return Plan(cfg, device, note)
 
 
 def run(cfg: DictConfig | Plan, run_dir: Path | None = None) -> dict[str, Any]:
@@ -522,4 +540,7 @@ def run(cfg: DictConfig | Plan, run_dir: Path | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
-        return Trainer(plan.cfg, plan.device, run_dir).fit()
+        t = Trainer(plan.cfg, plan.device, run_dir)
+        if plan.precision is not None:
+            t.info["precision_auto"] = plan.precision
+        return t.fit()

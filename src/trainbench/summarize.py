@@ -31,7 +31,7 @@ log = logging.getLogger("trainbench")
 # Flattened config keys shown under a short name when they vary across runs.
 SHORT = {"device.name": "device", "optimizer.name": "optimizer", "norm.name": "norm", "data.name": "data",
          "loader.name": "loader"}  # fmt: skip
-IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "data.root")
+IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "data.root", "tune.")
 TIME_COLS = ["epoch_time_s", "data_time_s", "compute_time_s", "other_time_s"]
 TEXT_COLUMNS = ["timing_mode"]  # epochs.csv's non-numeric columns
 C2_IN_REPORT = 3  # C2 tables shown in report.md; the others are only in tables/
