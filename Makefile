@@ -36,8 +36,11 @@ format: venv
 
 bench: venv
 	$(PY) benchmarks/input_pipeline.py
-	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/train_step.py --batch-size 128
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/phase_clocks.py
+	$(PY) benchmarks/tune.py
+	$(PY) benchmarks/ddp.py
 
 # Mutation testing (slow, not part of `make test`): mutmut on config/records/checkpoint/summarize with the
 # in-process tests that cover them, then the curated semantic mutants of mutation/semantic.py.

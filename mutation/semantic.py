@@ -44,8 +44,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/loaders.py",
-                "[T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)]",
-                "[T.RandomHorizontalFlip(p=0.5)]",
+                "img = TF.crop(TF.pad(img, PAD), dy, dx, size, size)",
+                "img = TF.crop(TF.pad(img, PAD), PAD, PAD, size, size)",
             ),
         ),
         ("tests/test_loaders.py",),
@@ -56,8 +56,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/loaders.py",
-                "[T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)]",
-                "[T.RandomCrop(size, padding=PAD)]",
+                "            if flip:\n                img = TF.hflip(img)",
+                "            if False:\n                img = TF.hflip(img)",
             ),
         ),
         ("tests/test_loaders.py",),
@@ -68,8 +68,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/loaders.py",
-                "T.Compose([*aug, T.ToTensor(), T.Normalize(MEAN, std)])",
-                "T.Compose([*aug, T.ToTensor()])",
+                "T.Compose([T.ToTensor(), T.Normalize(MEAN, std)])",
+                "T.Compose([T.ToTensor()])",
             ),
         ),
         ("tests/test_loaders.py",),
@@ -143,9 +143,9 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/loaders.py",
-                "    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:\n        n, g, dev",
+                "    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:\n        n, dev, e",
                 "    def __iter__(self):\n        return iter(list(self._batches()))\n\n"
-                "    def _batches(self):\n        n, g, dev",
+                "    def _batches(self):\n        n, dev, e",
             ),
         ),
         ("tests/test_speed_paths.py",),
@@ -376,6 +376,37 @@ MUTANTS: list[Mutant] = [
         "an older version's epochs.csv appended to under a header that does not match",
         (("src/trainbench/records.py", "        if header is not None and header != columns:", "        if False:"),),
         ("tests/test_records.py", "tests/test_speed_paths.py"),
+    ),
+    # issue 10: data-parallel training
+    M(
+        "aug-ignores-epoch",
+        "crops depend on (seed, index) but not the epoch (every epoch the same crops)",
+        (("src/trainbench/loaders.py", "    h = _mix32(h ^ (epoch & _M32))\n", "    h = _mix32(h)\n"),),
+        ("tests/test_distributed.py::test_augmentation_is_a_function_of_seed_epoch_and_index",),
+    ),
+    M(
+        "shards-contiguous",
+        "ranks take contiguous halves of the order (their batches are not one process's global batches)",
+        (
+            (
+                "src/trainbench/loaders.py",
+                "        order = order[rank::world]  # evaluation",
+                "        order = order.chunk(world)[rank]  # evaluation",
+            ),
+        ),
+        ("tests/test_distributed.py::test_epoch_order_shards_are_the_single_process_batches",),
+    ),
+    M(
+        "allreduce-sums",
+        "the communication hook sums the gradients instead of averaging them",
+        (("src/trainbench/distributed.py", "        buf.div_(dist.get_world_size())\n", ""),),
+        ("tests/test_distributed.py::test_two_ranks_train_the_same_model_as_one_with_twice_the_batch",),
+    ),
+    M(
+        "comm-clock-not-reset",
+        "the warm-up's all-reduces counted in epoch 0's communication",
+        (("src/trainbench/run.py", "            ctx.comm.take()  # the warm-up", "            pass  # the warm-up"),),
+        ("tests/test_distributed.py::test_two_ranks_train_the_same_model_as_one_with_twice_the_batch",),
     ),
 ]
 

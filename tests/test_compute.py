@@ -51,12 +51,19 @@ def test_gpu_peaks_from_the_datasheet_table():
     assert flops.gpu_peak("Some Future GPU", "bf16", tf32=False) is None
 
 
-def test_cpu_peak_is_measured_once_per_process():
+def test_cpu_peak_is_measured_once_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINBENCH_CACHE", str(tmp_path))
+    calls = []
+    real = flops.matmul_tflops
+    monkeypatch.setattr(flops, "matmul_tflops", lambda *a, **k: calls.append(a) or real(*a, **k))
     flops.cpu_peak.cache_clear()
     a = flops.cpu_peak(torch.get_num_threads(), False)
+    assert a.tflops > 0 and a.source.startswith("measured") and len(calls) == 2  # fp32 at n=1024 and 2048
+    flops.cpu_peak.cache_clear()  # a new process: read from the cache file, not measured again
     b = flops.cpu_peak(torch.get_num_threads(), False)
-    assert a is b and a.tflops > 0 and a.source.startswith("measured")
-    assert flops.cpu_peak.cache_info().hits == 1
+    assert b == a and len(calls) == 2
+    assert json.loads((tmp_path / "cpu_peak.json").read_text())
+    flops.cpu_peak.cache_clear()
 
 
 @pytest.mark.parametrize(

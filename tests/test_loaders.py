@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose
+from trainbench import loaders
 from trainbench.data import ArrayDataset
 from trainbench.loaders import make_loader
 
@@ -58,7 +59,8 @@ def _cfg(*extra: str):
 
 def _draw(loader, epochs: int) -> list[tuple[torch.Tensor, int]]:
     out = []
-    for _ in range(epochs):
+    for e in range(epochs):
+        loaders.set_epoch(loader, e)  # order and crops are functions of (seed, epoch, index)
         for x, y in loader:
             out += list(zip(x, y.tolist()))
     return out

@@ -37,7 +37,8 @@ def test_crop_offsets_uniform_and_flip_rate_half(monkeypatch):
     monkeypatch.setattr(loaders, "crop_flip", spy)
     data = make_synthetic(1000, "train")
     dl = DeviceLoader(data, train=True, batch_size=250, device=torch.device("cpu"), std=STD["lab"], seed=3)
-    for _ in range(20):  # 20 epochs x 1000 images
+    for e in range(20):  # 20 epochs x 1000 images
+        dl.set_epoch(e)
         for _ in dl:
             pass
     dy = torch.cat([s[0] for s in seen])
@@ -173,6 +174,7 @@ def test_bf16_runs_under_autocast_and_steps_every_batch(tmp_path, monkeypatch):
     from trainbench import run as run_mod
 
     monkeypatch.setattr(run_mod, "warm_up", lambda *a, **k: 0.0)  # its (reverted) steps are tested on their own
+    monkeypatch.setattr(run_mod, "step_flops_per_image", lambda *a, **k: 1.0)  # its forward: test_compute.py
     spy = _Spy(monkeypatch)
     steps, handle = _count_steps(monkeypatch)
     try:
@@ -204,6 +206,9 @@ def test_bf16_training_tracks_fp32(tmp_path):
 @pytest.mark.parametrize("cl", [False, True])
 def test_channels_last_reaches_the_model(tmp_path, monkeypatch, cl):
     """Would catch: channels_last=true not applied to the weights or the batches (or applied when false)."""
+    from trainbench import run as run_mod
+
+    monkeypatch.setattr(run_mod, "step_flops_per_image", lambda *a, **k: 1.0)  # its forward: test_compute.py
     spy = _Spy(monkeypatch)
     run(compose([*TINY, "test_eval=false", f"channels_last={str(cl).lower()}"]), tmp_path / "r")
     assert len(spy.calls) == 3  # the warm-up step (batch shape 32) and the 2 batches

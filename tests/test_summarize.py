@@ -189,6 +189,7 @@ def test_failing_job_and_sweep_rerun(tmp_path):
     assert {j: (sweep / str(j) / "epochs.csv").stat().st_mtime_ns for j in (0, 1, 3, 4)} == mtimes
 
 
+@pytest.mark.slow  # 20 s: submitit's local executor starts a process per job (make test-all runs it)
 def test_submitit_local_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     train_cli(["-m", "launcher=local", "optimizer=sgd,adam", *TINY, f"hydra.sweep.dir={sweep}"], tmp_path, check=True)
@@ -306,6 +307,7 @@ def test_summarize_as_a_command(tmp_path):
     assert p.returncode == 1 and "no runs" in p.stderr
 
 
+@pytest.mark.slow  # 13 s: joblib's processes (make test-all runs it)
 def test_parallel_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     train_cli(
@@ -315,6 +317,7 @@ def test_parallel_launcher(tmp_path):
     assert list(s["optimizer"]) == ["sgd", "adam"] and list(s["status"]) == ["complete", "complete"]
 
 
+@pytest.mark.slow  # 15 s of full-width models (make test-all runs it)
 def test_sweep_of_full_models_leaves_little_on_disk(tmp_path):
     """Three full ResNet-18 jobs (89 MB checkpoints each while they run) leave under 5 MB once complete."""
     sweep = tmp_path / "sweep"

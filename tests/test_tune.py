@@ -205,6 +205,7 @@ def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "trainbench.tune", "data=synthetic", "data.train_size=96", "model.width=8",
          "batch_size=16", "tune.steps=2", "tune.repeats=2", "tune.workers=[0]", "tune.compile=false",
+         "tune.precisions=[fp32]", "tune.channels_last=[false]",
          "tune.write_preset=false", f"tune.out={out}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip

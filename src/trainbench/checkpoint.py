@@ -55,6 +55,12 @@ def training_config(cfg: DictConfig, device_type: str | None = None) -> dict:
     for k in RESUMABLE_KEYS:
         c.pop(k, None)
     c.get("data", {}).pop("root", None)  # the same data may be moved
+    dist = c.get("dist")
+    if isinstance(dist, dict):
+        for k in ("timeout_s", "threads"):  # how, not what, is computed
+            dist.pop(k, None)
+        if dist == {"nproc": 1, "nnodes": 1, "backend": "auto", "sync_bn": False}:
+            c.pop("dist")  # one process: as before dist existed (older run dirs keep their fingerprint)
     if device_type is not None:
         c["resolved_device"] = device_type
     return c

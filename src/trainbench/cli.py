@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import CheckpointError, RunDirRefused
 from .config import ConfigError
 from .data import DataError, check_available
+from .distributed import RankFailed
 from .engine import Diverged, Interrupted, LoaderDied
 from .records import RunDirLocked, RunWriteError, read_json, write_json
 from .run import _now, hydra_info, make_plan, run
@@ -26,7 +27,7 @@ OUR_FILES = ("run.json", "epochs.csv", "batches.csv")
 REFUSED_DIR = ".refused"  # in a sweep dir: one JSON per job refused in the current invocation
 _sweep_interrupted = False  # set when a signal stopped a job: the sweep's remaining jobs do not start
 # Errors a user can cause and fix: one clear message, no traceback (HYDRA_FULL_ERROR=1 shows it).
-EXPECTED = (ConfigError, DataError, CheckpointError, RunDirLocked, RunWriteError, Diverged, LoaderDied)
+EXPECTED = (ConfigError, DataError, CheckpointError, RunDirLocked, RunWriteError, Diverged, LoaderDied, RankFailed)
 
 
 def _exit_with(e: BaseException, extra: str = "", code: int = 1) -> None:
@@ -99,6 +100,11 @@ def run_job(cfg: DictConfig) -> None:
         return
     try:
         run(plan, run_dir)
+    except RankFailed as e:
+        _mark_failed(run_dir, e)  # a killed rank 0 cannot record it; the launcher's process does
+        if not multirun:
+            _exit_with(e, f" (run dir: {run_dir})")
+        log.error("job %s (%s) ended with RankFailed: %s", hc.job.num, run_dir, e)
     except Exception as e:
         if not multirun:
             if isinstance(e, Interrupted):
@@ -117,6 +123,14 @@ def run_job(cfg: DictConfig) -> None:
         if read_json(run_dir / "run.json") is None:
             _record_failure(cfg, run_dir, e)
         log.exception("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)
+
+
+def _mark_failed(run_dir: Path, e: Exception) -> None:
+    """run.json says failed, naming the rank that failed (rank 0 may have recorded only what it saw: a peer gone)."""
+    info = read_json(run_dir / "run.json") or {}
+    extra = {"rank0_error": info["error"]} if info.get("error") else {}
+    write_json(run_dir / "run.json", {**info, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                                      "finished_at": _now(), **extra})  # fmt: skip
 
 
 def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception, status: str = "failed") -> None:

@@ -84,6 +84,8 @@ class ResumeConfig:
 @dataclass
 class FaultsConfig:
     nan_at_step: int | None = None  # inject a NaN loss at this global step (tests)
+    kill_rank: int | None = None  # with kill_at_step: this rank SIGKILLs itself (tests)
+    kill_at_step: int | None = None
 
 
 @dataclass
@@ -95,6 +97,18 @@ class ProfilerConfig:
     warmup: int = 1  # steps traced and discarded (the profiler's own start-up cost)
     active: int = 3  # steps recorded into profile/trace.json and profile/ops.csv
     record_shapes: bool = False
+
+
+@dataclass
+class DistConfig:
+    """Data-parallel training on torch.distributed (DistributedDataParallel)."""
+
+    nproc: int = 1  # processes (ranks) per node; 1 = no process group
+    nnodes: int = 1  # nodes (torchrun / SLURM start the ranks of nnodes > 1 themselves)
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    sync_bn: bool = False  # SyncBatchNorm: batch statistics over all ranks (default: each rank's own)
+    timeout_s: int = 120  # a collective that waits longer fails the run (a rank that died or hangs)
+    threads: int | None = None  # torch threads per rank; null: the cores divided among the node's ranks
 
 
 @dataclass
@@ -126,6 +140,7 @@ class TrainConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     epochs: int = 5
     # DataLoader worker processes (loader=torch). A typed key, not a config group: Hydra cannot take an
     # integer group choice from the command line ("Config group override must be a string"), and any count works.
@@ -156,6 +171,7 @@ CHOICES = {
     "precision": ("fp32", "bf16", "fp16", "auto"),
     "timing": ("sync", "events"),
     "logger": ("none", "tensorboard"),
+    "dist.backend": ("auto", "gloo", "nccl"),
 }
 
 
@@ -225,5 +241,14 @@ def validate(cfg: DictConfig) -> None:
 
         _check(importlib.util.find_spec("tensorboard") is not None, "logger", "tensorboard",
                "none, or install the tensorboard extra: pip install 'trainbench[tensorboard]'")  # fmt: skip
+    d = cfg.dist
+    _check(d.nproc >= 1, "dist.nproc", d.nproc, "an integer >= 1 (processes per node)")
+    _check(d.nnodes >= 1, "dist.nnodes", d.nnodes, "an integer >= 1")
+    _check(d.timeout_s >= 1, "dist.timeout_s", d.timeout_s, "an integer >= 1 (seconds)")
+    _check(d.threads is None or d.threads >= 1, "dist.threads", d.threads, "null or an integer >= 1")
+    if d.nproc * d.nnodes > 1:
+        _check(
+            not cfg.compile, "compile", cfg.compile, "false with dist.nproc > 1 (compile + DDP is not supported yet)"
+        )
     nan = cfg.faults.nan_at_step
     _check(nan is None or nan >= 0, "faults.nan_at_step", nan, "null or an integer >= 0")

@@ -56,6 +56,8 @@ class BatchRecord:
     backward_time_s: float = math.nan
     optimizer_time_s: float = math.nan
     skipped: int = 0  # 1 when fp16's grad scaler skipped this optimizer step (inf/NaN gradients)
+    comm_time_s: float = 0.0  # data-parallel: span of the step's gradient all-reduces (inside backward)
+    comm_bytes: int = 0
 
 
 @dataclass
@@ -73,6 +75,8 @@ class EpochStats:
     backward_time_s: float = 0.0
     optimizer_time_s: float = 0.0
     skipped_steps: int = 0
+    comm_time_s: float = 0.0
+    comm_bytes: int = 0
     profiled_steps: int = 0  # steps run under torch.profiler (slower; counted by the run, profile=true)
 
     def add(self, rec: BatchRecord, correct: int) -> None:
@@ -86,6 +90,8 @@ class EpochStats:
         for ph in PHASES:
             setattr(self, f"{ph}_time_s", getattr(self, f"{ph}_time_s") + getattr(rec, f"{ph}_time_s"))
         self.skipped_steps += rec.skipped
+        self.comm_time_s += rec.comm_time_s
+        self.comm_bytes += rec.comm_bytes
 
     @property
     def other_time_s(self) -> float:
@@ -126,6 +132,12 @@ class StepContext:
     scaler: Any | None = None  # torch.amp.GradScaler for fp16
     channels_last: bool = False
     nan_at_step: int | None = None  # fault injection
+    comm: Any | None = None  # data-parallel: the DDP communication clock (distributed.CommClock)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model for evaluation: without the DDP wrapper (whose forward is a collective on every rank)."""
+        return getattr(self.model, "module", self.model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -246,6 +258,7 @@ class _Pending:
     loss: torch.Tensor
     correct: torch.Tensor
     skipped: torch.Tensor | None
+    comm: tuple[float, int] = (0.0, 0)
 
 
 def train_epoch(
@@ -330,8 +343,9 @@ def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock
         m2 = clock.mark()  # sync clock: compute must include the queued kernels
         # --- bookkeeping: counted in other time (queued after m2 with events, so outside compute) ---
         correct_t = (r.logits.argmax(1) == r.y).sum()
+        comm = ctx.comm.take() if ctx.comm is not None else (0.0, 0)  # the step's all-reduces, done by now
         pending.append(_Pending(batch, step, int(r.y.shape[0]), h1 - h0, (m0, m1, *r.marks, m2), r.loss, correct_t,
-                                r.skipped))  # fmt: skip
+                                r.skipped, comm))  # fmt: skip
         if after_step is not None:
             after_step(batch)
         if clock.per_step:
@@ -365,7 +379,7 @@ def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_bat
         split = [clock.span(a, b) for a, b in zip(p.marks[1:-1], p.marks[2:])] if len(p.marks) > 3 else []
         skipped = int(bool(p.skipped.item())) if p.skipped is not None else 0
         rec = BatchRecord(epoch, p.batch, p.step, p.size, loss, correct / p.size, data_s, clock.span(m1, m2),
-                          *split, skipped=skipped)  # fmt: skip
+                          *split, skipped=skipped, comm_time_s=p.comm[0], comm_bytes=p.comm[1])  # fmt: skip
         stats.add(rec, correct)
         if on_batch is not None:
             on_batch(rec, stats)
@@ -373,16 +387,23 @@ def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_bat
 
 
 @torch.no_grad()
-def evaluate(ctx: StepContext, loader: Iterable) -> tuple[float, float]:
-    """Average loss and top-1 accuracy over loader, in eval mode; not part of any timed region."""
-    ctx.model.eval()
+def evaluate_sums(ctx: StepContext, loader: Iterable) -> tuple[float, int, int]:
+    """(loss sum, correct, images) over loader, in eval mode; not part of any timed region."""
+    model = ctx.eval_model
+    model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in loader:
         x, y = ctx.to_device(x, y)
         with ctx.autocast():
-            logits = ctx.model(x)
+            logits = model(x)
             loss_sum += float(ctx.loss_fn(logits.float(), y)) * len(y)
         correct += int((logits.argmax(1) == y).sum())
         n += len(y)
-    ctx.model.train()
+    model.train()
+    return loss_sum, correct, n
+
+
+def evaluate(ctx: StepContext, loader: Iterable) -> tuple[float, float]:
+    """Average loss and top-1 accuracy over loader, in eval mode; not part of any timed region."""
+    loss_sum, correct, n = evaluate_sums(ctx, loader)
     return loss_sum / max(1, n), correct / max(1, n)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -86,16 +89,43 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 
     return 2 * n**3 / best / 1e12
 
 
+def _cache_file() -> Path:
+    root = os.environ.get("TRAINBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trainbench")
+    return Path(root) / "cpu_peak.json"
+
+
 @functools.lru_cache(maxsize=4)
 def cpu_peak(threads: int, bf16_native: bool) -> Peak:
     """A measured upper bound for this CPU: the best matmul rate in fp32 (and bf16 where it is native).
 
-    Measured once per process and thread count (a sweep in one process pays it once, about a second)."""
+    Measured once per machine, torch version and thread count (about a second), then read from
+    ~/.cache/trainbench/cpu_peak.json ($TRAINBENCH_CACHE); delete the file to measure again."""
+    from .device import cpu_flags, cpu_model
+
+    key = (
+        f"{cpu_model()}|{' '.join(sorted(cpu_flags()))}|torch {torch.__version__}|{threads} threads|bf16 {bf16_native}"
+    )
+    path = _cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        return Peak(cached[key]["tflops"], cached[key]["source"])
     dev = torch.device("cpu")
     dtypes = [torch.float32] + ([torch.bfloat16] if bf16_native else [])
     best = max(matmul_tflops(dev, dt, n) for dt in dtypes for n in (1024, 2048))
     which = "fp32 and bf16" if bf16_native else "fp32"
-    return Peak(best, f"measured: best {which} matmul (n=1024, 2048) on {threads} threads")
+    peak = Peak(best, f"measured: best {which} matmul (n=1024, 2048) on {threads} threads")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cached[key] = {"tflops": peak.tflops, "source": peak.source}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cached, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: measured again next time
+    return peak
 
 
 def device_peak(device: torch.device, precision: str, tf32: bool = False) -> Peak | None:

@@ -1,4 +1,12 @@
-"""Batch sources: the lab's DataLoader + torchvision pipeline, and the on-device batch-augmenting loader."""
+"""Batch sources: the lab's DataLoader + torchvision pipeline, and the on-device batch-augmenting loader.
+
+Both draw the same things from the same place: the epoch's order is a permutation seeded by (seed, epoch),
+and each image's crop offsets and flip are a hash of (seed, epoch, image index). Nothing depends on which
+process, worker or rank draws an image, so a run's losses do not depend on `workers`, a resumed run needs no
+RNG state to continue exactly, and 2 ranks x batch 16 see the same global batches as 1 rank x batch 32.
+The distribution is the lab's: offsets uniform over the 9 x 9 positions of RandomCrop(32, padding=4),
+flip with p = 0.5 (tested statistically).
+"""
 
 from __future__ import annotations
 
@@ -9,31 +17,105 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from .data import MEAN, ArrayDataset, normalize_std
 
 PAD = 4  # random crop padding (lab: RandomCrop(32, padding=4))
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply) on int64 tensors holding values < 2^32 (no overflow)."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def aug_params(seed: int, epoch: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop offsets (dy, dx), each uniform over 0..2*PAD, and flip (p = 0.5) of images idx in epoch.
+
+    A function of (seed, epoch, index) alone, on any device: the same image gets the same crop in any
+    process, worker or rank."""
+    h = _mix32(torch.full_like(idx, seed & _M32, dtype=torch.int64))
+    h = _mix32(h ^ (epoch & _M32))
+    h = _mix32(h ^ (idx.to(torch.int64) & _M32))
+    n = 2 * PAD + 1
+    return h % n, (h // n) % n, ((h // (n * n)) % 2) == 1
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The indices rank draws in epoch: a permutation seeded by (seed, epoch), dealt out round-robin to world ranks.
+
+    With several ranks the order is padded (repeating its start) to a multiple of world, as DistributedSampler
+    does; rank r takes positions r, r + world, ... so that the ranks' k-th batches together are the k-th batch
+    of one process with world times the batch size."""
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    else:
+        order = torch.arange(n)
+    if world > 1:
+        if shuffle:  # training: every rank the same number of steps (DDP's collectives pair up step by step)
+            total = math.ceil(n / world) * world
+            order = torch.cat([order, order[: total - n]])
+        order = order[rank::world]  # evaluation: each image once over all ranks
+    return order
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) pairs in epoch_order: the dataset derives the image's augmentation from both."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(epoch_order(self.n, self.seed, 0, self.shuffle, self.rank, self.world))
+
+    def __iter__(self):
+        e = self.epoch
+        return iter([(e, i) for i in epoch_order(self.n, self.seed, e, self.shuffle, self.rank, self.world).tolist()])
 
 
 def lab_transforms(train: bool, std: tuple[float, float, float], size: int = 32) -> T.Compose:
-    """The lab's torchvision pipeline: crop(pad 4) + flip + ToTensor + Normalize; test: ToTensor + Normalize."""
-    aug = [T.RandomCrop(size, padding=PAD), T.RandomHorizontalFlip(p=0.5)] if train else []
-    return T.Compose([*aug, T.ToTensor(), T.Normalize(MEAN, std)])
+    """The lab's torchvision pipeline after the crop and flip (see LabDataset): ToTensor + Normalize."""
+    return T.Compose([T.ToTensor(), T.Normalize(MEAN, std)])
 
 
 class TransformDataset(Dataset):
-    """Per-sample PIL pipeline over uint8 arrays, as torchvision.datasets.CIFAR10 does it."""
+    """Per-sample PIL pipeline over uint8 arrays, as torchvision.datasets.CIFAR10 does it.
 
-    def __init__(self, data: ArrayDataset, transform: T.Compose) -> None:
-        self.data, self.transform = data, transform
+    With train=True, each (epoch, index) key gets the lab's RandomCrop(size, padding=4) + RandomHorizontalFlip,
+    done with torchvision's own functional ops (pad with 0, crop, hflip) at the offsets aug_params gives."""
+
+    def __init__(self, data: ArrayDataset, transform: T.Compose, train: bool = False, seed: int = 0) -> None:
+        self.data, self.transform, self.train, self.seed = data, transform, train, seed
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.fromarray(self.data.images[i])), int(self.data.labels[i])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        img = Image.fromarray(self.data.images[i])
+        if self.train:
+            dy, dx, flip = (int(v) for v in aug_params(self.seed, epoch, torch.tensor([i])))
+            size = self.data.images.shape[1]
+            img = TF.crop(TF.pad(img, PAD), dy, dx, size, size)
+            if flip:
+                img = TF.hflip(img)
+        return self.transform(img), int(self.data.labels[i])
+
+
+def set_epoch(loader, epoch: int) -> None:
+    """Tell a loader (its sampler) which epoch it draws: order and augmentation depend on it."""
+    target = loader if hasattr(loader, "set_epoch") else getattr(loader, "sampler", None)
+    if target is not None and hasattr(target, "set_epoch"):
+        target.set_epoch(epoch)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -55,17 +137,23 @@ def torch_loader(
     persistent_workers: bool = False,
     prefetch_factor: int | None = None,
     dataset: Dataset | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
-    """The lab's DataLoader: shuffled (seeded by generator) when train, workers seeded, optional pinning."""
+    """The lab's DataLoader: shuffled by (seed, epoch) when train (this rank's share), workers, optional pinning.
+
+    generator seeds the workers' own RNGs only (nothing of the lab's pipeline draws from them)."""
     size = data.images.shape[1]
-    ds = dataset if dataset is not None else TransformDataset(data, lab_transforms(train, std, size))
+    ds = dataset if dataset is not None else TransformDataset(data, lab_transforms(train, std, size), train, seed)
     kwargs = {}
     if num_workers > 0:
         kwargs = {"persistent_workers": persistent_workers, "worker_init_fn": _seed_worker}
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
+    sampler = EpochSampler(len(ds), seed, shuffle=train, rank=rank, world=world)
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=train, num_workers=num_workers, pin_memory=pin_memory,
+        ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
         generator=generator if train else None, **kwargs,
     )  # fmt: skip
 
@@ -93,8 +181,11 @@ class DeviceLoader:
         std: tuple[float, float, float],
         seed: int = 0,
         channels_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.train, self.batch_size, self.device = train, batch_size, device
+        self.seed, self.epoch, self.rank, self.world = seed, 0, rank, world
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         imgs = torch.from_numpy(np.ascontiguousarray(data.images))  # NHWC uint8
         self.size = imgs.shape[1]
@@ -106,20 +197,24 @@ class DeviceLoader:
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard(self) -> int:
+        return len(epoch_order(len(self.labels), self.seed, 0, self.train, self.rank, self.world))
+
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(self._shard() / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, g, dev = len(self.labels), self.generator, self.device
-        order = torch.randperm(n, generator=g, device=dev) if self.train else torch.arange(n, device=dev)
-        for start in range(0, n, self.batch_size):
+        n, dev, e = len(self.labels), self.device, self.epoch
+        order = epoch_order(n, self.seed, e, self.train, self.rank, self.world).to(dev)
+        for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.images[idx]
             if self.train:
-                m = len(idx)
-                offs = torch.randint(0, 2 * PAD + 1, (2, m), generator=g, device=dev)  # uniform over 9x9
-                flip = torch.rand(m, generator=g, device=dev) < 0.5
-                x = crop_flip(x, offs[0], offs[1], flip, self.size)
+                dy, dx, flip = aug_params(self.seed, e, idx)  # on the device, from (seed, epoch, index)
+                x = crop_flip(x, dy, dx, flip, self.size)
             else:
                 x = x.permute(0, 3, 1, 2)
             x = (x.float().div_(255) - self.mean) / self.std
@@ -128,15 +223,16 @@ class DeviceLoader:
             yield x.contiguous(memory_format=self.memory_format), self.labels[idx]
 
 
-def make_loader(cfg, data: ArrayDataset, train: bool, device: torch.device, generator: torch.Generator | None):
-    """The configured loader (cfg.loader.name) for one split."""
+def make_loader(cfg, data: ArrayDataset, train: bool, device: torch.device, generator: torch.Generator | None,
+                rank: int = 0, world: int = 1):  # fmt: skip
+    """The configured loader (cfg.loader.name) for one split; with world > 1, rank's share of the training split."""
     std = normalize_std(cfg.data.normalize)
     if cfg.loader.name == "device":
         return DeviceLoader(data, train=train, batch_size=cfg.batch_size, device=device, std=std, seed=cfg.seed,
-                            channels_last=cfg.channels_last)  # fmt: skip
+                            channels_last=cfg.channels_last, rank=rank, world=world)  # fmt: skip
     pin = cfg.loader.pin_memory if cfg.loader.pin_memory is not None else device.type == "cuda"
     return torch_loader(
         data, train=train, batch_size=cfg.batch_size, num_workers=cfg.workers, std=std,
         generator=generator, pin_memory=pin, persistent_workers=cfg.loader.persistent_workers,
-        prefetch_factor=cfg.loader.prefetch_factor,
+        prefetch_factor=cfg.loader.prefetch_factor, seed=cfg.seed, rank=rank, world=world,
     )  # fmt: skip

@@ -199,6 +199,12 @@ def run_row(r: Run) -> dict[str, Any]:
     for c in PHASE_COLUMNS + ["achieved_tflops", "mfu"]:
         row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
     row["flops_per_image"] = r.info.get("flops_per_image")
+    row["world_size"] = int(r.info.get("world_size") or 1)
+    row["batch_size"] = (r.info.get("config") or {}).get("batch_size")
+    row["avg_comm_time_s"] = e["comm_time_s"].fillna(0).mean() if len(e) else math.nan
+    steps = e["batches"].sum() if len(e) else 0
+    row["comm_bytes_per_step"] = e["comm_bytes"].fillna(0).sum() / steps if steps else math.nan
+    row["steps_per_epoch"] = e["batches"].mean() if len(e) else math.nan
     row["profiled_steps"] = e["profiled_steps"].sum() if len(e) else 0
     row["timing_mode"] = "+".join(timing_modes(r)) or r.info.get("timing_mode")
     row["error"] = r.error
@@ -679,6 +685,101 @@ def _plot_phases(t: pd.DataFrame, labels: list[str], out: Path) -> Path:
     return path
 
 
+SCALING_COLUMNS = ["world_size", "batch_size", "global_batch", "scaling", "avg_epoch_time_s", "speedup", "efficiency",
+                   "compute_time_s", "comm_time_s", "comm_estimate_s", "bandwidth_gb_s", "runs"]  # fmt: skip
+
+
+def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """tables/scaling.csv: per (world size, per-rank batch), against 1 rank at the same per-rank batch (weak
+    scaling) and, where a 1-rank run at the same global batch exists, against it (strong scaling)."""
+    cols = ["avg_epoch_time_s", "avg_compute_time_s", "avg_comm_time_s", "comm_bytes_per_step", "steps_per_epoch"]
+    g = ok.groupby(["world_size", "batch_size"])[cols].mean()
+    n_runs = ok.groupby(["world_size", "batch_size"]).size()
+    rows = []
+    for (ws, bs), v in g.iterrows():
+        bases = [("weak", (1, bs))] + ([("strong", (1, ws * bs))] if ws > 1 else [])
+        for kind, key in bases:
+            if key not in g.index:
+                continue
+            base = g.loc[key]
+            speedup = base["avg_epoch_time_s"] / v["avg_epoch_time_s"]
+            # the lab's estimate: N-rank compute minus what the same steps took on 1 rank (same per-rank batch)
+            est = (v["avg_compute_time_s"] - v["steps_per_epoch"] * base["avg_compute_time_s"] / base["steps_per_epoch"]
+                   if kind == "weak" and ws > 1 else math.nan)  # fmt: skip
+            ring = 2 * (ws - 1) / ws  # ring all-reduce: bytes each rank sends (and receives) per byte of gradient
+            bw = (ring * v["comm_bytes_per_step"] * v["steps_per_epoch"] / v["avg_comm_time_s"] / 1e9
+                  if ws > 1 and v["avg_comm_time_s"] > 0 else math.nan)  # fmt: skip
+            rows.append({"world_size": ws, "batch_size": bs, "global_batch": ws * bs, "scaling": kind,
+                         "avg_epoch_time_s": v["avg_epoch_time_s"], "speedup": speedup, "efficiency": speedup / ws,
+                         "compute_time_s": v["avg_compute_time_s"], "comm_time_s": v["avg_comm_time_s"],
+                         "comm_estimate_s": est, "bandwidth_gb_s": bw, "runs": int(n_runs[(ws, bs)])})  # fmt: skip
+    return pd.DataFrame(rows, columns=SCALING_COLUMNS)
+
+
+def part_scaling(ctx: Context) -> PartOutput:
+    """Data-parallel scaling over world sizes: speed-up, efficiency, measured communication against the lab's
+    subtraction estimate, achieved all-reduce bandwidth, and a plot of the epoch split per world size."""
+    ok = ctx.ok
+    if not len(ok) or "world_size" not in ok or ok["world_size"].nunique() < 2:
+        return PartOutput()
+    t = scaling_table(ok)
+    out = PartOutput(tables={"scaling": t})
+    out.md += ["## Scaling: data-parallel training", "",
+               "Speed-up = 1-rank epoch time / N-rank epoch time (epochs cover the same data; N ranks share it). "
+               "Weak scaling: against 1 rank at the same per-rank batch (the global batch grows with N); strong: "
+               "against 1 rank at the same global batch. comm_time_s is measured: the span of each step's gradient "
+               "all-reduces (a DDP communication hook), summed over the epoch and averaged over ranks; the "
+               "all-reduce runs during backward, so it overlaps compute and includes waiting for the slowest rank. "
+               "comm_estimate_s is the lab's subtraction (N-rank compute minus the same steps' 1-rank compute). "
+               "bandwidth_gb_s: ring all-reduce bytes, 2(N-1)/N x gradient bytes per step, over comm_time_s.", "",
+               _md(t), ""]  # fmt: skip
+    for _, r in t[(t["world_size"] > 1) & (t["scaling"] == "weak")].iterrows():
+        if not math.isnan(r["comm_estimate_s"]) and r["comm_time_s"] > 0:
+            ratio = r["comm_estimate_s"] / r["comm_time_s"]
+            out.md += [f"- {int(r['world_size'])} ranks, batch {int(r['batch_size'])} per rank: measured "
+                       f"communication {r['comm_time_s']:.3g} s per epoch, the lab's subtraction estimate "
+                       f"{r['comm_estimate_s']:.3g} s ({ratio:.2f}x the measurement); speed-up "
+                       f"{r['speedup']:.2f}x, efficiency {r['efficiency']:.0%}."]  # fmt: skip
+    out.md += [""]
+    key = next((k for k in ctx.by if k.endswith("nproc")), None)
+    if key is not None:
+        ests = estimates(ctx.groups(key), "avg_epoch_time_s")
+        out.findings.append(compare("scaling", key, "avg_epoch_time_s", ests, True, "fastest world size per epoch",
+                                    ".3g", ctx.missing(key)))  # fmt: skip
+    out.plots.append(_plot_scaling(ok, ctx.root / "plots"))
+    return out
+
+
+def _plot_scaling(ok: pd.DataFrame, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(exist_ok=True)
+    g = ok.groupby(["world_size", "batch_size"])[
+        ["avg_data_time_s", "avg_compute_time_s", "avg_comm_time_s", "avg_other_time_s"]].mean().reset_index()  # fmt: skip
+    labels = [f"{int(w)} x {int(b)}" for w, b in zip(g["world_size"], g["batch_size"])]
+    parts = {"data": g["avg_data_time_s"], "compute (without comm)": g["avg_compute_time_s"] - g["avg_comm_time_s"],
+             "communication": g["avg_comm_time_s"], "other": g["avg_other_time_s"]}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(g)), 4))
+    bottom = [0.0] * len(g)
+    for lab, vals in parts.items():
+        ax.bar(range(len(g)), list(vals), bottom=bottom, label=lab)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(g)), labels)
+    ax.set(
+        xlabel="ranks x batch per rank",
+        ylabel="seconds per epoch (mean over ranks)",
+        title="Scaling: where the epoch goes",
+    )
+    ax.legend(fontsize=8)
+    path = out / "scaling.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def part_plots(ctx: Context) -> PartOutput:
     """Where the epoch goes (stacked bars) and the training curves (per batch when runs have one epoch)."""
     if not ctx.done:
@@ -695,6 +796,7 @@ PARTS: list[Callable[[Context], PartOutput]] = [
     _group_part("optimizer", "c6_optimizer", "C6: per optimizer", accuracy=True),
     _group_part("norm", "c7_norm", "C7: BatchNorm against none", accuracy=True),
     part_compute,
+    part_scaling,
     part_c2,
     part_q,
     part_plots,

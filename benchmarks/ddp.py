@@ -1,0 +1,127 @@
+"""Data-parallel on this machine: 1 against 2 ranks (gloo), measured communication against the lab's subtraction.
+
+    python benchmarks/ddp.py [--images 512] [--batch-sizes 32 128] [--epochs 2] [--threads 1]
+
+Full-width ResNet-18, synthetic data, loader=device (no worker processes competing for the cores), every
+rank pinned to --threads torch threads, the 1-rank run too, so that a step's compute is the same work on the
+same cores in both (with 2 ranks on 2 cores they still share memory bandwidth and caches: contention is part
+of what is measured). Figures from the last epoch, per step:
+  compute    = compute_time_s / steps (1 rank; N ranks: mean over ranks, communication inside backward)
+  comm       = comm_time_s / steps (DDP communication hook: first all-reduce launch to last completion)
+  estimate   = N-rank compute per step - 1-rank compute per step (the lab's subtraction)
+  bandwidth  = 2(N-1)/N x gradient bytes per step / comm per step
+Then trainbench's overhead: the 2-rank epoch time against a bare DDP loop (the same model, optimizer, batches
+and steps, no clocks, default all-reduce), run alternately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from _common import machine, median, table, write_csv
+from trainbench.inspect import compose
+from trainbench.records import EPOCH_COLUMNS, read_rows
+from trainbench.run import run
+
+
+def last_epoch(overrides: list[str], d: Path) -> dict:
+    run(compose(overrides), d)
+    return {k: float(v) for k, v in read_rows(d / "epochs.csv", EPOCH_COLUMNS)[-1].items() if v not in ("", "sync")}
+
+
+def _bare(rank: int, world: int, port: int, batch: int, steps: int, threads: int, out: str) -> None:
+    """A bare DDP loop: random in-memory batches, SGD, no clocks; rank 0 writes its median step time."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from trainbench.model import ResNet18
+
+    torch.set_num_threads(threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = DDP(ResNet18())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    xs = [torch.randn(batch, 3, 32, 32) for _ in range(steps + 2)]
+    ys = [torch.randint(0, 10, (batch,)) for _ in range(steps + 2)]
+    times = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 2:  # two warm-up steps (DDP rebuilds its buckets after the first)
+            times.append(time.perf_counter() - t)
+    if rank == 0:
+        Path(out).write_text(str(sum(times)))
+    dist.destroy_process_group()
+
+
+def bare_ddp(world: int, batch: int, steps: int, threads: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "t")
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_bare, args=(world, port, batch, steps, threads, out), nprocs=world)
+        return float(Path(out).read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=3, help="overhead: alternating repeats")
+    a = p.parse_args()
+    base = ["data=synthetic", f"data.train_size={a.images}", "data.test_size=64", "loader=device", "progress=false",
+            f"epochs={a.epochs}", "test_eval=false", f"dist.threads={a.threads}"]  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for bs in a.batch_sizes:
+            one = last_epoch([*base, f"batch_size={bs}"], Path(tmp) / f"1x{bs}")
+            two = last_epoch([*base, f"batch_size={bs}", "dist.nproc=2"], Path(tmp) / f"2x{bs}")
+            c1, c2 = one["compute_time_s"] / one["batches"], two["compute_time_s"] / two["batches"]
+            comm = two["comm_time_s"] / two["batches"]
+            grad_bytes = two["comm_bytes"] / two["batches"]
+            for n, e, c in ((1, one, c1), (2, two, c2)):
+                rows.append({
+                    "ranks": n, "batch_per_rank": bs, "steps": int(e["batches"]), "epoch_s": e["epoch_time_s"],
+                    "speedup": one["epoch_time_s"] / e["epoch_time_s"], "compute_per_step_s": c,
+                    "comm_per_step_s": comm if n == 2 else 0.0, "estimate_per_step_s": c2 - c1 if n == 2 else 0.0,
+                    "estimate_vs_measured": (c2 - c1) / comm if n == 2 and comm else float("nan"),
+                    "bandwidth_gb_s": (grad_bytes * 2 * (n - 1) / n / comm / 1e9) if n == 2 and comm else float("nan"),
+                })  # fmt: skip
+                print(rows[-1], flush=True)
+        # overhead: trainbench's 2-rank epoch (its own epoch clock) against the bare loop over the same steps
+        bs = a.batch_sizes[0]
+        steps = a.images // (2 * bs)
+        tb, bare = [], []
+        for r in range(a.reps):
+            e = last_epoch([*base, f"batch_size={bs}", "dist.nproc=2", "epochs=1", "phase_clocks=false"],
+                           Path(tmp) / f"ovh{r}")  # fmt: skip
+            tb.append(e["epoch_time_s"])
+            bare.append(bare_ddp(2, bs, steps, a.threads))
+            print(f"overhead rep {r + 1}: trainbench {tb[-1]:.3f} s, bare DDP {bare[-1]:.3f} s", flush=True)
+    title = (f"Data-parallel, ResNet-18, {a.images} images, gloo, {a.threads} torch thread(s) per rank, last of "
+             f"{a.epochs} epochs — {machine()}")  # fmt: skip
+    print(table(rows, title))
+    ovh = [{"loop": "bare DDP", "median_epoch_s": median(bare), "ratio_vs_bare": 1.0},
+           {"loop": "trainbench dist.nproc=2", "median_epoch_s": median(tb), "ratio_vs_bare": median(tb) / median(bare)}]  # fmt: skip
+    print(table(ovh, f"Overhead, 2 ranks, batch {bs} per rank, {steps} steps, median of {a.reps}"))
+    print(f"wrote {write_csv('ddp', rows)} and {write_csv('ddp_overhead', ovh)}")
+
+
+if __name__ == "__main__":
+    main()
