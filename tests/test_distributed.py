@@ -232,3 +232,14 @@ def test_scaling_sweep_writes_the_scaling_table_and_section(tmp_path):
     assert (sweep / "plots" / "scaling.png").stat().st_size > 1000
     f = [x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "scaling"]
     assert f and f[0]["metric"] == "avg_epoch_time_s"
+
+
+def test_dist_threads_pins_a_one_process_run_and_is_restored(tmp_path, monkeypatch):
+    from trainbench import run as run_mod
+
+    seen = []
+    real = run_mod.Trainer.fit
+    monkeypatch.setattr(run_mod.Trainer, "fit", lambda self: seen.append(torch.get_num_threads()) or real(self))
+    before = torch.get_num_threads()
+    run(compose([*SMALL, "epochs=1", "data.train_size=32", "dist.threads=1"]), tmp_path / "r")
+    assert seen == [1] and torch.get_num_threads() == before

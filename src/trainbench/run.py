@@ -664,11 +664,17 @@ def run(cfg: DictConfig | Plan, run_dir: Path | None = None) -> dict[str, Any]:
             return D.launch(plan.cfg, run_dir, plan.precision, hydra_info())
         return run_rank(plan.cfg, str(run_dir), plan.precision, hydra_info(), ranks)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        t = Trainer(plan.cfg, plan.device, run_dir)
-        if plan.precision is not None:
-            t.info["precision_auto"] = plan.precision
-        return t.fit()
+    threads = torch.get_num_threads()
+    if d.threads:  # pinned like a rank's (a 1-rank baseline of a scaling sweep then does the same work per step)
+        torch.set_num_threads(int(d.threads))
+    try:
+        with RunLock(run_dir):
+            t = Trainer(plan.cfg, plan.device, run_dir)
+            if plan.precision is not None:
+                t.info["precision_auto"] = plan.precision
+            return t.fit()
+    finally:
+        torch.set_num_threads(threads)  # the next job of a sweep in this process starts as this one did
 
 
 def run_rank(cfg: DictConfig, run_dir: str, precision_note: dict | None, meta: dict,
