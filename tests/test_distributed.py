@@ -151,6 +151,7 @@ def test_two_ranks_train_the_same_model_as_one_with_twice_the_batch(tmp_path):
     params = sum(v.numel() for v in wb.values())
     assert int(e["comm_bytes"]) == int(e["batches"]) * params * 4 and float(e["comm_time_s"]) > 0
     assert int(e["world_size"]) == 2 and float(e["comm_time_max_s"]) >= float(e["comm_time_s"])
+    assert 0 <= float(e["comm_exposed_s"]) <= float(e["comm_time_s"])  # the waited-for part of the span
     assert float(e["epoch_time_s"]) >= float(e["epoch_time_mean_s"])
     batches = rows(tmp_path / "two" / "batches.csv")
     assert {b["rank"] for b in batches} == {"0", "1"} and len(batches) == 2 * 2 * 8  # epochs x ranks x steps

@@ -57,6 +57,7 @@ class BatchRecord:
     optimizer_time_s: float = math.nan
     skipped: int = 0  # 1 when fp16's grad scaler skipped this optimizer step (inf/NaN gradients)
     comm_time_s: float = 0.0  # data-parallel: span of the step's gradient all-reduces (inside backward)
+    comm_exposed_s: float = 0.0  # the part of it backward waited for (after the last bucket's launch)
     comm_bytes: int = 0
 
 
@@ -76,6 +77,7 @@ class EpochStats:
     optimizer_time_s: float = 0.0
     skipped_steps: int = 0
     comm_time_s: float = 0.0
+    comm_exposed_s: float = 0.0
     comm_bytes: int = 0
     profiled_steps: int = 0  # steps run under torch.profiler (slower; counted by the run, profile=true)
 
@@ -91,6 +93,7 @@ class EpochStats:
             setattr(self, f"{ph}_time_s", getattr(self, f"{ph}_time_s") + getattr(rec, f"{ph}_time_s"))
         self.skipped_steps += rec.skipped
         self.comm_time_s += rec.comm_time_s
+        self.comm_exposed_s += rec.comm_exposed_s
         self.comm_bytes += rec.comm_bytes
 
     @property
@@ -258,7 +261,7 @@ class _Pending:
     loss: torch.Tensor
     correct: torch.Tensor
     skipped: torch.Tensor | None
-    comm: tuple[float, int] = (0.0, 0)
+    comm: tuple[float, float, int] = (0.0, 0.0, 0)
 
 
 def train_epoch(
@@ -343,7 +346,7 @@ def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock
         m2 = clock.mark()  # sync clock: compute must include the queued kernels
         # --- bookkeeping: counted in other time (queued after m2 with events, so outside compute) ---
         correct_t = (r.logits.argmax(1) == r.y).sum()
-        comm = ctx.comm.take() if ctx.comm is not None else (0.0, 0)  # the step's all-reduces, done by now
+        comm = ctx.comm.take() if ctx.comm is not None else (0.0, 0.0, 0)  # the step's all-reduces, done by now
         pending.append(_Pending(batch, step, int(r.y.shape[0]), h1 - h0, (m0, m1, *r.marks, m2), r.loss, correct_t,
                                 r.skipped, comm))  # fmt: skip
         if after_step is not None:
@@ -379,7 +382,8 @@ def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_bat
         split = [clock.span(a, b) for a, b in zip(p.marks[1:-1], p.marks[2:])] if len(p.marks) > 3 else []
         skipped = int(bool(p.skipped.item())) if p.skipped is not None else 0
         rec = BatchRecord(epoch, p.batch, p.step, p.size, loss, correct / p.size, data_s, clock.span(m1, m2),
-                          *split, skipped=skipped, comm_time_s=p.comm[0], comm_bytes=p.comm[1])  # fmt: skip
+                          *split, skipped=skipped, comm_time_s=p.comm[0], comm_exposed_s=p.comm[1],
+                          comm_bytes=p.comm[2])  # fmt: skip
         stats.add(rec, correct)
         if on_batch is not None:
             on_batch(rec, stats)

@@ -213,6 +213,7 @@ def epoch_row(per_rank: list[dict[str, Any]], phases: bool = True) -> dict[str, 
         "epoch_time_s": most("epoch_time_s"), "epoch_time_mean_s": mean("epoch_time_s"),
         "data_time_max_s": most("data_time_s"), "compute_time_max_s": most("compute_time_s"),
         "comm_time_s": mean("comm_time_s"), "comm_time_max_s": most("comm_time_s"),
+        "comm_exposed_s": mean("comm_exposed_s"),
         "comm_bytes": per_rank[0]["comm_bytes"], "skipped_steps": per_rank[0]["skipped_steps"],
         "profiled_steps": per_rank[0]["profiled_steps"],
     }  # fmt: skip
