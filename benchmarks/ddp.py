@@ -11,6 +11,9 @@ of what is measured). Figures from the last epoch, per step:
   exposed    = comm_exposed_s / steps (last bucket's launch to last completion: what backward waited for)
   estimate   = N-rank compute per step - 1-rank compute per step (the lab's subtraction; it sees only the
                exposed part, since the rest of the all-reduce runs while backward still computes)
+  contended  = the same subtraction against two independent 1-rank runs at the same time (no communication,
+               the same sharing of cores, caches and memory bandwidth as the 2 ranks): what is left is
+               communication alone
   bandwidth  = 2(N-1)/N x gradient bytes per step / comm per step
 Then trainbench's overhead: the 2-rank epoch time against a bare DDP loop (the same model, optimizer, batches
 and steps, no clocks, default all-reduce), run alternately.
@@ -37,6 +40,24 @@ from trainbench.run import run
 def last_epoch(overrides: list[str], d: Path) -> dict:
     run(compose(overrides), d)
     return {k: float(v) for k, v in read_rows(d / "epochs.csv", EPOCH_COLUMNS)[-1].items() if v not in ("", "sync")}
+
+
+def contended(overrides: list[str], tmp: Path) -> float:
+    """Compute per step of two independent 1-rank runs started together (the contention 2 ranks have, no comm)."""
+    import subprocess
+    import sys
+
+    train = Path(__file__).resolve().parents[1] / "train.py"
+    procs = [subprocess.Popen([sys.executable, str(train), *overrides, f"hydra.run.dir={tmp / f'c{i}'}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]  # fmt: skip
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit("a contended baseline run failed")
+    per_step = []
+    for i in range(2):
+        e = read_rows(tmp / f"c{i}" / "epochs.csv", EPOCH_COLUMNS)[-1]
+        per_step.append(float(e["compute_time_s"]) / float(e["batches"]))
+    return sum(per_step) / 2
 
 
 def _bare(rank: int, world: int, port: int, batch: int, steps: int, threads: int, out: str) -> None:
@@ -81,7 +102,7 @@ def bare_ddp(world: int, batch: int, steps: int, threads: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--images", type=int, default=1024)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -95,6 +116,7 @@ def main() -> None:
             one = last_epoch([*base, f"batch_size={bs}"], Path(tmp) / f"1x{bs}")
             two = last_epoch([*base, f"batch_size={bs}", "dist.nproc=2"], Path(tmp) / f"2x{bs}")
             c1, c2 = one["compute_time_s"] / one["batches"], two["compute_time_s"] / two["batches"]
+            c1x = contended([*base, f"batch_size={bs}"], Path(tmp) / f"contended{bs}")
             comm = two["comm_time_s"] / two["batches"]
             exposed = two["comm_exposed_s"] / two["batches"]
             grad_bytes = two["comm_bytes"] / two["batches"]
@@ -106,6 +128,9 @@ def main() -> None:
                     "estimate_per_step_s": c2 - c1 if n == 2 else 0.0,
                     "estimate_vs_exposed": (c2 - c1) / exposed if n == 2 and exposed else float("nan"),
                     "estimate_vs_span": (c2 - c1) / comm if n == 2 and comm else float("nan"),
+                    "contended_1rank_step_s": c1x if n == 2 else float("nan"),
+                    "contended_estimate_s": c2 - c1x if n == 2 else float("nan"),
+                    "contended_vs_exposed": (c2 - c1x) / exposed if n == 2 and exposed else float("nan"),
                     "bandwidth_gb_s": (grad_bytes * 2 * (n - 1) / n / comm / 1e9) if n == 2 and comm else float("nan"),
                 })  # fmt: skip
                 print(rows[-1], flush=True)
