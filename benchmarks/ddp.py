@@ -15,6 +15,9 @@ of what is measured). Figures from the last epoch, per step:
                the same sharing of cores, caches and memory bandwidth as the 2 ranks): what is left is
                communication alone
   bandwidth  = 2(N-1)/N x gradient bytes per step / comm per step
+The per-step phases show where the extra time of 2 ranks lands: on a CPU, gloo's all-reduce (copies and
+sums) runs on the same cores as the backward pass it overlaps, so the "hidden" communication still slows
+backward; the subtraction sees that slowdown plus the exposed wait, the hook's exposed part only the wait.
 Then trainbench's overhead: the 2-rank epoch time against a bare DDP loop (the same model, optimizer, batches
 and steps, no clocks, default all-reduce), run alternately.
 """
@@ -131,6 +134,10 @@ def main() -> None:
                     "contended_1rank_step_s": c1x if n == 2 else float("nan"),
                     "contended_estimate_s": c2 - c1x if n == 2 else float("nan"),
                     "contended_vs_exposed": (c2 - c1x) / exposed if n == 2 and exposed else float("nan"),
+                    # where the extra time goes: per-step phases (communication overlaps backward)
+                    "forward_per_step_s": e["forward_time_s"] / e["batches"],
+                    "backward_per_step_s": e["backward_time_s"] / e["batches"],
+                    "optimizer_per_step_s": e["optimizer_time_s"] / e["batches"],
                     "bandwidth_gb_s": (grad_bytes * 2 * (n - 1) / n / comm / 1e9) if n == 2 and comm else float("nan"),
                 })  # fmt: skip
                 print(rows[-1], flush=True)
