@@ -368,7 +368,7 @@ MUTANTS: list[Mutant] = [
     M(
         "timing-mode-not-per-row",
         "epochs.csv rows without their clock",
-        (("src/trainbench/run.py", '"timing_mode": b.timing,', '"timing_mode": None,'),),
+        (("src/trainbench/run.py", "timing_mode=b.timing,", "timing_mode=None,"),),
         ("tests/test_speed_paths.py",),
     ),
     M(

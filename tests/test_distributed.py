@@ -136,6 +136,8 @@ def test_two_ranks_train_the_same_model_as_one_with_twice_the_batch(tmp_path):
     two = run(compose([*common, "batch_size=16", "dist.nproc=2"]), tmp_path / "two")
     assert one["status"] == two["status"] == "complete"
     assert two["world_size"] == 2 and two["global_batch"] == 32 and "no BatchNorm" in two["batchnorm"]
+    if sys.platform.startswith("linux"):  # workers forked, not spawned (a spawned rank would spawn them: seconds)
+        assert two["environment"]["mp_start_method"] == "fork"
     a, b = rows(tmp_path / "one" / "epochs.csv"), rows(tmp_path / "two" / "epochs.csv")
     for ra, rb in zip(a, b):
         assert int(ra["samples"]) == int(rb["samples"]) == 256

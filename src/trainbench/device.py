@@ -138,11 +138,14 @@ def git_commit() -> str | None:
 
 def environment(device: torch.device) -> dict:
     """Versions and hardware that produced a run's numbers."""
+    import multiprocessing
+
     import torchvision
 
     cuda = device.type == "cuda"
     return {
         "python": sys.version.split()[0],
+        "mp_start_method": multiprocessing.get_start_method(allow_none=True),  # how DataLoader workers start
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda if cuda else None,
