@@ -178,6 +178,7 @@ def test_killed_rank_ends_the_run_in_bounded_time_and_resume_gives_the_same_rows
     assert metrics(d) == metrics(tmp_path / "ref")
 
 
+@pytest.mark.slow  # 8 s: torchrun starts its own agent and two ranks (make test-all runs it)
 def test_torchrun_starts_the_ranks_and_they_agree_on_one_run_dir(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
