@@ -247,3 +247,31 @@ def test_dist_threads_pins_a_one_process_run_and_is_restored(tmp_path, monkeypat
     before = torch.get_num_threads()
     run(compose([*SMALL, "epochs=1", "data.train_size=32", "dist.threads=1"]), tmp_path / "r")
     assert seen == [1] and torch.get_num_threads() == before
+
+
+# ------------------------------------------------------------------------------------- for a lent GPU
+
+
+requires_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+
+
+@pytest.mark.gpu
+@requires_two_gpus
+def test_nccl_two_ranks_train_the_same_model_as_one(tmp_path):
+    """nccl (dist.backend=auto on CUDA), one GPU per rank: 2 x 16 = 1 x 32 with norm=none, comm measured."""
+    common = [*SMALL, "device=cuda", "norm=none", "checkpoint.keep_on_complete=true"]
+    run(compose([*common, "batch_size=32"]), tmp_path / "one")
+    two = run(compose([*common, "batch_size=16", "dist.nproc=2"]), tmp_path / "two")
+    assert two["status"] == "complete" and two["world_size"] == 2
+    for ra, rb in zip(rows(tmp_path / "one" / "epochs.csv"), rows(tmp_path / "two" / "epochs.csv")):
+        assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=1e-3)
+    e = rows(tmp_path / "two" / "epochs.csv")[-1]
+    assert float(e["comm_time_s"]) > 0 and int(e["comm_bytes"]) > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_more_ranks_than_gpus_is_a_config_error():
+    with pytest.raises(ConfigError) as e:
+        make_plan(compose([*SMALL, "device=cuda", f"dist.nproc={torch.cuda.device_count() + 1}"]))
+    assert e.value.key == "dist.nproc"
