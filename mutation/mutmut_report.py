@@ -30,11 +30,18 @@ EQUIVALENT: dict[str, str] = {
     "trainbench.checkpoint.x_remove_checkpoints__mutmut_4": "unlink(missing_ok=False) of a file just listed: as above",
     "trainbench.checkpoint.x_load_latest__mutmut_5": "map_location='cpu' -> None: identical without CUDA; " + CUDA_ONLY,
     "trainbench.checkpoint.x_load_latest__mutmut_8": "map_location dropped: identical without CUDA; " + CUDA_ONLY,
-    "trainbench.records.x_read_rows__mutmut_5": "the truncation cut runs also when text ends with a newline, "
-    "where cutting after the last newline keeps all of it: same result",
-    "trainbench.records.xǁCsvLogǁ__init____mutmut_10": "open(newline=None) writes '\\n' as os.linesep, which is "
+    "trainbench.records.x__complete_lines__mutmut_4": "the truncation cut runs also when text ends with a "
+    "newline, where cutting after the last newline keeps all of it: same result",
+    "trainbench.records.xǁCsvLogǁ__init____mutmut_22": "open(newline=None) writes '\\n' as os.linesep, which is "
     "'\\n' on POSIX (the only platform torch's DataLoader workers + fcntl locks run here)",
-    "trainbench.records.xǁCsvLogǁ__init____mutmut_13": "open() without newline: as above",
+    "trainbench.records.xǁCsvLogǁ__init____mutmut_25": "open() without newline: as above",
+    "trainbench.records.x_read_header__mutmut_3": "open(newline=None) for reading: universal newlines turn "
+    "'\\r\\n' into '\\n'; the logs are written with '\\n' only (POSIX): same header",
+    "trainbench.records.x_read_header__mutmut_5": "open() without newline for reading: as above",
+    "trainbench.records.x__rewrite__mutmut_11": "r.get(c, None): csv writes None as an empty cell, as ''",
+    "trainbench.records.x__rewrite__mutmut_13": "r.get(c): default None, as above",
+    "trainbench.records.x__rewrite__mutmut_14": "the default is never used: every caller passes rows from "
+    "read_rows(path, columns), which holds every column",
     "trainbench.records.xǁRunLockǁ__init____mutmut_5": "the initial fh value is replaced in __enter__ before any use",
 }
 

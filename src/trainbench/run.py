@@ -268,6 +268,7 @@ class Trainer:
         self.info: dict[str, Any] = read_json(self.json_path) or {}
         self.tb: Any | None = None  # logger=tensorboard
         self.main = ranks.main  # only rank 0 writes the run dir
+        self._rank_rows: list[dict] = []  # several ranks: this epoch's batch rows, written by rank 0 after it
 
     @property
     def _bars_off(self) -> bool | None:
@@ -499,7 +500,7 @@ class Trainer:
         bar = tqdm(total=len(b.train_loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=self._bars_off if self.main else True, leave=False, mininterval=0.5, unit="batch")  # fmt: skip
         prof = self._profiler(epoch)
-        self._rank_rows: list[dict] = []
+        self._rank_rows = []
         faults = self.cfg.faults
 
         def on_batch(rec, stats: EpochStats) -> None:
