@@ -223,9 +223,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "                marks.append(mark())\n            self.optimizer.step()",
-                "                marks.append(mark())\n            if self.autocast_dtype is None or global_step % 4 != 3:\n"
-                "                self.optimizer.step()",
+                "        else:\n            self.optimizer.step()",
+                "        elif self.autocast_dtype is None or global_step % 4 != 3:\n            self.optimizer.step()",
             ),
         ),
         ("tests/test_speed_paths.py",),
@@ -347,14 +346,13 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "        if mark is not None:\n            marks.append(mark())\n        skipped = None",
-                "        skipped = None",
+                "        phase_end()  # forward + loss\n",
+                "",
             ),
             (
                 "src/trainbench/engine.py",
-                "            loss.backward()\n            if mark is not None:\n                marks.append(mark())",
-                "            loss.backward()\n            if mark is not None:\n                marks.append(mark())\n"
-                "                marks.append(mark())",
+                "        phase_end()  # backward\n",
+                "        phase_end()  # backward\n        phase_end()\n",
             ),
         ),
         ("tests/test_timing.py",),

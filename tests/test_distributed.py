@@ -61,6 +61,14 @@ def test_epoch_order_shards_are_the_single_process_batches():
     assert sorted(loaders.epoch_order(10, 0, 0, False, 0, 3).tolist() + loaders.epoch_order(10, 0, 0, False, 1, 3).tolist()
                   + loaders.epoch_order(10, 0, 0, False, 2, 3).tolist()) == list(range(10))  # eval: each image once  # fmt: skip
     assert len(loaders.epoch_order(10, 0, 0, True, 1, 3)) == 4  # training: padded, equal steps per rank
+    for n, shuffle, rank, world in [
+        (10, True, 1, 3),
+        (10, False, 0, 3),
+        (10, False, 2, 3),
+        (7, True, 0, 1),
+        (9, False, 1, 2),
+    ]:
+        assert loaders.shard_size(n, shuffle, rank, world) == len(loaders.epoch_order(n, 0, 0, shuffle, rank, world))
 
 
 def test_both_loaders_draw_the_same_samples():

@@ -195,6 +195,11 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("tb.cpus", cpus_for_workers, replace=True)
 
 
+def world_size(cfg: DictConfig) -> int:
+    """Ranks of the run: dist.nproc per node times dist.nnodes (1: no process group)."""
+    return int(cfg.dist.nproc) * int(cfg.dist.nnodes)
+
+
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
         raise ConfigError(key, value, allowed)
@@ -246,7 +251,7 @@ def validate(cfg: DictConfig) -> None:
     _check(d.nnodes >= 1, "dist.nnodes", d.nnodes, "an integer >= 1")
     _check(d.timeout_s >= 1, "dist.timeout_s", d.timeout_s, "an integer >= 1 (seconds)")
     _check(d.threads is None or d.threads >= 1, "dist.threads", d.threads, "null or an integer >= 1")
-    if d.nproc * d.nnodes > 1:
+    if world_size(cfg) > 1:
         _check(
             not cfg.compile, "compile", cfg.compile, "false with dist.nproc > 1 (compile + DDP is not supported yet)"
         )

@@ -74,10 +74,10 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
 def check_dist(cfg: Any, device: torch.device) -> None:
     """Combinations that cannot run, as one config error before any file is written."""
-    from .config import ConfigError
+    from .config import ConfigError, world_size
 
     d = cfg.dist
-    if d.nproc * d.nnodes <= 1:
+    if world_size(cfg) <= 1:
         return
     backend = resolve_backend(d.backend, device)
     if backend == "nccl" and device.type != "cuda":

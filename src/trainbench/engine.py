@@ -159,31 +159,30 @@ class StepContext:
     ) -> StepResult:
         """One training step; nothing is read back here. mark (a clock's mark) is called after the copy, after
         forward + loss and after backward, splitting compute into its phases; the caller marks the step's end."""
-        marks = []
+        marks: list[Any] = []
+
+        def phase_end() -> None:  # sync clock: a sync point (the copy and the kernels may be asynchronous)
+            if mark is not None:
+                marks.append(mark())
+
         x, y = self.to_device(x, y)
-        if mark is not None:
-            marks.append(mark())  # sync clock: a sync point (the copy may be asynchronous)
+        phase_end()  # copy
         with self.autocast():
             logits = self.model(x)
             loss = self.loss_fn(logits, y)
         if self.nan_at_step is not None and global_step == self.nan_at_step:
             loss = loss * float("nan")  # injected fault: the divergence check must catch it
-        if mark is not None:
-            marks.append(mark())
+        phase_end()  # forward + loss
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        phase_end()  # backward
         skipped = None
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if mark is not None:
-                marks.append(mark())
             # note: scaler.step reads found_inf back (.item()): fp16 has a CPU-GPU sync point in every step
             self.scaler.step(self.optimizer)
             # the step was skipped (inf/NaN gradients) iff found_inf is set; kept on the device, read at drain
             skipped = sum(v.float() for v in self.scaler._found_inf_per_device(self.optimizer).values()) > 0
             self.scaler.update()
         else:
-            loss.backward()
-            if mark is not None:
-                marks.append(mark())
             self.optimizer.step()
         # zero_grad after the step (not before backward): numerically the same, and it belongs to the
         # optimizer phase. Gradients are None between steps.

@@ -64,6 +64,13 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, wor
     return order
 
 
+def shard_size(n: int, shuffle: bool, rank: int = 0, world: int = 1) -> int:
+    """len(epoch_order(n, ..., shuffle, rank, world)), without drawing the permutation."""
+    if world <= 1:
+        return n
+    return math.ceil(n / world) if shuffle else len(range(rank, n, world))
+
+
 class EpochSampler(Sampler):
     """Yields (epoch, index) pairs in epoch_order: the dataset derives the image's augmentation from both."""
 
@@ -75,7 +82,7 @@ class EpochSampler(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(epoch_order(self.n, self.seed, 0, self.shuffle, self.rank, self.world))
+        return shard_size(self.n, self.shuffle, self.rank, self.world)
 
     def __iter__(self):
         e = self.epoch
@@ -200,11 +207,12 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _shard(self) -> int:
-        return len(epoch_order(len(self.labels), self.seed, 0, self.train, self.rank, self.world))
+    def items(self) -> int:
+        """Images one epoch draws on this rank."""
+        return shard_size(len(self.labels), self.train, self.rank, self.world)
 
     def __len__(self) -> int:
-        return math.ceil(self._shard() / self.batch_size)
+        return math.ceil(self.items() / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, dev, e = len(self.labels), self.device, self.epoch

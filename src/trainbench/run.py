@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt_mod
 from . import distributed as D
-from .config import ConfigError, validate
+from .config import ConfigError, validate, world_size
 from .data import load_data
 from .device import (
     check_device_options,
@@ -67,6 +67,25 @@ def build_optimizer(cfg_opt: DictConfig, params: Any) -> torch.optim.Optimizer:
     """optimizer._target_ (a torch.optim class) with the config's hyperparameters; null ones are left out."""
     kwargs = {k: v for k, v in cfg_opt.items() if k not in ("name", "_target_", "_partial_") and v is not None}
     return get_class(cfg_opt._target_)(params, **kwargs)
+
+
+def build_model(cfg: DictConfig, classes: int, device: torch.device, sync_bn: bool = False) -> torch.nn.Module:
+    """The configured ResNet-18 on device, in the configured memory format (SyncBatchNorm with sync_bn)."""
+    model = ResNet18(cfg.norm.name, cfg.model.width, classes).to(device)
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def step_context(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> StepContext:
+    """What a training step of model needs from the config: optimizer, fp16 grad scaler, autocast, layout."""
+    return StepContext(
+        model=model, optimizer=build_optimizer(cfg.optimizer, model.parameters()), device=device,
+        autocast_dtype=AUTOCAST[cfg.precision], scaler=torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None,
+        channels_last=cfg.channels_last, nan_at_step=cfg.faults.nan_at_step,
+    )  # fmt: skip
 
 
 def seed_everything(seed: int) -> None:
@@ -228,7 +247,7 @@ def _items(loader: Any) -> int:
     """Images one epoch of loader draws on this rank."""
     if loader is None:
         return 0
-    return loader._shard() if isinstance(loader, DeviceLoader) else len(loader.sampler)
+    return loader.items() if isinstance(loader, DeviceLoader) else len(loader.sampler)
 
 
 def _batchnorm_note(cfg: DictConfig, r: D.Ranks) -> str:
@@ -405,13 +424,8 @@ class Trainer:
             cfg.data.test_size, time.perf_counter() - t,
         )  # fmt: skip
         r = self.ranks
-        model = ResNet18(cfg.norm.name, cfg.model.width, len(train_data.classes)).to(dev)
-        if r.active and cfg.dist.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(cfg.optimizer, model.parameters())
-        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        model = build_model(cfg, len(train_data.classes), dev, sync_bn=r.active and cfg.dist.sync_bn)
+        ctx = step_context(cfg, model, dev)
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         train_loader = make_loader(cfg, train_data, True, dev, shuffle_gen, r.rank, r.world)
         test_loader = make_loader(cfg, test_data, False, dev, None, r.rank, r.world) if test_data is not None else None
@@ -424,10 +438,6 @@ class Trainer:
         )  # fmt: skip
         if cfg.loader.name == "device" and cfg.workers:
             log.info("loader=device uses no worker processes; workers is ignored")
-        ctx = StepContext(
-            model=model, optimizer=optimizer, device=dev, autocast_dtype=AUTOCAST[cfg.precision], scaler=scaler,
-            channels_last=cfg.channels_last, nan_at_step=cfg.faults.nan_at_step,
-        )  # fmt: skip
         b = _Built(ctx, model, train_loader, test_loader, loader_gen, timing, global_step=0)
         self._restore(b, ckpt, start_epoch)
         if r.active:
@@ -458,9 +468,7 @@ class Trainer:
 
     def _count_flops(self, b: _Built, image_size: int, classes: int) -> None:
         """FLOPs per image of a training step (counted once, on a copy of the model) and the device's peak."""
-        fresh = ResNet18(self.cfg.norm.name, self.cfg.model.width, classes).to(self.device)  # same FLOPs as b.model
-        if self.cfg.channels_last:
-            fresh = fresh.to(memory_format=torch.channels_last)
+        fresh = build_model(self.cfg, classes, self.device)  # the same FLOPs as b.model (which may be SyncBatchNorm)
         b.flops_per_image = step_flops_per_image(fresh, image_size, classes)
         peak = device_peak(self.device, self.cfg.precision, bool(self.cfg.tf32))
         b.peak_tflops = peak.tflops if peak else None
@@ -656,7 +664,7 @@ def run(cfg: DictConfig | Plan, run_dir: Path | None = None) -> dict[str, Any]:
     plan = cfg if isinstance(cfg, Plan) else make_plan(cfg)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     d = plan.cfg.dist
-    if d.nproc * d.nnodes > 1:
+    if world_size(plan.cfg) > 1:
         ranks = D.env_ranks()
         if ranks is None:
             if d.nnodes > 1:

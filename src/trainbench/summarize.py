@@ -664,26 +664,41 @@ def part_compute(ctx: Context) -> PartOutput:
     return out
 
 
-def _plot_phases(t: pd.DataFrame, labels: list[str], out: Path) -> Path:
+def _stacked_bars(
+    path: Path,
+    labels: list[str],
+    parts: dict[str, list[float]],
+    title: str,
+    ylabel: str = "seconds per epoch (mean)",
+    xlabel: str | None = None,
+    slanted: bool = True,
+) -> Path:
+    """One bar per label, stacked from parts ({legend entry: a value per label}); saved to path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(exist_ok=True)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(t)), 4))
-    bottom = [0.0] * len(t)
-    for ph in PHASE_NAMES:
-        vals = list(t[f"avg_{ph}_time_s"])
-        ax.bar(range(len(t)), vals, bottom=bottom, label=ph)
+    path.parent.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
+    bottom = [0.0] * len(labels)
+    for lab, vals in parts.items():
+        ax.bar(range(len(labels)), list(vals), bottom=bottom, label=lab)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_xticks(range(len(t)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="seconds per epoch (mean)", title="Where compute goes")
-    ax.legend()
-    path = out / "compute_phases.png"
+    if slanted:
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    else:
+        ax.set_xticks(range(len(labels)), labels)
+    ax.set(ylabel=ylabel, title=title, **({"xlabel": xlabel} if xlabel else {}))
+    ax.legend(**({} if slanted else {"fontsize": 8}))
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _plot_phases(t: pd.DataFrame, labels: list[str], out: Path) -> Path:
+    parts = {ph: list(t[f"avg_{ph}_time_s"]) for ph in PHASE_NAMES}
+    return _stacked_bars(out / "compute_phases.png", labels, parts, "Where compute goes")
 
 
 SCALING_COLUMNS = ["world_size", "batch_size", "global_batch", "scaling", "avg_epoch_time_s", "speedup", "efficiency",
@@ -760,33 +775,13 @@ def part_scaling(ctx: Context) -> PartOutput:
 
 
 def _plot_scaling(ok: pd.DataFrame, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(exist_ok=True)
     g = ok.groupby(["world_size", "batch_size"])[
         ["avg_data_time_s", "avg_compute_time_s", "avg_comm_time_s", "avg_other_time_s"]].mean().reset_index()  # fmt: skip
     labels = [f"{int(w)} x {int(b)}" for w, b in zip(g["world_size"], g["batch_size"])]
     parts = {"data": g["avg_data_time_s"], "compute (without comm)": g["avg_compute_time_s"] - g["avg_comm_time_s"],
              "communication": g["avg_comm_time_s"], "other": g["avg_other_time_s"]}  # fmt: skip
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(g)), 4))
-    bottom = [0.0] * len(g)
-    for lab, vals in parts.items():
-        ax.bar(range(len(g)), list(vals), bottom=bottom, label=lab)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_xticks(range(len(g)), labels)
-    ax.set(
-        xlabel="ranks x batch per rank",
-        ylabel="seconds per epoch (mean over ranks)",
-        title="Scaling: where the epoch goes",
-    )
-    ax.legend(fontsize=8)
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _stacked_bars(out / "scaling.png", labels, parts, "Scaling: where the epoch goes",
+                         ylabel="seconds per epoch (mean over ranks)", xlabel="ranks x batch per rank", slanted=False)  # fmt: skip
 
 
 def part_plots(ctx: Context) -> PartOutput:
@@ -877,20 +872,9 @@ def _plots(done: list[Run], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(done)), 4))
-    names = [r.label() for r in done]
-    bottom = [0.0] * len(done)
-    for c, lab in (("data_time_s", "data"), ("compute_time_s", "compute"), ("other_time_s", "other")):
-        vals = [r.epochs[c].mean() for r in done]
-        ax.bar(range(len(done)), vals, bottom=bottom, label=lab)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_xticks(range(len(done)), names, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="seconds per epoch (mean)", title="Where the epoch goes")
-    ax.legend()
-    paths.append(out / "time_split.png")
-    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    parts = {lab: [r.epochs[c].mean() for r in done]
+             for c, lab in (("data_time_s", "data"), ("compute_time_s", "compute"), ("other_time_s", "other"))}  # fmt: skip
+    paths = [_stacked_bars(out / "time_split.png", [r.label() for r in done], parts, "Where the epoch goes")]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     per_batch = all(len(r.epochs) <= 1 for r in done)  # one epoch: a curve needs the batches
     for r in done:

@@ -114,24 +114,18 @@ def _variant(cfg: DictConfig, settings: dict[str, Any]) -> DictConfig:
 def measure(cfg: DictConfig, device: torch.device, data: Any, cand: Candidate, steps: int, warmup_steps: int,
             repeats: int) -> None:  # fmt: skip
     """Train warmup_steps + steps batches, repeats times, with the run's own build, warm-up and epoch loop."""
-    from .engine import StepContext, train_epoch
+    from .engine import train_epoch
     from .loaders import DeviceLoader, make_loader
-    from .model import ResNet18
-    from .run import AUTOCAST, batch_shapes, build_optimizer, seed_everything, warm_up
+    from .run import batch_shapes, build_model, seed_everything, step_context, warm_up
 
     c = _variant(cfg, cand.settings)
     t0 = time.perf_counter()
     seed_everything(c.seed)
-    model = ResNet18(c.norm.name, c.model.width, len(data.classes)).to(device)
-    if c.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(c.optimizer, model.parameters())
-    scaler = torch.amp.GradScaler("cuda") if c.precision == "fp16" else None
+    model = build_model(c, len(data.classes), device)
+    ctx = step_context(c, model, device)  # the run's own step: optimizer, scaler, autocast, layout
     gen = torch.Generator().manual_seed(c.seed)
     loader = make_loader(c, data, True, device, gen)
     gen = loader.generator if isinstance(loader, DeviceLoader) else gen
-    ctx = StepContext(model=model, optimizer=opt, device=device, autocast_dtype=AUTOCAST[c.precision], scaler=scaler,
-                      channels_last=c.channels_last)  # fmt: skip
     if c.compile:
         ctx.model = torch.compile(model)
     train_sizes, _ = batch_shapes(len(data), 0, c.batch_size)
