@@ -23,7 +23,8 @@ from trainbench.inspect import compose
 from trainbench.loaders import make_loader
 from trainbench.model import ResNet18
 from trainbench.records import EPOCH_COLUMNS, read_rows
-from trainbench.run import build_optimizer, run
+from trainbench.build import build_optimizer
+from trainbench.run import run
 
 
 def bare_epoch(cfg) -> float:

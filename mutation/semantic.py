@@ -98,7 +98,7 @@ MUTANTS: list[Mutant] = [
         "build_optimizer drops nesterov",
         (
             (
-                "src/trainbench/run.py",
+                "src/trainbench/build.py",
                 'k not in ("name", "_target_", "_partial_")',
                 'k not in ("name", "_target_", "_partial_", "nesterov")',
             ),
@@ -161,9 +161,9 @@ MUTANTS: list[Mutant] = [
                 "fmt = torch.contiguous_format",
             ),
             (
-                "src/trainbench/run.py",
-                "if cfg.channels_last:\n            model = model.to(",
-                "if False:\n            model = model.to(",
+                "src/trainbench/build.py",
+                "if cfg.channels_last:\n        model = model.to(",
+                "if False:\n        model = model.to(",
             ),
         ),
         ("tests/test_speed_paths.py",),
@@ -235,7 +235,7 @@ MUTANTS: list[Mutant] = [
         "C3's best count is the plain argmin of data time",
         (
             (
-                "src/trainbench/summarize.py",
+                "src/trainbench/report/parts/lab.py",
                 "best, more = best_workers(list(data), [e.value for e in data.values()])",
                 "best, more = min(data, key=lambda w: data[w].value), False",
             ),
@@ -245,7 +245,7 @@ MUTANTS: list[Mutant] = [
     M(
         "concurrency-any-two",
         "the concurrency warning fires for any two runs on one host",
-        (("src/trainbench/summarize.py", "if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]", "if x[2] == y[2]"),),
+        (("src/trainbench/report/parts/overview.py", "if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]", "if x[2] == y[2]"),),
         ("tests/test_summarize.py::test_concurrency_warning_only_for_runs_that_overlapped",),
     ),
     # 10. device loader padding, completed runs
@@ -266,9 +266,9 @@ MUTANTS: list[Mutant] = [
         'the "already complete" early return removed',
         (
             (
-                "src/trainbench/run.py",
-                "            if done >= cfg.epochs:\n                log.info(",
-                "            if False:\n                log.info(",
+                "src/trainbench/rundir.py",
+                "        if done >= cfg.epochs:\n            log.info(",
+                "        if False:\n            log.info(",
             ),
         ),
         ("tests/test_faults.py::test_completed_run_is_not_redone",),
@@ -302,7 +302,7 @@ MUTANTS: list[Mutant] = [
         "the events clock reading every step (a hidden per-step stall)",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/clocks.py",
                 "    per_step = False  # spans are readable only after settle()",
                 "    per_step = True",
             ),
@@ -366,7 +366,7 @@ MUTANTS: list[Mutant] = [
     M(
         "timing-mode-not-per-row",
         "epochs.csv rows without their clock",
-        (("src/trainbench/run.py", "timing_mode=b.timing,", "timing_mode=None,"),),
+        (("src/trainbench/trainer.py", "timing_mode=b.timing,", "timing_mode=None,"),),
         ("tests/test_speed_paths.py",),
     ),
     M(
@@ -397,13 +397,13 @@ MUTANTS: list[Mutant] = [
     M(
         "allreduce-sums",
         "the communication hook sums the gradients instead of averaging them",
-        (("src/trainbench/distributed.py", "        buf.div_(dist.get_world_size())\n", ""),),
+        (("src/trainbench/dist/commclock.py", "        buf.div_(dist.get_world_size())\n", ""),),
         ("tests/test_distributed.py::test_two_ranks_train_the_same_model_as_one_with_twice_the_batch",),
     ),
     M(
         "comm-clock-not-reset",
         "the warm-up's all-reduces counted in epoch 0's communication",
-        (("src/trainbench/run.py", "            ctx.comm.take()  # the warm-up", "            pass  # the warm-up"),),
+        (("src/trainbench/trainer.py", "            b.ctx.comm.take()  # the warm-up", "            pass  # the warm-up"),),
         ("tests/test_distributed.py::test_two_ranks_train_the_same_model_as_one_with_twice_the_batch",),
     ),
 ]

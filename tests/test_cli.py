@@ -91,12 +91,12 @@ def test_short_synthetic_run_learns(tmp_path):
 
 def test_a_plan_is_checked_once(tmp_path, monkeypatch):
     """cli checks the config and resolves the device once; run() takes that plan as it is."""
-    from trainbench import run as run_mod
+    from trainbench import plan as plan_mod
 
     calls = []
-    real = run_mod.validate
-    monkeypatch.setattr(run_mod, "validate", lambda cfg: (calls.append(1), real(cfg)))
-    plan = run_mod.make_plan(compose([*TINY, "test_eval=false"]))
+    real = plan_mod.validate
+    monkeypatch.setattr(plan_mod, "validate", lambda cfg: (calls.append(1), real(cfg)))
+    plan = plan_mod.make_plan(compose([*TINY, "test_eval=false"]))
     assert plan.device.type == "cpu" and calls == [1]
     assert run(plan, tmp_path / "r")["status"] == "complete"
     assert calls == [1]

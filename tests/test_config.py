@@ -122,7 +122,7 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_each_optimizer_choice_builds_its_torch_class(name):
-    from trainbench.run import build_optimizer
+    from trainbench.build import build_optimizer
 
     cls, hp = OPTIMIZERS[name]
     params = [torch.nn.Parameter(torch.zeros(3))]
@@ -136,7 +136,7 @@ def test_each_optimizer_choice_builds_its_torch_class(name):
 
 def test_optimizer_state_after_a_real_step_matches_the_algorithm():
     """What each algorithm keeps (torch's own state names) tells the class apart even if names were swapped."""
-    from trainbench.run import build_optimizer
+    from trainbench.build import build_optimizer
 
     expected = {"sgd": {"momentum_buffer"}, "nesterov": {"momentum_buffer"}, "adagrad": {"sum", "step"},
                 "adadelta": {"square_avg", "acc_delta", "step"}, "adam": {"exp_avg", "exp_avg_sq", "step"}}  # fmt: skip
@@ -158,7 +158,7 @@ def test_custom_optimizer_target_is_allowed():
         ]
     )
     validate(cfg)
-    from trainbench.run import build_optimizer
+    from trainbench.build import build_optimizer
 
     opt = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
     assert type(opt) is torch.optim.RMSprop and opt.param_groups[0]["momentum"] == 0.5

@@ -20,7 +20,8 @@ from conftest import compose, train_cli
 from trainbench import loaders
 from trainbench.config import ConfigError
 from trainbench.data import STD, make_synthetic
-from trainbench.run import make_plan, run
+from trainbench.plan import make_plan
+from trainbench.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=8", "workers=0", "epochs=2",
@@ -247,11 +248,11 @@ def test_scaling_sweep_writes_the_scaling_table_and_section(tmp_path):
 
 
 def test_dist_threads_pins_a_one_process_run_and_is_restored(tmp_path, monkeypatch):
-    from trainbench import run as run_mod
+    from trainbench import trainer as trainer_mod
 
     seen = []
-    real = run_mod.Trainer.fit
-    monkeypatch.setattr(run_mod.Trainer, "fit", lambda self: seen.append(torch.get_num_threads()) or real(self))
+    real = trainer_mod.Trainer.fit
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", lambda self: seen.append(torch.get_num_threads()) or real(self))
     before = torch.get_num_threads()
     run(compose([*SMALL, "epochs=1", "data.train_size=32", "dist.threads=1"]), tmp_path / "r")
     assert seen == [1] and torch.get_num_threads() == before

@@ -94,9 +94,9 @@ def test_resume_needs_no_rng_state_and_the_negative_control_fails(tmp_path, refe
         run(compose([*RESUME, "epochs=1", "checkpoint.keep_on_complete=true"]), d)  # as if stopped after epoch 0
         run(compose([*RESUME, f"resume.restore_rng={str(restore).lower()}"]), d)
         assert metrics(d) == metrics(reference)
-    from trainbench import run as run_mod
+    from trainbench import trainer as trainer_mod
 
-    monkeypatch.setattr(run_mod, "set_epoch", lambda loader, epoch: None)
+    monkeypatch.setattr(trainer_mod, "set_epoch", lambda loader, epoch: None)
     d = tmp_path / "no_epoch"
     run(compose([*RESUME, "epochs=1", "checkpoint.keep_on_complete=true"]), d)
     run(compose(RESUME), d)

@@ -12,7 +12,8 @@ import pytest
 from conftest import TINY, compose, train_cli
 from trainbench.inspect import model_facts
 from trainbench.records import EPOCH_COLUMNS
-from trainbench.summarize import best_workers, summarize
+from trainbench.report.parts.lab import best_workers
+from trainbench.summarize import summarize
 
 
 @pytest.mark.parametrize(
@@ -375,7 +376,7 @@ def test_c4_sweep_takes_its_best_count_from_c3_not_from_its_two_points(tmp_path)
 
 def test_refused_jobs_are_read_in_job_order(tmp_path):
     from trainbench.records import write_json
-    from trainbench.summarize import refused_jobs
+    from trainbench.report.runs import refused_jobs
 
     assert refused_jobs(tmp_path) == []
     (tmp_path / ".refused").mkdir()

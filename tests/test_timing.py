@@ -188,9 +188,9 @@ def test_stop_flag_first_sigint_asks_second_stops_at_once():
     # A first Ctrl-C (or SIGTERM) only asks the loop to stop at the next batch; a second Ctrl-C raises at once.
     import os
 
-    from trainbench.run import _StopFlag
+    from trainbench.stopflag import StopFlag
 
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         assert not stop()
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)  # the handler runs between bytecodes
@@ -204,9 +204,9 @@ def test_stop_flag_first_sigint_asks_second_stops_at_once():
 def test_stop_flag_sigterm_sets_the_flag():
     import os
 
-    from trainbench.run import _StopFlag
+    from trainbench.stopflag import StopFlag
 
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
         assert stop() and stop.signum == signal.SIGTERM
@@ -266,7 +266,7 @@ def test_event_clock_bookkeeping_with_fake_events():
     """The events clock, on a CPU with fake events: device time queued by the loader counts as data (plus the
     host wait), the step's as compute, everything is read once per epoch after one sync, and the accuracy
     kernels are queued after the compute mark."""
-    from trainbench.engine import EventClock
+    from trainbench.clocks import EventClock
 
     gpu = _FakeGPU()
     clock = EventClock(torch.device("cpu"), make_event=gpu.event, sync=gpu.sync)
@@ -282,7 +282,7 @@ def test_event_clock_bookkeeping_with_fake_events():
 
 
 def test_event_clock_finds_divergence_at_the_end_with_its_batch():
-    from trainbench.engine import EventClock
+    from trainbench.clocks import EventClock
 
     gpu = _FakeGPU()
     clock = EventClock(torch.device("cpu"), make_event=gpu.event, sync=gpu.sync)
@@ -301,7 +301,7 @@ def test_event_clock_finds_divergence_at_the_end_with_its_batch():
 
 
 def test_event_clock_stop_request_drains_then_stops():
-    from trainbench.engine import EventClock
+    from trainbench.clocks import EventClock
 
     gpu = _FakeGPU()
     clock = EventClock(torch.device("cpu"), make_event=gpu.event, sync=gpu.sync)
@@ -358,7 +358,7 @@ def test_phase_split_off_leaves_phases_empty_and_compute_whole():
 
 def test_event_clock_splits_phases_from_device_time():
     """Fake device timeline: forward queues 0.5 s, backward 0.2 s, the optimizer step 0.1 s."""
-    from trainbench.engine import EventClock
+    from trainbench.clocks import EventClock
 
     gpu = _FakeGPU()
     clock = EventClock(torch.device("cpu"), make_event=gpu.event, sync=gpu.sync)

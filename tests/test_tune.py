@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from trainbench import tune as T
+from trainbench.tune import search as T
 from trainbench.config import ConfigError
 from trainbench.device import HardwareFacts, resolve_precision
-from trainbench.run import make_plan, run
+from trainbench.plan import make_plan
+from trainbench.run import run
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

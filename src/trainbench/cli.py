@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,27 +13,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError, RunDirRefused
 from .config import ConfigError
-from .data import DataError, check_available
-from .distributed import RankFailed
+from .console import exit_with
+from .data import DataError
+from .dist.ranks import RankFailed
 from .engine import Diverged, Interrupted, LoaderDied
+from .plan import make_plan
 from .records import RunDirLocked, RunWriteError, read_json, write_json
-from .run import _now, hydra_info, make_plan, run
+from .run import hydra_info, run
+from .rundir import REFUSED_DIR, discard_if_untouched, now
 
 log = logging.getLogger("trainbench")
 
-OUR_FILES = ("run.json", "epochs.csv", "batches.csv")
-REFUSED_DIR = ".refused"  # in a sweep dir: one JSON per job refused in the current invocation
 _sweep_interrupted = False  # set when a signal stopped a job: the sweep's remaining jobs do not start
 # Errors a user can cause and fix: one clear message, no traceback (HYDRA_FULL_ERROR=1 shows it).
 EXPECTED = (ConfigError, DataError, CheckpointError, RunDirLocked, RunWriteError, Diverged, LoaderDied, RankFailed)
-
-
-def _exit_with(e: BaseException, extra: str = "", code: int = 1) -> None:
-    """End a single run with one clear message (the full traceback only with HYDRA_FULL_ERROR=1)."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise e
-    print(f"trainbench: {type(e).__name__}: {e}{extra}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
 
 
 def swept_in_one_process(key: str) -> bool:
@@ -57,30 +48,18 @@ def resume_command(run_dir: Path) -> str:
     return shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}"])
 
 
-def discard_if_untouched(run_dir: Path) -> None:
-    """Remove a run dir that holds only what Hydra wrote for this job (config copies, log file)."""
-    if not run_dir.is_dir() or any((run_dir / f).exists() for f in OUR_FILES) or any(run_dir.glob("checkpoint_*")):
-        return
-    if set(p.name for p in run_dir.iterdir()) <= {".hydra", "train.log", ".lock"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        parent = run_dir.parent  # outputs/<date>/ left empty by this job
-        if parent.name != "outputs" and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-
-
 def run_job(cfg: DictConfig) -> None:
     """Run one Hydra job; in a multirun a failing job is recorded and logged, and the sweep goes on."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     try:
-        # Every check that needs no data runs here, before any trainbench file is written.
-        plan = make_plan(cfg)  # validated and device resolved once; run() takes the plan as it is
-        check_available(cfg.data)
+        # Every check that needs no training runs here, before any trainbench file is written.
+        plan = make_plan(cfg)  # validated, device and data checked once; run() takes the plan as it is
     except (ConfigError, DataError) as e:
         if not multirun:
             discard_if_untouched(run_dir)
-            _exit_with(e)
+            exit_with(e)
         _record_failure(cfg, run_dir, e)
         log.error("job %s failed before training: %s", hc.job.num, e)
         return
@@ -103,16 +82,16 @@ def run_job(cfg: DictConfig) -> None:
     except RankFailed as e:
         _mark_failed(run_dir, e)  # a killed rank 0 cannot record it; the launcher's process does
         if not multirun:
-            _exit_with(e, f" (run dir: {run_dir})")
+            exit_with(e, f" (run dir: {run_dir})")
         log.error("job %s (%s) ended with RankFailed: %s", hc.job.num, run_dir, e)
     except Exception as e:
         if not multirun:
             if isinstance(e, Interrupted):
-                _exit_with(e, f"\nrun dir {run_dir} keeps every finished epoch; resume with:\n  {resume_command(run_dir)}",
+                exit_with(e, f"\nrun dir {run_dir} keeps every finished epoch; resume with:\n  {resume_command(run_dir)}",
                            code=130)  # fmt: skip
             if isinstance(e, EXPECTED):
                 discard_if_untouched(run_dir)
-                _exit_with(e, f" (run dir: {run_dir})" if run_dir.is_dir() else "")
+                exit_with(e, f" (run dir: {run_dir})" if run_dir.is_dir() else "")
             raise
         if isinstance(e, Interrupted):
             _sweep_interrupted = True
@@ -130,7 +109,7 @@ def _mark_failed(run_dir: Path, e: Exception) -> None:
     info = read_json(run_dir / "run.json") or {}
     extra = {"rank0_error": info["error"]} if info.get("error") else {}
     write_json(run_dir / "run.json", {**info, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                                      "finished_at": _now(), **extra})  # fmt: skip
+                                      "finished_at": now(), **extra})  # fmt: skip
 
 
 def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception, status: str = "failed") -> None:
@@ -145,7 +124,7 @@ def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception, status: str = 
             "status": status,
             "error": f"{type(e).__name__}: {e}",
             "config": config,
-            "finished_at": _now(),
+            "finished_at": now(),
             **hydra_info(),
         },
     )

@@ -33,7 +33,7 @@ def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
 
 def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
     """Q1-Q4 for cfg (a DictConfig or the plain dict stored in run.json)."""
-    from .run import build_optimizer
+    from .build import build_optimizer
 
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)

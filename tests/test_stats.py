@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from trainbench import findings as F
+from trainbench.report import stats as F
 
 
 def _epochs(times: list[float], acc: float = 0.5, samples: int = 1000) -> pd.DataFrame:

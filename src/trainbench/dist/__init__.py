@@ -1,0 +1,2 @@
+"""Data-parallel training: rank facts and collectives (ranks), the elastic launcher (launch), the DDP
+communication clock (commclock)."""

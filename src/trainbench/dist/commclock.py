@@ -1,0 +1,62 @@
+"""The communication clock: a DDP communication hook that times each gradient bucket's all-reduce.
+
+Each bucket's all-reduce is timed from launch to completion on the host, with its bytes. The all-reduce runs
+during backward (DDP launches a bucket as soon as its gradients are ready), so comm_time_s overlaps
+backward_time_s: it is the span of the step's all-reduces (first launch to last completion), waiting for the
+slowest rank included. comm_exposed_s is the part backward waits for: from the last bucket's launch (its
+gradients, the last ones, are ready: backward's compute is done) to the last completion. That is what the
+lab's subtraction estimates.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch.distributed as dist
+
+
+class CommClock:
+    """Times each gradient bucket's all-reduce (launch to completion, host clock) and counts its bytes.
+
+    take() returns (span of the all-reduces since the last take, the exposed part after the last launch, bytes)
+    and starts over: the engine calls it once per step, after the step's clock stopped (DDP waits for every
+    bucket before backward returns)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._first: float | None = None
+        self._last: float | None = None
+        self._last_launch: float | None = None
+        self._bytes = 0
+        self.buckets = 0
+
+    def hook(self, state, bucket):  # noqa: ANN001, ANN201 -- DDP checks these annotations: none is accepted
+        """DDP communication hook: the default all-reduce (average), timed."""
+        buf = bucket.buffer()
+        t0 = time.perf_counter()
+        with self._lock:
+            self._last_launch = t0 if self._last_launch is None else max(self._last_launch, t0)
+        buf.div_(dist.get_world_size())
+        fut = dist.all_reduce(buf, async_op=True).get_future()
+
+        def done(f):  # noqa: ANN001, ANN202
+            t1 = time.perf_counter()  # gloo: called when the all-reduce completed
+            with self._lock:
+                self._first = t0 if self._first is None else min(self._first, t0)
+                self._last = t1 if self._last is None else max(self._last, t1)
+                self._bytes += buf.numel() * buf.element_size()
+                self.buckets += 1
+            return f.value()[0]
+
+        return fut.then(done)
+
+    def take(self) -> tuple[float, float, int]:
+        with self._lock:
+            done = self._first is not None and self._last is not None
+            span = (self._last - self._first) if done else 0.0
+            exposed = max(0.0, self._last - self._last_launch) if done and self._last_launch is not None else 0.0
+            out = (span, exposed, self._bytes)
+            self._first = self._last = self._last_launch = None
+            self._bytes = 0
+        return out

@@ -1,0 +1,57 @@
+"""Every check that needs no training, in the order a user reads the errors: the result is a Plan.
+
+make_plan(cfg) range-checks the config, resolves the device, checks the data-parallel keys, resolves
+precision=auto, checks the options that need a particular device, and checks that the data can be read
+(downloading CIFAR-10 when asked). Each failure is one ConfigError or DataError naming the key, the value and
+the way out, raised before any run file is written. No Hydra import: tests and tools call it with any config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+
+import torch
+from omegaconf import DictConfig
+
+from .config import ConfigError, validate, world_size
+from .data import check_available
+from .device import check_device_options, resolve_device, resolve_precision
+from .dist.ranks import check_dist, env_ranks
+
+log = logging.getLogger("trainbench")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A checked config and the device it resolved to: what a run takes, produced once by make_plan()."""
+
+    cfg: DictConfig
+    device: torch.device
+    precision: dict | None = None  # precision=auto: {"requested", "resolved", "why"} (run.json's precision_auto)
+
+
+def make_plan(cfg: DictConfig, check_data: bool = True) -> Plan:
+    """Check cfg (ConfigError/DataError name the key, the value and the choices) and resolve device and precision.
+
+    precision=auto is replaced by what it resolved to, so that the run, its fingerprint and run.json's config
+    say what really ran; run.json's precision_auto says why. check_data=False leaves the data alone (the
+    tuner and inspect read it themselves)."""
+    validate(cfg)
+    device = resolve_device(cfg.device.name)
+    check_dist(cfg, device)
+    if world_size(cfg) > 1 and cfg.dist.nnodes > 1 and env_ranks() is None:
+        raise ConfigError("dist.nnodes", cfg.dist.nnodes, "1, or start the ranks with torchrun / SLURM",
+                          "trainbench starts the ranks of one node itself")  # fmt: skip
+    note = None
+    if cfg.precision == "auto":
+        resolved, why = resolve_precision("auto", device)
+        cfg = copy.deepcopy(cfg)
+        cfg.precision = resolved
+        note = {"requested": "auto", "resolved": resolved, "why": why}
+        log.info("precision=auto -> %s: %s", resolved, why)
+    check_device_options(cfg, device)
+    if check_data:
+        check_available(cfg.data)
+    return Plan(cfg, device, note)

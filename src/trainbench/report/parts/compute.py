@@ -1,0 +1,81 @@
+"""Where compute goes: phase split, achieved TFLOP/s and utilisation, operator categories, the phase a setting moves."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ...records import PHASE_COLUMNS
+from ..plots import PHASE_NAMES, plot_phases
+from ..render import md_table
+from ..runs import Context, PartOutput, Run
+from ..stats import Estimate, compare, differ, estimates
+
+
+def _op_categories(run: Run, top: int = 5) -> str | None:
+    """The top operator categories of a run's profile (share of profiled self time), or None."""
+    path = run.path / "profile" / "ops.csv"
+    if not path.is_file():
+        return None
+    ops = pd.read_csv(path)
+    if not len(ops):
+        return None
+    cats = ops.groupby("category")["share"].sum().sort_values(ascending=False).head(top)
+    return ", ".join(f"{c} {s:.0%}" for c, s in cats.items())
+
+
+def _spread_in_se(es: list[Estimate]) -> float:
+    """(highest - lowest) in combined standard errors (the difference in seconds when the noise is unknown or 0)."""
+    hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
+    se = math.hypot(hi.se, lo.se)
+    return (hi.value - lo.value) / se if se > 0 and not math.isnan(se) else hi.value - lo.value
+
+
+def part_compute(ctx: Context) -> PartOutput:
+    """Where compute goes: the phase split per run, achieved TFLOP/s and utilisation, the top operator categories
+    of profiled runs, and per varying setting the phase that changes most (a finding only past the noise)."""
+    phase_cols = [f"avg_{c}" for c in PHASE_COLUMNS]
+    ok = ctx.ok
+    if not len(ok) or not all(c in ok for c in phase_cols) or ok[phase_cols].isna().all().all():
+        return PartOutput()
+    ok = ok[ok[phase_cols].notna().all(axis=1)]
+    t = ok[[*ctx.by, "run", *phase_cols, "avg_compute_time_s", "avg_achieved_tflops", "avg_mfu"]].copy()
+    for ph, c in zip(PHASE_NAMES, phase_cols):
+        t[f"{ph}_share"] = t[c] / t[phase_cols].sum(axis=1)
+    out = PartOutput(tables={"compute_phases": t})
+    out.md += ["## Where compute goes", "",
+               "Compute per epoch split into its phases (copy = host-to-device copy, forward includes the loss, "
+               "optimizer = zero_grad + step), the training step's achieved TFLOP/s (counted FLOPs / compute time) and "
+               "utilisation (mfu) against the device's peak (`peak_source` in run.json).", "", md_table(t), ""]  # fmt: skip
+    runs = {r.name: r for r in ctx.done}
+    cats = [(name, _op_categories(runs[name])) for name in t["run"] if name in runs]
+    cats = [(n, c) for n, c in cats if c]
+    if cats:
+        out.md += ["Top operator categories (share of the profiled steps' self time, `profile/ops.csv`):", ""]
+        out.md += [f"- {n}: {c}" for n, c in cats] + [""]
+    profiled = [r.name for r in ctx.done if r.epochs["profiled_steps"].fillna(0).sum() > 0]
+    if profiled:
+        out.md += [f"**Note:** runs {', '.join(profiled)} include steps run under the profiler (slower; `profiled` in "
+                   "batches.csv): their times are not comparable with unprofiled runs.", ""]  # fmt: skip
+    for key in ctx.by:
+        groups = [(v, [g for g in gs if not pd.isna(g[0].get(phase_cols[0]))]) for v, gs in ctx.groups(key)]
+        groups = [(v, gs) for v, gs in groups if gs]
+        if len(groups) < 2:
+            continue
+        per_phase = {ph: estimates(groups, f"avg_{ph}_time_s") for ph in PHASE_NAMES}
+        spread = {ph: _spread_in_se(es) for ph, es in per_phase.items() if len(es) > 1}
+        if not spread:
+            continue
+        ph = max(spread, key=spread.get)  # the phase whose change with this setting stands out most from its noise
+        es = per_phase[ph]
+        hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
+        f = compare("compute", key, f"avg_{ph}_time_s", es, True, f"lowest {ph} time per epoch", ".3g")
+        vals = ", ".join(f"{key}={e.setting} {e.value:.3g} s" for e in es)
+        sig = ("a difference beyond the measured noise" if differ(hi, lo)
+               else "a difference within the measured noise: it may not be real")  # fmt: skip
+        f.text = (f"Compute phases across {key}: the {ph} phase changes most ({vals}; {key}={hi.setting} takes "
+                  f"{hi.value / lo.value if lo.value else math.inf:.3g}x {key}={lo.setting}'s), {sig}. " + f.text)  # fmt: skip
+        out.findings.append(f)
+    out.plots.append(plot_phases(t, [runs[n].label() if n in runs else n for n in t["run"]], ctx.root / "plots"))
+    return out

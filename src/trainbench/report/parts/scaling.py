@@ -1,0 +1,84 @@
+"""Data-parallel scaling over world sizes: speed-up, efficiency, communication, bandwidth."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..plots import plot_scaling
+from ..render import md_table
+from ..runs import Context, PartOutput
+from ..stats import compare, estimates
+
+SCALING_COLUMNS = ["world_size", "batch_size", "global_batch", "scaling", "avg_epoch_time_s", "speedup", "efficiency",
+                   "compute_time_s", "comm_time_s", "comm_estimate_s", "bandwidth_gb_s", "comm_exposed_s",
+                   "runs"]  # fmt: skip
+
+
+def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """tables/scaling.csv: per (world size, per-rank batch), against 1 rank at the same per-rank batch (weak
+    scaling) and, where a 1-rank run at the same global batch exists, against it (strong scaling)."""
+    cols = ["avg_epoch_time_s", "avg_compute_time_s", "avg_comm_time_s", "avg_comm_exposed_s", "comm_bytes_per_step",
+            "steps_per_epoch"]  # fmt: skip
+    g = ok.groupby(["world_size", "batch_size"])[cols].mean()
+    n_runs = ok.groupby(["world_size", "batch_size"]).size()
+    rows = []
+    for (ws, bs), v in g.iterrows():
+        bases = [("weak", (1, bs))] + ([("strong", (1, ws * bs))] if ws > 1 else [])
+        for kind, key in bases:
+            if key not in g.index:
+                continue
+            base = g.loc[key]
+            speedup = base["avg_epoch_time_s"] / v["avg_epoch_time_s"]
+            # the lab's estimate: N-rank compute minus what the same steps took on 1 rank (same per-rank batch)
+            est = (v["avg_compute_time_s"] - v["steps_per_epoch"] * base["avg_compute_time_s"] / base["steps_per_epoch"]
+                   if kind == "weak" and ws > 1 else math.nan)  # fmt: skip
+            ring = 2 * (ws - 1) / ws  # ring all-reduce: bytes each rank sends (and receives) per byte of gradient
+            bw = (ring * v["comm_bytes_per_step"] * v["steps_per_epoch"] / v["avg_comm_time_s"] / 1e9
+                  if ws > 1 and v["avg_comm_time_s"] > 0 else math.nan)  # fmt: skip
+            rows.append({"world_size": ws, "batch_size": bs, "global_batch": ws * bs, "scaling": kind,
+                         "avg_epoch_time_s": v["avg_epoch_time_s"], "speedup": speedup, "efficiency": speedup / ws,
+                         "compute_time_s": v["avg_compute_time_s"], "comm_time_s": v["avg_comm_time_s"],
+                         "comm_estimate_s": est, "bandwidth_gb_s": bw, "comm_exposed_s": v["avg_comm_exposed_s"],
+                         "runs": int(n_runs[(ws, bs)])})  # fmt: skip
+    return pd.DataFrame(rows, columns=SCALING_COLUMNS)
+
+
+def part_scaling(ctx: Context) -> PartOutput:
+    """Data-parallel scaling over world sizes: speed-up, efficiency, measured communication against the lab's
+    subtraction estimate, achieved all-reduce bandwidth, and a plot of the epoch split per world size."""
+    ok = ctx.ok
+    if not len(ok) or "world_size" not in ok or ok["world_size"].nunique() < 2:
+        return PartOutput()
+    t = scaling_table(ok)
+    out = PartOutput(tables={"scaling": t})
+    out.md += ["## Scaling: data-parallel training", "",
+               "Speed-up = 1-rank epoch time / N-rank epoch time (epochs cover the same data; N ranks share it). "
+               "Weak scaling: against 1 rank at the same per-rank batch (the global batch grows with N); strong: "
+               "against 1 rank at the same global batch. comm_time_s is measured: the span of each step's gradient "
+               "all-reduces (a DDP communication hook), summed over the epoch and averaged over ranks; the "
+               "all-reduce runs during backward, so it overlaps compute and includes waiting for the slowest rank. "
+               "comm_exposed_s is the part backward waited for (last bucket's launch to the last completion: "
+               "communication not hidden behind backward's compute). comm_estimate_s is the lab's subtraction "
+               "(N-rank compute minus the same steps' 1-rank compute): it can only see the exposed part, so compare "
+               "it with comm_exposed_s. bandwidth_gb_s: ring all-reduce bytes, 2(N-1)/N x gradient bytes per step, "
+               "over comm_time_s.", "",
+               md_table(t), ""]  # fmt: skip
+    for _, r in t[(t["world_size"] > 1) & (t["scaling"] == "weak")].iterrows():
+        if not math.isnan(r["comm_estimate_s"]) and r["comm_time_s"] > 0:
+            ratio = r["comm_estimate_s"] / r["comm_time_s"]
+            exp = r["comm_exposed_s"]
+            vs_exp = f" ({r['comm_estimate_s'] / exp:.2f}x the measured exposed part, {exp:.3g} s)" if exp > 0 else ""
+            out.md += [f"- {int(r['world_size'])} ranks, batch {int(r['batch_size'])} per rank: all-reduce span "
+                       f"{r['comm_time_s']:.3g} s per epoch, of which {exp:.3g} s exposed; the lab's subtraction "
+                       f"estimate {r['comm_estimate_s']:.3g} s{vs_exp}, {ratio:.2f}x the span; speed-up "
+                       f"{r['speedup']:.2f}x, efficiency {r['efficiency']:.0%}."]  # fmt: skip
+    out.md += [""]
+    key = next((k for k in ctx.by if k.endswith("nproc")), None)
+    if key is not None:
+        ests = estimates(ctx.groups(key), "avg_epoch_time_s")
+        out.findings.append(compare("scaling", key, "avg_epoch_time_s", ests, True, "fastest world size per epoch",
+                                    ".3g", ctx.missing(key)))  # fmt: skip
+    out.plots.append(plot_scaling(ok, ctx.root / "plots"))
+    return out

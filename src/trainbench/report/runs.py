@@ -1,0 +1,205 @@
+"""Run dirs as the summarizer sees them: found by their run.json, their settings that vary, summary.csv's row.
+
+Only runs whose status is `complete` enter a table or an average; the others are listed with their status.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..records import BATCH_COLUMNS, EPOCH_COLUMNS, PHASE_COLUMNS, read_json, read_rows
+from .stats import Finding
+
+SHORT = {"device.name": "device", "optimizer.name": "optimizer", "norm.name": "norm", "data.name": "data",
+         "loader.name": "loader"}  # fmt: skip
+
+
+IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "data.root", "tune.")
+
+
+TIME_COLS = ["epoch_time_s", "data_time_s", "compute_time_s", "other_time_s"]
+
+
+TEXT_COLUMNS = ["timing_mode"]  # epochs.csv's non-numeric columns
+
+
+@dataclass
+class Run:
+    """One run dir as the summarizer sees it."""
+
+    path: Path
+    name: str
+    status: str
+    error: str | None
+    info: dict
+    epochs: pd.DataFrame
+    settings: dict = field(default_factory=dict)
+    _batches: pd.DataFrame | None = None
+
+    @property
+    def batches(self) -> pd.DataFrame:
+        """batches.csv as numbers (read on first use)."""
+        if self._batches is None:
+            rows = read_rows(self.path / "batches.csv", BATCH_COLUMNS)
+            self._batches = pd.DataFrame(rows, columns=BATCH_COLUMNS).apply(pd.to_numeric, errors="coerce")
+        return self._batches
+
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items() if k != "seed") or self.name
+
+
+@dataclass
+class Context:
+    """What every part sees: the runs, the summary table, and where plots go."""
+
+    root: Path
+    runs: list[Run]
+    done: list[Run]  # complete runs with at least one epoch row
+    table: pd.DataFrame  # one row per run (summary.csv)
+    varying: list[str]
+    inspect_models: bool = True
+
+    @property
+    def by(self) -> list[str]:
+        """Varying settings other than the seed (repeats)."""
+        return [v for v in self.varying if v != "seed"]
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == "complete"] if len(self.table) else self.table
+
+    def order(self, key: str) -> list[Any]:
+        """The values of key among complete runs, in sweep (job) order."""
+        return list(dict.fromkeys(r.settings.get(key) for r in self.done))
+
+    def groups(self, key: str) -> list[tuple[Any, list[tuple[dict, pd.DataFrame, pd.DataFrame]]]]:
+        """Per value of key (sweep order): (summary row, epochs, batches) of its complete runs."""
+        rows = {r.name: row for r, row in zip(self.runs, self.table.to_dict("records"))}
+        return [(v, [(rows[r.name], r.epochs, r.batches) for r in self.done if r.settings.get(key) == v])
+                for v in self.order(key)]  # fmt: skip
+
+    def missing(self, key: str) -> list[str]:
+        """Values of key that were asked for but did not complete, with their status."""
+        have = set(self.order(key))
+        out = []
+        for r in self.runs:
+            v = r.settings.get(key)
+            if r not in self.done and v is not None and v not in have:
+                out.append(f"{key}={v} ({r.status}{': ' + r.error if r.error else ''})")
+        return out
+
+    def classes(self) -> int:
+        for r in self.done:
+            n = ((r.info.get("config") or {}).get("model") or {}).get("num_classes")
+            if n:
+                return int(n)
+        return 10
+
+
+@dataclass
+class PartOutput:
+    md: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+
+def refused_jobs(root: Path) -> list[dict]:
+    """Jobs of the latest sweep invocation that were refused (their run dir held other settings)."""
+    out = [read_json(p) for p in sorted((root / ".refused").glob("*.json"))]
+    return sorted((r for r in out if r), key=lambda r: int(r.get("job", 0)))
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every run dir under root (a dir holding run.json), in natural order of their paths (= job order)."""
+
+    def key(p: Path) -> list:
+        return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(root).parts]
+
+    runs = []
+    for rj in sorted(root.rglob("run.json"), key=lambda p: key(p.parent)):
+        info = read_json(rj) or {"status": "unreadable", "error": "run.json could not be parsed"}
+        rows = read_rows(rj.parent / "epochs.csv", EPOCH_COLUMNS)  # tolerates a truncated last line
+        df = pd.DataFrame(rows, columns=EPOCH_COLUMNS)
+        text = df[TEXT_COLUMNS].replace("", None)
+        df = df.apply(pd.to_numeric, errors="coerce")
+        df[TEXT_COLUMNS] = text
+        name = str(rj.parent.relative_to(root)) if rj.parent != root else rj.parent.name
+        runs.append(Run(rj.parent, name, str(info.get("status", "unknown")), info.get("error"), info, df))
+    return runs
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    flat = [flatten(r.info.get("config") or {}) for r in runs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    # a key varies when the runs that record it disagree (a failed job's run.json may record less)
+    vary = [k for k in keys if len({repr(f[k]) for f in flat if k in f}) > 1 and not k.startswith(IGNORED)]
+    groups_varying = {k.split(".")[0] for k in vary if k in SHORT}
+    # keys inside a group whose choice varies are explained by the choice (e.g. optimizer.momentum)
+    vary = [k for k in vary if k in SHORT or k.split(".")[0] not in groups_varying]
+    for r, f in zip(runs, flat):
+        r.settings = {SHORT.get(k, k): f.get(k) for k in vary}
+    return [SHORT.get(k, k) for k in vary]
+
+
+def run_row(r: Run) -> dict[str, Any]:
+    """summary.csv's figures for one run."""
+    e, env = r.epochs, r.info.get("environment") or {}
+    row: dict[str, Any] = {**r.settings, "run": r.name, "status": r.status,
+                           "device_name": env.get("device_name"), "epochs": len(e)}  # fmt: skip
+    for c in TIME_COLS:
+        row[f"total_{c}"] = e[c].sum() if len(e) else math.nan
+        row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
+    for c in ("train_loss", "train_acc"):
+        row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
+        row[f"final_{c}"] = e[c].iloc[-1] if len(e) else math.nan
+    row["final_test_acc"] = e["test_acc"].iloc[-1] if len(e) else math.nan
+    total = e["epoch_time_s"].sum() if len(e) else 0
+    row["data_share"] = e["data_time_s"].sum() / total if total else math.nan
+    row["samples_per_s"] = e["samples"].sum() / total if total else math.nan
+    for c in PHASE_COLUMNS + ["achieved_tflops", "mfu"]:
+        row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
+    row["flops_per_image"] = r.info.get("flops_per_image")
+    row["world_size"] = int(r.info.get("world_size") or 1)
+    row["batch_size"] = (r.info.get("config") or {}).get("batch_size")
+    row["avg_comm_time_s"] = e["comm_time_s"].fillna(0).mean() if len(e) else math.nan
+    row["avg_comm_exposed_s"] = e["comm_exposed_s"].fillna(0).mean() if len(e) else math.nan
+    steps = e["batches"].sum() if len(e) else 0
+    row["comm_bytes_per_step"] = e["comm_bytes"].fillna(0).sum() / steps if steps else math.nan
+    row["steps_per_epoch"] = e["batches"].mean() if len(e) else math.nan
+    row["profiled_steps"] = e["profiled_steps"].sum() if len(e) else 0
+    row["timing_mode"] = "+".join(timing_modes(r)) or r.info.get("timing_mode")
+    row["error"] = r.error
+    return row
+
+
+def timing_modes(run: Run) -> list[str]:
+    """The clocks a run's epochs were timed with (per epoch row; run.json's for rows written before that column)."""
+    fallback = run.info.get("timing_mode")
+    modes = [m if isinstance(m, str) else fallback for m in run.epochs["timing_mode"]] if len(run.epochs) else []
+    return sorted({m for m in modes if m})
+
+
+def core_count(ctx: Context) -> int | None:
+    for r in ctx.done:
+        n = (r.info.get("environment") or {}).get("cpu_count")
+        if n:
+            return int(n)
+    return None

@@ -1,0 +1,39 @@
+"""The tuner's command line: python -m trainbench.tune [Hydra overrides, tune.* included]."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from ..config import ConfigError
+from ..console import exit_with
+from ..data import DataError
+from ..inspect import compose
+from . import __doc__ as tune_doc
+from .search import TUNED_PRESET, render, tune
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: python -m trainbench.tune [Hydra overrides, tune.* included]."""
+
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(tune_doc)
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        cfg = compose(args)
+        result = tune(cfg)
+    except (ConfigError, DataError, ValueError) as e:
+        exit_with(e)
+        return 1
+    print()
+    print(render(result))
+    wrote = [result.out_dir / "tune.csv"] + ([result.out_dir / "winner.yaml"] if result.winner else [])
+    wrote += [TUNED_PRESET] if result.winner and cfg.tune.write_preset else []
+    print("\nwrote " + ", ".join(map(str, wrote)))
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The house rules a newcomer relies on: no import cycles, nothing imports the Hydra entry, small modules/functions.
+
+Limits: a module at most 400 lines, a function at most 60, the trainer's loop class at most 150. Imports are read
+from the source with ast (lazy imports inside functions included), so a cycle is caught before it bites."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "trainbench"
+ENTRY = "trainbench.cli"  # the Hydra task train.py calls: on top, imported by nothing in the package
+MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_TRAINER_LINES = 400, 60, 150
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        parts = ["trainbench", *p.relative_to(PKG).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that `name` imports (any level: top or inside functions)."""
+    is_pkg = path.name == "__init__.py"
+    base = name.split(".") if is_pkg else name.split(".")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                root = base[: len(base) - (node.level - 1)]
+                mod = ".".join(root + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            targets = [f"{mod}.{a.name}" for a in node.names] + [mod]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:  # `from .x import name`: the module x (a name is not a module)
+                t = t.rpartition(".")[0]
+            if t and t != name and t.startswith("trainbench"):
+                out.add(t)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {m: _imports(m, p, known) - {"trainbench"} for m, p in mods.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return stack[stack.index(n) :] + [n]
+            if n not in state and (c := visit(n)):
+                return c
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (c := visit(m)):
+            return c
+    return None
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    """The check can fail: a made-up graph with a loop is reported."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_nothing_imports_the_hydra_entry_module():
+    importers = sorted(m for m, deps in import_graph().items() if ENTRY in deps)
+    assert importers == [], f"{ENTRY} is imported by {importers}"
+
+
+def test_plan_does_not_import_hydra():
+    """make_plan is callable from any tool, with any config: no Hydra import in plan.py."""
+    tree = ast.parse((PKG / "plan.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] == "hydra"]
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_module_and_function_sizes(name):
+    path = _modules()[name]
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{path.name}: {lines} lines > {MAX_MODULE_LINES}"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            assert n <= MAX_FUNCTION_LINES, f"{name}.{node.name}: {n} lines > {MAX_FUNCTION_LINES}"
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            n = node.end_lineno - node.lineno + 1
+            assert n <= MAX_TRAINER_LINES, f"Trainer: {n} lines > {MAX_TRAINER_LINES}"
