@@ -20,11 +20,16 @@ venv: $(VENV)/.installed
 run: venv
 	$(PY) train.py $(ARGS)
 
+# The fast suite: tests that time nothing on 2 xdist workers (one torch thread each), then the timing tests
+# (marker `timing`) alone, so that no clock they check shares the cores with another test.
+PYTEST_FAST := -m "not slow and not timing" -n 2 --dist worksteal
 test: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_FAST)
+	$(PY) -m pytest -q -m "timing and not slow"
 
 test-all: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not timing" -n 2
+	$(PY) -m pytest -q -m timing
 
 lint: venv
 	$(PY) -m ruff check src tests benchmarks mutation train.py

@@ -1,5 +1,8 @@
 """trainbench entry point: `python train.py [overrides]` or `python train.py -m key=a,b,...`."""
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -17,4 +20,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from trainbench.cli import check_command_line
+
+    check_command_line(sys.argv[1:], Path(__file__).resolve().parent / "conf")  # a typo'd group choice: one line
     main()

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from _common import machine, median, table, write_csv
+from trainbench.build import build_optimizer
 from trainbench.data import load_data
 from trainbench.inspect import compose
 from trainbench.loaders import make_loader
 from trainbench.model import ResNet18
 from trainbench.records import EPOCH_COLUMNS, read_rows
-from trainbench.build import build_optimizer
 from trainbench.run import run
 
 

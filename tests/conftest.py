@@ -20,6 +20,13 @@ TINY = [
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the tests that time nothing on 2 xdist workers: one torch thread each (and in the train.py
+    # subprocesses they start), so that 2 workers x 2 OpenMP threads do not oversubscribe a 2-core machine.
+    # The timing tests (marker `timing`) run afterwards in one serial pass with the machine's own thread count.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 def compose(overrides: list[str] | None = None):
     """Compose the config exactly as train.py does."""

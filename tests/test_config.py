@@ -72,7 +72,8 @@ def test_range_checks_name_key_value_and_allowed(override, key):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["optimizer=nosuch"], ["optimizer", "nosuch", "sgd", "adam"]),
+        (["optimizer=nosuch"], ["optimizer='nosuch'", "allowed: adadelta, adagrad, adam, nesterov, sgd"]),
+        (["-m", "norm=batchnorm,nonee"], ["norm='nonee'", "allowed: batchnorm, none"]),
         (["epochs=0"], ["epochs=0", "allowed", ">= 1"]),
         (["batch_size=abc"], ["batch_size", "abc"]),
         (
@@ -96,6 +97,7 @@ def test_bad_override_exits_nonzero_and_leaves_no_files(tmp_path, args, expected
     for word in expected:
         assert word in out, (word, out)
     assert "Traceback" not in out, out  # an expected error is one clear message
+    assert len(out.strip().splitlines()) == 1, out  # one line (a group typo too: not Hydra's 14-line message)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() or p.name not in ("outputs",)]
     assert leftovers == [], leftovers
 
@@ -267,3 +269,15 @@ def test_config_error_carries_the_bad_value(override):
     with pytest.raises(ConfigError) as e:
         validate(compose([override]))
     assert e.value.value == int(value) and f"{key}={int(value)!r};" in str(e.value)
+
+
+def test_group_choices_are_checked_only_where_a_group_exists(tmp_path):
+    """check_group_choices leaves keys that are not groups, dotted keys, +/~ overrides and sweep functions alone."""
+    from trainbench.config import check_group_choices
+    from trainbench.inspect import CONF_DIR
+
+    check_group_choices(["workers=4", "optimizer.lr=0.1", "+foo=bar", "optimizer=choice(sgd,adam)", "seed=1,2"],
+                        CONF_DIR)  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        check_group_choices(["experiment=c9"], CONF_DIR)
+    assert e.value.key == "experiment" and "c1" in e.value.allowed and "fastest" in e.value.allowed

@@ -88,6 +88,7 @@ def test_device_loader_covers_the_split_once_per_epoch_and_test_is_plain():
     assert y.tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.timing
 def test_device_loader_run_counts_its_augmentation_as_data_per_batch(tmp_path, monkeypatch):
     """A known delay injected into the device loader's augmentation must land in each batch's data time.
 
@@ -367,9 +368,9 @@ def test_batch_shapes_include_the_short_last_batch():
 
 def test_warm_up_restores_model_optimizer_scaler_and_rngs():
     """The warm-up trains on random batches, then puts everything back: the run is as without it."""
+    from trainbench.build import warm_up
     from trainbench.engine import StepContext
     from trainbench.model import ResNet18
-    from trainbench.build import warm_up
 
     torch.manual_seed(0)
     model = ResNet18("batchnorm", 4)

@@ -167,7 +167,7 @@ def test_multirun_of_five_optimizers_ends_with_report(tmp_path):
     phases = pd.read_csv(sweep / "tables" / "compute_phases.csv")
     assert list(phases["optimizer"]) == ["sgd", "nesterov", "adagrad", "adadelta", "adam"]
     shares = phases[["copy_share", "forward_share", "backward_share", "optimizer_share"]].sum(axis=1)
-    assert shares.to_numpy() == pytest.approx(1.0)
+    assert shares.to_numpy() == pytest.approx(1.0, abs=1e-4)  # four CSV cells of 6 significant digits each
     split = phases[["avg_copy_time_s", "avg_forward_time_s", "avg_backward_time_s", "avg_optimizer_time_s"]]
     assert split.sum(axis=1).to_numpy() == pytest.approx(phases["avg_compute_time_s"].to_numpy(), rel=0.01)
     (c,) = [x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "compute"]
@@ -176,18 +176,18 @@ def test_multirun_of_five_optimizers_ends_with_report(tmp_path):
 
 def test_failing_job_and_sweep_rerun(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "optimizer.lr=0.1,0.05,-1,0.02,0.01", *TINY, f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "optimizer.lr=0.1,-1,0.02", *TINY, f"hydra.sweep.dir={sweep}"]
     p = train_cli(args, tmp_path)
     assert p.returncode != 0  # the sweep reports its failed job ...
     s = pd.read_csv(sweep / "summary.csv")
-    assert list(s["status"]) == ["complete", "complete", "failed", "complete", "complete"]  # ... after the others ran
-    assert "optimizer.lr=-1" in s.loc[2, "error"]
-    assert "1 of 5 jobs did not complete" in p.stdout + p.stderr
-    mtimes = {j: (sweep / str(j) / "epochs.csv").stat().st_mtime_ns for j in (0, 1, 3, 4)}
+    assert list(s["status"]) == ["complete", "failed", "complete"]  # ... after the others ran
+    assert "optimizer.lr=-1" in s.loc[1, "error"]
+    assert "1 of 3 jobs did not complete" in p.stdout + p.stderr
+    mtimes = {j: (sweep / str(j) / "epochs.csv").stat().st_mtime_ns for j in (0, 2)}
     p2 = train_cli(args, tmp_path)  # re-run on the same sweep dir: complete jobs are skipped, the failed re-run
     assert p2.returncode != 0
     assert "already complete" in p2.stdout + p2.stderr
-    assert {j: (sweep / str(j) / "epochs.csv").stat().st_mtime_ns for j in (0, 1, 3, 4)} == mtimes
+    assert {j: (sweep / str(j) / "epochs.csv").stat().st_mtime_ns for j in (0, 2)} == mtimes
 
 
 @pytest.mark.slow  # 20 s: submitit's local executor starts a process per job (make test-all runs it)

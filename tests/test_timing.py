@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainbench.engine import Diverged, Interrupted, StepContext, train_epoch
 
+pytestmark = pytest.mark.timing  # clock bounds: run in `make test`'s serial pass, never beside another test
+
 D = 0.01  # seconds slept per item / per forward
 SLACK = 0.15  # scheduling noise allowed on top of an injected delay (busy 2-core machine)
 
@@ -392,3 +394,18 @@ def test_fp16_scaler_skipped_steps_are_counted_not_taken():
     assert 0 in skipped  # the scale came down until a step was taken...
     assert not torch.equal(model[1].weight, w0)  # ...and that step moved the weights
     assert scaler.get_scale() == 2.0 ** (30 - sum(skipped))  # halved once per skipped step, as recorded
+
+
+def test_a_forked_worker_ignores_the_stop_request(caplog):
+    """Ctrl-C on a terminal reaches the whole process group, DataLoader workers included, and a forked worker
+    inherits the handler: it must neither log nor set anything (before: one log line per worker, three with
+    workers=2). Simulated by handling the signal under another pid than the one that installed the handler."""
+    from trainbench.stopflag import StopFlag
+
+    with StopFlag() as stop:
+        stop._pid = -1  # as seen from a forked child
+        stop._handle(signal.SIGINT, None)
+        assert not stop() and "received" not in caplog.text
+        stop._pid = __import__("os").getpid()
+        stop._handle(signal.SIGINT, None)
+        assert stop() and caplog.text.count("received SIGINT") == 1

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from trainbench.tune import search as T
 from trainbench.config import ConfigError
 from trainbench.device import HardwareFacts, resolve_precision
 from trainbench.plan import make_plan
 from trainbench.run import run
+from trainbench.tune import search as T
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -193,6 +194,40 @@ def register_configs() -> None:
     # cpus_per_task from the job's worker count (a fixed 8 would cap a C3 sweep that goes to 16 workers).
     OmegaConf.register_new_resolver("tb.gpus", _visible_gpus, replace=True)
     OmegaConf.register_new_resolver("tb.cpus", cpus_for_workers, replace=True)
+
+
+def check_group_choices(overrides: list[str], conf_dir: Path) -> None:
+    """Command-line mistakes Hydra would report in many lines, as one ConfigError naming the key, the value and the
+    choices, before Hydra composes anything: a group choice that names no YAML file (`optimizer=sgdd`), and a
+    value of the wrong type for a typed key (`batch_size=abc`).
+
+    Only plain values and comma-separated sweeps are checked; Hydra's sweep functions (`choice(...)`, `glob(...)`),
+    `+`/`~` overrides and unknown keys are left to Hydra."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(TrainConfig)
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if not eq or key.startswith(("+", "~", "hydra")) or "(" in value or "[" in value:
+            continue
+        values = [v.strip() for v in value.split(",")]
+        group = conf_dir / key
+        if group.is_dir():
+            choices = sorted(p.stem for p in group.glob("*.yaml"))
+            for v in values:
+                if v and v not in choices:
+                    raise ConfigError(key, v, ", ".join(choices), f"{key}= names a file in conf/{key}/")
+            continue
+        node = OmegaConf.select(schema, key, throw_on_missing=False, default=KeyError)
+        if node is KeyError or OmegaConf.is_config(node):
+            continue  # not a typed leaf of the schema: Hydra decides
+        for v in values:
+            try:
+                OmegaConf.update(OmegaConf.structured(TrainConfig), key, yaml.safe_load(v), merge=True)
+            except (OmegaConfBaseException, yaml.YAMLError, ValueError):
+                kind = type(node).__name__ if node is not None else "a value of this key's type"
+                raise ConfigError(key, v, f"a value of type {kind}" if node is not None else kind) from None
 
 
 def world_size(cfg: DictConfig) -> int:

@@ -92,8 +92,9 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from .config import register_configs
+    from .config import check_group_choices, register_configs
 
+    check_group_choices(overrides, CONF_DIR)
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
