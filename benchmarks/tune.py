@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 from _common import machine, table, write_csv
-from trainbench import tune as T
 from trainbench.inspect import compose
 from trainbench.records import EPOCH_COLUMNS, read_rows
 from trainbench.run import run
+from trainbench.tune import search as T
 
 DEFAULT = ["data=synthetic", "data.train_size=1024", "data.test_size=64", "progress=false"]
 

@@ -245,7 +245,13 @@ MUTANTS: list[Mutant] = [
     M(
         "concurrency-any-two",
         "the concurrency warning fires for any two runs on one host",
-        (("src/trainbench/report/parts/overview.py", "if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]", "if x[2] == y[2]"),),
+        (
+            (
+                "src/trainbench/report/parts/overview.py",
+                "if x[2] == y[2] and x[0] < y[1] and y[0] < x[1]",
+                "if x[2] == y[2]",
+            ),
+        ),
         ("tests/test_summarize.py::test_concurrency_warning_only_for_runs_that_overlapped",),
     ),
     # 10. device loader padding, completed runs
@@ -403,7 +409,13 @@ MUTANTS: list[Mutant] = [
     M(
         "comm-clock-not-reset",
         "the warm-up's all-reduces counted in epoch 0's communication",
-        (("src/trainbench/trainer.py", "            b.ctx.comm.take()  # the warm-up", "            pass  # the warm-up"),),
+        (
+            (
+                "src/trainbench/trainer.py",
+                "            b.ctx.comm.take()  # the warm-up",
+                "            pass  # the warm-up",
+            ),
+        ),
         ("tests/test_distributed.py::test_two_ranks_train_the_same_model_as_one_with_twice_the_batch",),
     ),
 ]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests never read or write the user's tuned presets (~/.cache/trainbench): a cache of their own, for this process
+# and every subprocess it starts.
+os.environ["TRAINBENCH_CACHE"] = tempfile.mkdtemp(prefix="trainbench-test-cache-")
 
 # Small enough to train in a second on 2 CPU cores, real in every other respect.
 TINY = [

@@ -75,13 +75,11 @@ def test_range_checks_name_key_value_and_allowed(override, key):
         (["optimizer=nosuch"], ["optimizer='nosuch'", "allowed: adadelta, adagrad, adam, nesterov, sgd"]),
         (["-m", "norm=batchnorm,nonee"], ["norm='nonee'", "allowed: batchnorm, none"]),
         (["epochs=0"], ["epochs=0", "allowed", ">= 1"]),
-        (["batch_size=abc"], ["batch_size", "abc"]),
+        (["batch_size=abc"], ["batch_size='abc'", "a value of type int"]),
         (
             ["data=cifar10", "data.root=NOWHERE", "data.download=false"],
             ["NOWHERE", "data.root=", "data.download=true", "data=synthetic"],
         ),
-        (["device=cuda"], ["device", "device=cpu"]),
-        (["data.train_size=99999999"], ["data.train_size=99999999", "only 50000 train images", "data.train_size=null"]),
     ],
 )
 def test_bad_override_exits_nonzero_and_leaves_no_files(tmp_path, args, expected):
@@ -281,3 +279,18 @@ def test_group_choices_are_checked_only_where_a_group_exists(tmp_path):
     with pytest.raises(ConfigError) as e:
         check_group_choices(["experiment=c9"], CONF_DIR)
     assert e.value.key == "experiment" and "c1" in e.value.allowed and "fastest" in e.value.allowed
+
+
+def test_device_and_subset_errors_before_any_work():
+    """The same checks the CLI runs before writing anything (make_plan), in process: the subprocess cases above
+    already cover how an error reaches the terminal."""
+    import torch
+
+    from trainbench.data import DataError
+    from trainbench.plan import make_plan
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device='cuda'.*device=cpu"):
+            make_plan(compose([*TINY, "device=cuda"]))
+    with pytest.raises(DataError, match="data.train_size=99999999 but data=synthetic has only 50000 train images"):
+        make_plan(compose([*TINY, "data.train_size=99999999"]))

@@ -217,7 +217,7 @@ def crafted(
     base = {"workers": 2, "seed": 0, "optimizer": {"name": "sgd"}, "norm": {"name": "batchnorm"},
             "device": {"name": "cpu"}, "model": {"width": 8}}  # fmt: skip
     for k, v in config.items():
-        base[k] = {**base[k], **v} if isinstance(v, dict) else v
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     info = {"status": status, "config": base, "environment": {"hostname": host, "device_name": "CPU: test"},
             "started_at": start, "finished_at": end or start, "error": None}  # fmt: skip
     (d / "run.json").write_text(json.dumps(info))
@@ -261,7 +261,9 @@ def test_c5_and_c7_sections(tmp_path):
         "cuda", "avg_epoch_time_s"
     ] == pytest.approx(3.1)
     report = (c5 / "report.md").read_text()
-    assert "## C5: average epoch time per device" in report and "Fastest device per epoch: **cuda**" in report
+    assert "## C5: average epoch time per device" in report
+    # one run per device, 2 epochs: no run-to-run noise, so cuda is named as looking best but not crowned
+    assert "Fastest device per epoch: device=cuda looks best" in report and "seed=0,1,2" in report
     assert "10x as long per epoch" in report  # 31.1 / 3.1 = 10.03
     c7 = tmp_path / "c7"  # runs of different lengths (one was stopped early) must not break the table
     crafted(c7 / "0", {"norm": {"name": "batchnorm"}}, [epoch(i, 1.0, 5.0, acc=0.5 + 0.1 * i) for i in range(3)])
@@ -352,7 +354,10 @@ def test_real_tiny_c3_sweep_writes_findings_with_noise(tmp_path):
     train_cli(["experiment=c3", "data=synthetic", "data.train_size=512", "data.test_size=128", "epochs=1",
                "model.width=8", "workers=0,1,2", "progress=false", f"hydra.sweep.dir={sweep}"], tmp_path, check=True)  # fmt: skip
     f = {x["metric"]: x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "c3"}
-    assert f["total_data_time_s"]["winner"] in (0, 1, 2) and isinstance(f["total_data_time_s"]["significant"], bool)
+    busy = pd.read_csv(sweep / "summary.csv")["busy"].any()  # the suite's other worker can make the machine busy
+    lab = f["total_data_time_s"]
+    assert lab["winner"] is None if busy else lab["winner"] in (0, 1, 2)
+    assert isinstance(lab["significant"], bool) and lab["noise"] in ("seeds", "epochs", "none")
     assert "lab's rule" in f["total_data_time_s"]["text"]
     fastest = f["avg_epoch_time_s"]
     assert isinstance(fastest["significant"], bool) and (fastest["winner"] is None) == (not fastest["significant"])
@@ -392,10 +397,11 @@ def test_refused_jobs_are_read_in_job_order(tmp_path):
 
 
 def test_c3_diagnosis_when_workers_slow_the_epoch(tmp_path):
-    # more workers cut the data wait but make compute (and so the epoch) slower: 2 epochs each for noise
+    # more workers cut the data wait but make compute (and so the epoch) slower: 4 epochs each, so that the 3
+    # after the first give the noise
     for i, (w, data, comp, other) in enumerate([(0, 3.0, 10.0, 0.01), (2, 0.5, 14.0, 0.4), (4, 0.4, 18.0, 0.8)]):
         run = {"environment": {"cpu_count": 2}}
-        crafted(tmp_path / str(i), {"workers": w}, [epoch(0, data, comp, other), epoch(1, data, comp + 0.1, other)])
+        crafted(tmp_path / str(i), {"workers": w}, [epoch(k, data, comp + 0.1 * (k % 2), other) for k in range(4)])
         info = json.loads((tmp_path / str(i) / "run.json").read_text())
         info["environment"].update(run["environment"])
         (tmp_path / str(i) / "run.json").write_text(json.dumps(info))
@@ -403,9 +409,9 @@ def test_c3_diagnosis_when_workers_slow_the_epoch(tmp_path):
     d = next(f.text for f in s.findings if f.metric == "diagnosis")
     assert d.startswith("Data loading is 2.1%-23.0% of the epoch across worker counts.")
     assert "More workers made the epoch slower (13.1 s at 0 workers, 19.2 s at 4)" in d
-    assert "this machine's 2 CPU cores" in d and "compute (20.1 s -> 36.1 s)" in d
-    assert "other (start-up and hand-over, 0.02 s -> 1.6 s)" in d
-    assert "by whole-epoch time 0 workers is the fastest" in d
+    assert "this machine's 2 CPU cores" in d and "compute (40.2 s -> 72.2 s)" in d
+    assert "other (start-up and hand-over, 0.04 s -> 3.2 s)" in d
+    assert "by whole-epoch time 0 workers is the fastest setting, beyond the noise" in d
     lab = next(f for f in s.findings if f.metric == "total_data_time_s")
     assert lab.winner == 4 and "still decreasing at the largest count tried" in lab.text
 
@@ -449,14 +455,14 @@ def test_compute_part_names_the_phase_that_changes_past_the_noise(tmp_path):
 
     for i, (opt, opt_s) in enumerate([("sgd", 0.05), ("adam", 0.25)]):
         crafted(tmp_path / str(i), {"optimizer": {"name": opt}},
-                [ep(k, opt_s + 0.001 * k, 0.01 * (k % 2)) for k in range(3)])  # fmt: skip
+                [ep(k, opt_s + 0.001 * k, 0.01 * (k % 2)) for k in range(4)])  # fmt: skip
     summarize(tmp_path, inspect_models=False)
     (f,) = [x for x in json.loads((tmp_path / "findings.json").read_text()) if x["part"] == "compute"]
     assert f["metric"] == "avg_optimizer_time_s" and f["winner"] == "sgd" and f["significant"] is True
     assert "the optimizer phase changes most" in f["text"] and "beyond the measured noise" in f["text"]
     t = pd.read_csv(tmp_path / "tables" / "compute_phases.csv")
-    fwd = (0.3 + 0.31 + 0.3) / 3
-    expected = [o / (0.01 + fwd + 0.69 + o) for o in (0.051, 0.251)]  # mean phase times over the 3 epochs
+    fwd = (0.3 + 0.31 + 0.3 + 0.31) / 4
+    expected = [o / (0.01 + fwd + 0.69 + o) for o in (0.0515, 0.2515)]  # mean phase times over the 4 epochs
     assert t["optimizer_share"].tolist() == pytest.approx(expected, rel=1e-4)
     assert "## Where compute goes" in (tmp_path / "report.md").read_text()
 

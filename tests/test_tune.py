@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from conftest import TINY, compose
 from trainbench.config import ConfigError
@@ -56,24 +57,30 @@ def test_tuner_candidates_follow_the_hardware():
     assert T.worker_counts(2) == [0, 1, 2] and T.worker_counts(16) == [0, 2, 8, 16] and T.worker_counts(1) == [0, 1]
 
 
-def _fake_measure(speeds, calls, interrupt_at=None):
-    """measure() with known speeds (images/s per repeat) by setting."""
+def _fake_prepare(speeds, calls, interrupt_at=None):
+    """prepare() with known speeds: each pass of a candidate returns the next of speeds(settings), in turn."""
 
-    def measure(cfg, device, data, cand, steps, warmup_steps, repeats):
-        calls.append(cand.label)
-        if interrupt_at is not None and len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        cand.ips = list(speeds(cand.settings))
-        cand.data_share, cand.status = 0.1, "measured"
-        if cand.settings["compile"]:
-            cand.compile_s = 12.0
+    class Fake:
+        def __init__(self, cfg, device, data, cand):
+            self.cand, self.vals = cand, list(speeds(cand.settings))
+            if cand.settings["compile"]:
+                cand.compile_s = 12.0
 
-    return measure
+        def one_pass(self, steps):
+            calls.append(self.cand.label)
+            if interrupt_at is not None and len(calls) == interrupt_at:
+                raise KeyboardInterrupt
+            v = self.vals[(len(self.cand.ips)) % len(self.vals)]
+            self.cand.ips.append(v)
+            self.cand.data_share, self.cand.status = 0.1, "measured"
+            return v
+
+    return Fake
 
 
 def _cfg(tmp_path, *extra):
-    return compose([*TINY, "data.train_size=128", f"tune.out={tmp_path / 'tune'}", "tune.write_preset=false",
-                    "tune.workers=[0,2]", *extra])  # fmt: skip
+    return compose([*TINY, "data.train_size=128", f"tune.out={tmp_path / 'tune'}", "tune.workers=[0,2]",
+                    "tune.repeats=2", *extra])  # fmt: skip
 
 
 def _speed(s):
@@ -89,47 +96,64 @@ def _speed(s):
     return (base - 1, base + 1)
 
 
-def test_tuner_stages_and_ranking(tmp_path, monkeypatch):
+def _preset(tmp_path) -> dict:
+    return yaml.safe_load((tmp_path / "tune" / "preset.yaml").read_text())
+
+
+def test_tuner_interleaves_repeats_and_names_a_winner_beyond_the_lab_config(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(T, "measure", _fake_measure(_speed, calls))
+    monkeypatch.setattr(T, "prepare", _fake_prepare(_speed, calls))
     monkeypatch.setattr(T, "precisions", lambda device, facts=None: (["fp32", "bf16"], "test"))
     res = T.tune(_cfg(tmp_path))
-    # stage 1: precision x channels_last on the device loader; then the lab config; stage 2: loaders at the
-    # winning compute settings (bf16 + channels_last); stage 3: compile on the best
-    assert calls == [
-        "loader=device precision=fp32 channels_last=false", "loader=device precision=fp32 channels_last=true",
-        "loader=device precision=bf16 channels_last=false", "loader=device precision=bf16 channels_last=true",
-        "loader=torch workers=2 precision=fp32 channels_last=false",
+    s1 = [
+        "loader=device precision=fp32 channels_last=false",
+        "loader=device precision=fp32 channels_last=true",
+        "loader=device precision=bf16 channels_last=false",
+        "loader=device precision=bf16 channels_last=true",
+    ]
+    lab = "loader=torch workers=2 precision=fp32 channels_last=false"
+    s2 = [
+        lab,
         "loader=torch workers=0 precision=bf16 channels_last=true",
         "loader=torch workers=2 precision=bf16 channels_last=true",
-        "loader=device precision=bf16 channels_last=true compile=true",
-    ]  # fmt: skip
-    assert res.winner.label == "loader=device precision=bf16 channels_last=true compile=true"
+        "loader=device precision=bf16 channels_last=true",
+    ]
+    s3 = [lab, s2[3], s2[3] + " compile=true"]
+    assert calls == s1 + s1 + s2 + s2 + s3 + s3  # round-robin: every candidate once per round
+    assert res.winner.label == s3[2] and "1.3x" not in res.verdict and "beyond the noise" in res.verdict
     rows = list(csv.DictReader(open(tmp_path / "tune" / "tune.csv")))
     assert [float(r["images_per_s"]) for r in rows] == sorted((float(r["images_per_s"]) for r in rows), reverse=True)
-    lab = next(r for r in rows if r["setting"] == "loader=torch workers=2 precision=fp32 channels_last=false")
-    assert float(lab["vs_lab"]) == 1.0
-    assert float(rows[0]["vs_lab"]) == pytest.approx(100 * 1.3 * 2 * 1.1 * 1.2 / 100)
-    assert rows[0]["compile_s"] == "12.0"
-    assert (tmp_path / "tune" / "winner.yaml").read_text().count("precision: bf16") == 1
+    assert float(next(r for r in rows if r["setting"] == lab)["vs_lab"]) == 1.0
+    assert float(rows[0]["vs_lab"]) == pytest.approx(100 * 1.3 * 2 * 1.1 * 1.2 / 100) and rows[0]["compile_s"] == "12.0"
+    assert _preset(tmp_path)["settings"] == {"loader.name": "device", "workers": 0, "precision": "bf16",
+                                             "channels_last": True, "compile": True}  # fmt: skip
     text = T.render(res)
-    assert "winner: loader=device precision=bf16 channels_last=true compile=true" in text
-    assert "python train.py loader=device precision=bf16 channels_last=true compile=true" in text
+    assert "winner: " + s3[2] in text and "python train.py loader=device precision=bf16 channels_last=true" in text
 
 
-def test_tuner_calls_candidates_within_noise_a_tie(tmp_path, monkeypatch):
-    def speed(s):  # channels_last adds 0.5 images/s, with a repeat spread of 2: no real order
-        v = 100.0 + (0.5 if s["channels_last"] else 0.0) + (-50 if s["loader.name"] == "torch" else 0)
+def test_a_tie_with_the_lab_config_writes_the_lab_config(tmp_path, monkeypatch):
+    def speed(s):  # every setting within the noise of the lab config (spread 20 images/s)
+        return (95.0 + (3 if s["channels_last"] else 0), 115.0 + (3 if s["loader.name"] == "device" else 0))
+
+    monkeypatch.setattr(T, "prepare", _fake_prepare(speed, []))
+    monkeypatch.setattr(T, "precisions", lambda device, facts=None: (["fp32"], "test"))
+    res = T.tune(_cfg(tmp_path, "tune.compile=false"))
+    assert res.winner is res.lab and "no setting beats the lab config here" in res.verdict
+    assert _preset(tmp_path)["settings"] == dict(T.LAB)
+
+
+def test_ties_with_the_fastest_go_to_the_fewest_changes(tmp_path, monkeypatch):
+    def speed(s):  # the device loader is 2x the lab; channels_last adds 0.5 with a spread of 2: a tie
+        v = 100.0 if s["loader.name"] == "torch" else 200.0 + (0.5 if s["channels_last"] else 0.0)
         return (v - 1, v + 1)
 
-    monkeypatch.setattr(T, "measure", _fake_measure(speed, []))
+    monkeypatch.setattr(T, "prepare", _fake_prepare(speed, []))
     monkeypatch.setattr(T, "precisions", lambda device, facts=None: (["fp32"], "test"))
     res = T.tune(_cfg(tmp_path, "tune.compile=false"))
     rows = T.rows(res)
     assert rows[0]["setting"] == "loader=device precision=fp32 channels_last=true"
-    assert rows[1]["setting"] == "loader=device precision=fp32 channels_last=false" and rows[1]["within_noise_of_best"]
-    assert not any(r["within_noise_of_best"] for r in rows[2:])  # the torch loader is slower beyond the noise
-    assert "within measured noise of the winner" in T.render(res)
+    assert rows[1]["within_noise_of_best"]
+    assert res.winner.label == "loader=device precision=fp32 channels_last=false"  # fewer changes, tied with #1
 
 
 def test_tuner_never_picks_a_setting_slower_than_the_lab_config(tmp_path, monkeypatch):
@@ -138,7 +162,7 @@ def test_tuner_never_picks_a_setting_slower_than_the_lab_config(tmp_path, monkey
         v = 100.0 if lab and not s["compile"] else 60.0
         return (v - 0.5, v + 0.5)
 
-    monkeypatch.setattr(T, "measure", _fake_measure(speed, []))
+    monkeypatch.setattr(T, "prepare", _fake_prepare(speed, []))
     monkeypatch.setattr(T, "precisions", lambda device, facts=None: (["fp32"], "test"))
     res = T.tune(_cfg(tmp_path))
     assert res.winner is res.lab
@@ -146,16 +170,15 @@ def test_tuner_never_picks_a_setting_slower_than_the_lab_config(tmp_path, monkey
 
 def test_tuner_budget_skips_and_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(T, "measure", _fake_measure(_speed, calls, interrupt_at=3))
+    monkeypatch.setattr(T, "prepare", _fake_prepare(_speed, calls, interrupt_at=3))
     monkeypatch.setattr(T, "precisions", lambda device, facts=None: (["fp32", "bf16"], "test"))
     res = T.tune(_cfg(tmp_path))
     assert res.interrupted and len(calls) == 3
     rows = list(csv.DictReader(open(tmp_path / "tune" / "tune.csv")))
-    assert [r["status"] for r in rows] == ["measured", "measured", "interrupted"]
-    assert res.winner.label == "loader=device precision=fp32 channels_last=true"
-    # budget: nothing starts once it is spent
+    assert sorted(r["status"] for r in rows) == ["interrupted", "interrupted", "measured", "measured"]
+    assert not (tmp_path / "tune" / "preset.yaml").exists()  # an interrupted tuner writes no preset
     calls.clear()
-    monkeypatch.setattr(T, "measure", _fake_measure(_speed, calls))
+    monkeypatch.setattr(T, "prepare", _fake_prepare(_speed, calls))
     res = T.tune(_cfg(tmp_path, "tune.budget_s=1e-9"))
     assert calls == [] and res.winner is None
     assert all(c.status.startswith("skipped: budget") for c in res.candidates)
@@ -163,38 +186,61 @@ def test_tuner_budget_skips_and_ctrl_c_keeps_what_was_measured(tmp_path, monkeyp
 
 def test_tuner_bad_keys_are_config_errors(tmp_path):
     with pytest.raises(ConfigError) as e:
-        T.tune(_cfg(tmp_path, "tune.repeats=0"))
+        T.tune(_cfg(tmp_path, "tune.repeats=1"))
     assert e.value.key == "tune.repeats"
 
 
-def test_real_measurement_uses_the_training_loop(tmp_path):
-    """One real candidate, measured: positive throughput per repeat, the data share of a device loader small."""
+def test_real_measurement_uses_the_training_loop_and_counts_worker_start_up(tmp_path):
+    """A real candidate: positive throughput per pass; with workers, the first batch (their start-up) is in it."""
     from trainbench.data import load_data
 
     cfg = _cfg(tmp_path, "batch_size=16")
     data, _ = load_data(cfg.data, test_needed=False)
     cand = T.Candidate({**T.LAB, "loader.name": "device", "workers": 0}, "test")
-    T.measure(cfg, CPU, data, cand, steps=2, warmup_steps=1, repeats=2)
-    assert cand.status == "measured" and len(cand.ips) == 2 and all(v > 0 for v in cand.ips)
-    assert 0 <= cand.data_share < 0.5
-    with pytest.raises(ValueError, match="tune.warmup_steps=8 leaves none to time"):
-        T.measure(cfg, CPU, data, T.Candidate(dict(cand.settings), "t"), steps=2, warmup_steps=8, repeats=1)
+    p = T.prepare(cfg, CPU, data, cand)
+    assert p.one_pass(3) > 0 and p.one_pass(3) > 0
+    assert cand.status == "measured" and len(cand.ips) == 2 and 0 <= cand.data_share < 0.5
 
 
-def test_fastest_preset_uses_the_tuner_winner_when_there_is_one(tmp_path, monkeypatch):
-    cfg = compose(["experiment=fastest"])
-    assert (cfg.loader.name, cfg.precision) == ("device", "auto")  # no tuner result: auto + device loader
-    assert not T.TUNED_PRESET.exists(), "a tuner result in conf/tuned would change this test"
-    res = T.TuneResult([], None, None, tmp_path)
-    c = T.Candidate({**T.LAB, "workers": 1, "channels_last": True}, "x", ips=[50.0, 51.0], status="measured")
-    T.TUNED_PRESET.write_text(T.winner_yaml(c, c, "test machine"))
-    try:
-        cfg = compose(["experiment=fastest"])
-        assert (cfg.loader.name, cfg.workers, cfg.precision, cfg.channels_last) == ("torch", 1, "fp32", True)
-        assert compose(["experiment=fastest", "workers=3"]).workers == 3  # the command line still wins
-    finally:
-        T.TUNED_PRESET.unlink()
-    assert res.winner is None
+def _fastest(cache, monkeypatch, *extra):
+    monkeypatch.setenv("TRAINBENCH_CACHE", str(cache))
+    return make_plan(compose(["experiment=fastest", *TINY, *extra]))
+
+
+def test_fastest_applies_a_preset_only_on_a_matching_machine(tmp_path, monkeypatch, caplog):
+    from trainbench.tune import preset
+
+    plan = _fastest(tmp_path / "cache", monkeypatch)
+    assert plan.cfg.loader.name == "device" and plan.tuned["applied"] is None  # no preset yet: the fallback
+    assert "no tuned preset" in caplog.text
+    settings = {**T.LAB, "workers": 1, "channels_last": True}
+    preset.write(settings, preset.key_of(plan.cfg, CPU), "test", tmp_path / "out")
+    plan = _fastest(tmp_path / "cache", monkeypatch)
+    assert (plan.cfg.loader.name, plan.cfg.workers, plan.cfg.channels_last) == ("torch", 1, True)
+    assert plan.tuned["applied"].startswith(str(tmp_path / "cache"))
+    plan = make_plan(compose(["experiment=fastest", *TINY, "workers=0"]), overrides=("workers=0",))
+    assert plan.cfg.workers == 0  # the command line still wins
+    monkeypatch.setattr(preset, "machine", lambda device: "a GPU node")  # another machine: not applied
+    caplog.clear()
+    plan = _fastest(tmp_path / "cache", monkeypatch)
+    assert plan.cfg.loader.name == "device" and plan.tuned["applied"] is None and "no tuned preset" in caplog.text
+    other = _fastest(tmp_path / "cache", monkeypatch, "batch_size=64")  # another batch size: not applied either
+    assert other.tuned["applied"] is None
+
+
+def test_the_tuner_writes_nothing_under_conf_or_src(tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    def files():
+        return {p for d in ("conf", "src") for p in (ROOT / d).rglob("*") if "__pycache__" not in p.parts}
+
+    before = files()
+    monkeypatch.setenv("TRAINBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(T, "prepare", _fake_prepare(_speed, []))
+    monkeypatch.setattr(T, "precisions", lambda device, facts=None: (["fp32"], "test"))
+    res = T.tune(_cfg(tmp_path))
+    assert files() == before
+    assert any(str(p).startswith(str(tmp_path / "cache")) for p in res.wrote)
 
 
 def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
@@ -211,12 +257,12 @@ def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "rank | setting | images/s" in p.stdout and "winner: " in p.stdout and "python train.py loader=" in p.stdout
+    assert "rank | setting | images/s" in p.stdout and "python train.py loader=" in p.stdout
+    assert "winner: " in p.stdout or "no setting beats the lab config here" in p.stdout
     assert "trainbench.tune: " in p.stdout  # the progress header
     rows = list(csv.DictReader(open(out / "tune.csv")))
     assert rows and rows[0]["rank"] == "1" and all(r["status"] == "measured" for r in rows)
-    assert (out / "winner.yaml").read_text().startswith("# @package _global_")
-    assert not T.TUNED_PRESET.exists()
+    assert "settings:" in (out / "preset.yaml").read_text()
     bad = subprocess.run([sys.executable, "-m", "trainbench.tune", "tune.steps=0"], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)  # fmt: skip
     assert bad.returncode == 1 and "tune.steps" in bad.stderr and "Traceback" not in bad.stderr

@@ -63,7 +63,7 @@ def run_job(cfg: DictConfig) -> None:
     run_dir = Path(hc.runtime.output_dir)
     try:
         # Every check that needs no training runs here, before any trainbench file is written.
-        plan = make_plan(cfg)  # validated, device and data checked once; run() takes the plan as it is
+        plan = make_plan(cfg, overrides=tuple(hc.overrides.task))  # checked once; run() takes the plan as it is
     except (ConfigError, DataError) as e:
         if not multirun:
             discard_if_untouched(run_dir)

@@ -117,15 +117,14 @@ class TuneConfig:
     """python -m trainbench.tune: what to measure and for how long (not used by train.py)."""
 
     budget_s: float = 300.0  # no new candidate starts after this many seconds
-    steps: int = 4  # timed steps per measurement
-    warmup_steps: int = 1  # steps drawn first and not counted (worker start-up, first-batch effects)
-    repeats: int = 2  # measurements per candidate: their spread is the noise that decides ties
+    steps: int = 6  # timed steps per measurement (worker start-up included, projected over an epoch)
+    repeats: int = 3  # interleaved measurements per candidate: their spread is the noise that decides ties
     precisions: list[str] | None = None  # null: fp32, bf16 where native, fp16 on CUDA
     channels_last: list[bool] = field(default_factory=lambda: [False, True])
     workers: list[int] | None = None  # null: 0, 2, half and all of the cores
     compile: bool = True  # try compile=true on the best, when half the budget is left
     out: str | None = None  # null: outputs/tune/<date>_<time>
-    write_preset: bool = True  # also write conf/tuned/winner.yaml (what experiment=fastest uses)
+    write_preset: bool = True  # also write the preset to the user's cache (what experiment=fastest uses)
 
 
 @dataclass
@@ -160,6 +159,7 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     tf32: bool = False  # false: fp32 really is fp32 on Ampere+ GPUs (cuDNN/cuBLAS TF32 off); true allows TF32
     progress: bool | None = None  # null: a progress bar on a terminal only; true/false: always/never
+    tuned_preset: str = "none"  # none | auto (experiment=fastest: this machine's tuned preset, else the fallback)
 
 
 CHOICES = {
@@ -173,6 +173,7 @@ CHOICES = {
     "timing": ("sync", "events"),
     "logger": ("none", "tensorboard"),
     "dist.backend": ("auto", "gloo", "nccl"),
+    "tuned_preset": ("none", "auto"),
 }
 
 

@@ -81,6 +81,10 @@ class EpochStats:
     comm_exposed_s: float = 0.0
     comm_bytes: int = 0
     profiled_steps: int = 0  # steps run under torch.profiler (slower; counted by the run, profile=true)
+    # what the machine gave the epoch (machine.LoadMeter, read outside every clock by the trainer)
+    cpu_util: float = math.nan
+    others_cpu: float = math.nan
+    load_avg: float = math.nan
 
     def add(self, rec: BatchRecord, correct: int) -> None:
         """Count one finished batch into the epoch's totals."""

@@ -19,6 +19,7 @@ from .config import ConfigError, validate, world_size
 from .data import check_available
 from .device import check_device_options, resolve_device, resolve_precision
 from .dist.ranks import check_dist, env_ranks
+from .tune.preset import apply_fastest
 
 log = logging.getLogger("trainbench")
 
@@ -30,20 +31,25 @@ class Plan:
     cfg: DictConfig
     device: torch.device
     precision: dict | None = None  # precision=auto: {"requested", "resolved", "why"} (run.json's precision_auto)
+    tuned: dict | None = None  # experiment=fastest: which preset was applied, or the fallback (run.json's tuned_preset)
 
 
-def make_plan(cfg: DictConfig, check_data: bool = True) -> Plan:
+def make_plan(cfg: DictConfig, check_data: bool = True, overrides: tuple[str, ...] = ()) -> Plan:
     """Check cfg (ConfigError/DataError name the key, the value and the choices) and resolve device and precision.
 
     precision=auto is replaced by what it resolved to, so that the run, its fingerprint and run.json's config
-    say what really ran; run.json's precision_auto says why. check_data=False leaves the data alone (the
-    tuner and inspect read it themselves)."""
+    say what really ran; run.json's precision_auto says why. tuned_preset=auto (experiment=fastest) applies this
+    machine's tuned preset, except the keys in `overrides` (the command line's). check_data=False leaves the data
+    alone (the tuner and inspect read it themselves)."""
     validate(cfg)
     device = resolve_device(cfg.device.name)
     check_dist(cfg, device)
     if world_size(cfg) > 1 and cfg.dist.nnodes > 1 and env_ranks() is None:
         raise ConfigError("dist.nnodes", cfg.dist.nnodes, "1, or start the ranks with torchrun / SLURM",
                           "trainbench starts the ranks of one node itself")  # fmt: skip
+    tuned = None
+    if cfg.tuned_preset == "auto":
+        cfg, tuned = apply_fastest(cfg, device, tuple(overrides))
     note = None
     if cfg.precision == "auto":
         resolved, why = resolve_precision("auto", device)
@@ -54,4 +60,4 @@ def make_plan(cfg: DictConfig, check_data: bool = True) -> Plan:
     check_device_options(cfg, device)
     if check_data:
         check_available(cfg.data)
-    return Plan(cfg, device, note)
+    return Plan(cfg, device, note, tuned)

@@ -49,6 +49,16 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _meta(plan: Plan) -> dict:
+    """hydra_info() as the run used it: with a tuned preset applied, `choices` names the loader that ran."""
+    meta = hydra_info()
+    if plan.tuned is not None:
+        meta["tuned_preset"] = plan.tuned
+        if "choices" in meta and "loader" in meta["choices"]:
+            meta["choices"] = {**meta["choices"], "loader": plan.cfg.loader.name}
+    return meta
+
+
 def run(cfg: DictConfig | Plan, run_dir: Path | None = None) -> dict[str, Any]:
     """Train in run_dir (default: the Hydra job's output dir); returns run.json's content.
 
@@ -60,15 +70,15 @@ def run(cfg: DictConfig | Plan, run_dir: Path | None = None) -> dict[str, Any]:
         ranks = D.env_ranks()
         if ranks is None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            return launch(_rank_entry, plan.cfg, str(run_dir), plan.precision, hydra_info())
-        return run_rank(plan.cfg, str(run_dir), plan.precision, hydra_info(), ranks)
+            return launch(_rank_entry, plan.cfg, str(run_dir), plan.precision, _meta(plan))
+        return run_rank(plan.cfg, str(run_dir), plan.precision, _meta(plan), ranks)
     run_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     if plan.cfg.dist.threads:  # pinned like a rank's (a 1-rank baseline of a scaling sweep then does the same work)
         torch.set_num_threads(int(plan.cfg.dist.threads))
     try:
         with RunLock(run_dir):
-            t = Trainer(plan.cfg, plan.device, run_dir, meta=hydra_info())
+            t = Trainer(plan.cfg, plan.device, run_dir, meta=_meta(plan))
             if plan.precision is not None:
                 t.info["precision_auto"] = plan.precision
             return t.fit()

@@ -24,7 +24,7 @@ from .report.parts.overview import part_all_runs, part_plots, part_status
 from .report.parts.q import part_q
 from .report.parts.scaling import part_scaling
 from .report.render import FLOAT_FORMAT
-from .report.runs import Context, PartOutput, Run, find_runs, refused_jobs, run_row, varying_keys
+from .report.runs import Context, PartOutput, Run, busy_reasons, find_runs, refused_jobs, run_row, varying_keys
 from .report.stats import Finding
 
 
@@ -62,12 +62,20 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
     runs = find_runs(root)
     varying = varying_keys(runs)
     table = pd.DataFrame([run_row(r) for r in runs])
+    if len(table):
+        why = busy_reasons(table)
+        table["busy"] = [bool(w) for w in why]
+        table["busy_why"] = why
     summary_path, report_path = root / "summary.csv", root / "report.md"
     table.to_csv(summary_path, index=False, float_format=FLOAT_FORMAT)
     done = [r for r in runs if r.status == "complete" and len(r.epochs)]
     ctx = Context(root, runs, done, table, varying, inspect_models)
     outputs = [part(ctx) for part in PARTS]
     findings = [f for o in outputs for f in o.findings]
+    busy = [r.name for r, b in zip(runs, table["busy"] if len(table) else []) if b and r in done]
+    if busy:
+        for f in findings:
+            _distrust(f, busy)
     tables = {k: v for o in outputs for k, v in o.tables.items()}
     plots = [p for o in outputs for p in o.plots]
     md = [f"# trainbench report: {root}", "", f"{len(runs)} run(s), {len(done)} complete. Settings that vary: "
@@ -85,6 +93,16 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
     (root / "findings.json").write_text(json.dumps([f.as_dict() for f in findings], indent=2, default=str) + "\n")
     report_path.write_text("\n".join(md))
     return Summary(runs, varying, table, summary_path, report_path, tables, findings, refused_jobs(root))
+
+
+def _distrust(f: Finding, busy: list[str]) -> None:
+    """A timing finding built on runs measured on a busy machine: said, and never crowned."""
+    if "time" not in f.metric and f.metric not in ("diagnosis", "explanation"):
+        return  # accuracy and loss do not depend on the machine's load
+    f.text += (f" **Busy machine:** run(s) {', '.join(busy[:8])} were measured while other processes used the "
+               "CPU (`busy_why` in summary.csv), so these times are not a fair comparison: re-run them on a quiet "
+               "machine.")  # fmt: skip
+    f.significant, f.winner = False, None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ def epoch_row(per_rank: list[dict[str, Any]], phases: bool = True) -> dict[str, 
         "comm_exposed_s": mean("comm_exposed_s"),
         "comm_bytes": per_rank[0]["comm_bytes"], "skipped_steps": per_rank[0]["skipped_steps"],
         "profiled_steps": per_rank[0]["profiled_steps"],
+        "cpu_util": mean("cpu_util"), "others_cpu": most("others_cpu"), "load_avg": most("load_avg"),
     }  # fmt: skip
     row["other_time_s"] = max(0.0, row["epoch_time_s"] - row["data_time_s"] - row["compute_time_s"])
     row["samples_per_s"] = samples / row["epoch_time_s"] if row["epoch_time_s"] else math.nan

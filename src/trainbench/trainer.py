@@ -27,6 +27,7 @@ from .device import environment, set_precision_flags, synchronize
 from .dist.ranks import SINGLE, Ranks, any_rank, gather
 from .engine import Diverged, EpochStats, Interrupted, evaluate_sums, train_epoch
 from .loaders import set_epoch
+from .machine import LoadMeter
 from .records import BATCH_COLUMNS, EPOCH_COLUMNS, CsvLog, read_rows
 from .rundir import RunRecord, drop_rows_after, now, start_epoch
 from .stopflag import StopFlag
@@ -47,10 +48,7 @@ class Trainer:
         self.tb: Any | None = None  # logger=tensorboard
         self.bars_off = None if cfg.progress is None else not cfg.progress  # None: tqdm decides (a terminal or not)
 
-    @property
-    def info(self) -> dict[str, Any]:
-        """run.json's content as this process knows it."""
-        return self.record.info
+    info = property(lambda self: self.record.info, doc="run.json's content as this process knows it.")
 
     def fit(self) -> dict[str, Any]:
         """Train cfg.epochs epochs (continuing from a checkpoint), keeping run.json's status true throughout."""
@@ -129,13 +127,14 @@ class Trainer:
         sink = _BatchSink(r, None if r.active else batches_log, self.tb, bar, prof, self.cfg.faults)
         # With several ranks, a stop must land at the same batch on all of them: a collective per batch (other time)
         stop_requested = (lambda: any_rank(stop(), self.device)) if r.active else stop
-        try:
-            with prof if prof is not None else _nothing():
+        try:  # the load meter brackets the epoch outside its clock: cpu_util, others_cpu, load_avg
+            with LoadMeter(whole_run_root=r.active) as meter, prof if prof is not None else _nothing():
                 stats = train_epoch(b.ctx, b.train_loader, epoch, first_step=b.global_step, on_batch=sink,
                                     stop_requested=stop_requested, timing=b.timing, phases=self.cfg.phase_clocks,
                                     after_step=prof.step if prof is not None else None)  # fmt: skip
         finally:
             bar.close()
+        stats.__dict__.update(meter.figures)
         b.global_step += stats.batches
         return stats, sink.kept
 

@@ -69,6 +69,10 @@ class Context:
         """Varying settings other than the seed (repeats)."""
         return [v for v in self.varying if v != "seed"]
 
+    def others(self, key: str) -> list[str]:
+        """The varying settings a comparison over key must match on (every one but key and the seed)."""
+        return [v for v in self.by if v != key]
+
     @property
     def ok(self) -> pd.DataFrame:
         return self.table[self.table["status"] == "complete"] if len(self.table) else self.table
@@ -186,8 +190,36 @@ def run_row(r: Run) -> dict[str, Any]:
     row["steps_per_epoch"] = e["batches"].mean() if len(e) else math.nan
     row["profiled_steps"] = e["profiled_steps"].sum() if len(e) else 0
     row["timing_mode"] = "+".join(timing_modes(r)) or r.info.get("timing_mode")
+    row["torch_threads"] = env.get("torch_threads")
+    for c, how in (("cpu_util", "mean"), ("others_cpu", "max"), ("load_avg", "max")):
+        vals = e[c].dropna() if c in e and len(e) else pd.Series(dtype=float)
+        row[f"{how}_{c}"] = getattr(vals, how)() if len(vals) else math.nan
     row["error"] = r.error
     return row
+
+
+BUSY_OTHERS = 0.25  # other processes used more than a quarter of the machine's CPU while an epoch ran
+BUSY_UTIL_RATIO = 0.6  # the run's CPU utilisation below 0.6x the best of runs with the same threads and ranks
+
+
+def busy_reasons(table: pd.DataFrame) -> list[str]:
+    """Per summary row: why its run was measured on a busy machine ('' when it was not).
+
+    Two signs, from each run's epoch rows (machine.py): other processes' CPU use during the epochs (immediate),
+    and CPU utilisation far below what runs of the same threads and world size got elsewhere in the sweep. The
+    1-minute load average is recorded but not used: it lags by about a minute, so it would blame a run for the
+    previous job of its own sweep."""
+    out = []
+    peers = table.groupby(["torch_threads", "world_size"], dropna=False)["mean_cpu_util"].transform("max")
+    for (_, r), best in zip(table.iterrows(), peers):
+        why = []
+        if r.get("max_others_cpu", math.nan) > BUSY_OTHERS:
+            why.append(f"other processes used {r['max_others_cpu']:.0%} of the machine's CPU during an epoch")
+        if best > 0 and r.get("mean_cpu_util", math.nan) < BUSY_UTIL_RATIO * best:
+            why.append(f"its CPU utilisation {r['mean_cpu_util']:.2f} was below {BUSY_UTIL_RATIO}x the "
+                       f"{best:.2f} of runs with the same threads and ranks")  # fmt: skip
+        out.append("; ".join(why))
+    return out
 
 
 def timing_modes(run: Run) -> list[str]:

@@ -10,7 +10,7 @@ from ..console import exit_with
 from ..data import DataError
 from ..inspect import compose
 from . import __doc__ as tune_doc
-from .search import TUNED_PRESET, render, tune
+from .search import render, tune
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print()
     print(render(result))
-    wrote = [result.out_dir / "tune.csv"] + ([result.out_dir / "winner.yaml"] if result.winner else [])
-    wrote += [TUNED_PRESET] if result.winner and cfg.tune.write_preset else []
-    print("\nwrote " + ", ".join(map(str, wrote)))
+    print("\nwrote " + ", ".join(map(str, result.wrote)))
     return 130 if result.interrupted else 0
 
 

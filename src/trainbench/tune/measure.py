@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,8 @@ class Candidate:
     data_share: float = math.nan
     compile_s: float = math.nan
     seconds: float = 0.0  # wall time the measurement took
+    data_s: float = 0.0  # projected data and busy seconds over the passes (data_share)
+    busy_s: float = 0.0
     status: str = "pending"  # measured | skipped: ... | failed: ...
 
     @property
@@ -49,9 +50,13 @@ class Candidate:
         return out
 
     def estimate(self) -> Estimate:
-        mean = statistics.fmean(self.ips) if self.ips else math.nan
-        se = statistics.stdev(self.ips) / math.sqrt(len(self.ips)) if len(self.ips) >= 2 else math.nan
-        return Estimate(self.label, mean, se, len(self.ips), "repeats")
+        """images/s over the interleaved repeats, as an Estimate (noise: the repeats)."""
+        return Estimate.of(self.label, self.ips, "repeats") if self.ips else Estimate(self.label, math.nan, math.nan,
+                                                                                        0, "none")  # fmt: skip
+
+    def changes(self) -> int:
+        """Settings that differ from the lab config (ties are broken toward fewer)."""
+        return sum(self.settings.get(k) != v for k, v in LAB.items())
 
 
 def worker_counts(cores: int) -> list[int]:
@@ -91,39 +96,64 @@ def _variant(cfg: DictConfig, settings: dict[str, Any]) -> DictConfig:
     return c
 
 
-def measure(cfg: DictConfig, device: torch.device, data: Any, cand: Candidate, steps: int, warmup_steps: int,
-            repeats: int) -> None:  # fmt: skip
-    """Train warmup_steps + steps batches, repeats times, with the run's own build, warm-up and epoch loop."""
-    from ..build import batch_shapes, build_model, seed_everything, step_context, warm_up
-    from ..engine import train_epoch
-    from ..loaders import DeviceLoader, make_loader
+class Prepared:
+    """One candidate built and warmed up once, with the run's own recipe and flags; each `one_pass` is one repeat.
 
-    c = _variant(cfg, cand.settings)
-    t0 = time.perf_counter()
-    seed_everything(c.seed)
-    model = build_model(c, len(data.classes), device)
-    ctx = step_context(c, model, device)  # the run's own step: optimizer, scaler, autocast, layout
-    gen = torch.Generator().manual_seed(c.seed)
-    loader = make_loader(c, data, True, device, gen)
-    gen = loader.generator if isinstance(loader, DeviceLoader) else gen
-    if c.compile:
-        ctx.model = torch.compile(model)
-    train_sizes, _ = batch_shapes(len(data), 0, c.batch_size)
-    warm_s = warm_up(ctx, model, gen, train_sizes, [], image_size=int(data.images.shape[1]), classes=len(data.classes))
-    if c.compile:
-        cand.compile_s = warm_s
-    data_s = busy_s = 0.0
-    for _ in range(repeats):
+    The search interleaves repeats over a stage's candidates (round-robin), so that load that drifts during the
+    tuner lands in every candidate's spread, not in one candidate's mean."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, data: Any, cand: Candidate) -> None:
+        from ..build import batch_shapes, build_model, seed_everything, step_context, timing_mode, warm_up
+        from ..device import set_precision_flags
+        from ..loaders import DeviceLoader, make_loader
+
+        self.cand, self.device = cand, device
+        self.cfg = c = _variant(cfg, cand.settings)
+        set_precision_flags(c, device)  # as a run: TF32 off unless tf32=true
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(c.cudnn_benchmark)
+        seed_everything(c.seed)
+        self.model = build_model(c, len(data.classes), device)
+        self.ctx = step_context(c, self.model, device)  # the run's own step: optimizer, scaler, autocast, layout
+        gen = torch.Generator().manual_seed(c.seed)
+        self.loader = make_loader(c, data, True, device, gen)
+        gen = self.loader.generator if isinstance(self.loader, DeviceLoader) else gen
+        if c.compile:
+            self.ctx.model = torch.compile(self.model)
+        train_sizes, _ = batch_shapes(len(data), 0, c.batch_size)
+        warm_s = warm_up(self.ctx, self.model, gen, train_sizes, [], image_size=int(data.images.shape[1]),
+                         classes=len(data.classes))  # fmt: skip
+        if c.compile:
+            cand.compile_s = warm_s
+        self.timing = timing_mode(c, device)
+
+    def one_pass(self, steps: int) -> float:
+        """Train `steps` batches from a fresh iterator (DataLoader workers start, as in every epoch); appends and
+        returns images/s projected over one real epoch: the first batch (worker start-up included) once, the
+        later batches' mean for the rest of the epoch's batches."""
+        from ..engine import train_epoch
+
+        t0 = time.perf_counter()
         recs: list = []
-        train_epoch(ctx, _Take(loader, warmup_steps + steps), 0, on_batch=lambda r, s, recs=recs: recs.append(r),
-                    timing=c.timing if device.type == "cuda" else "sync", phases=False)  # fmt: skip
-        timed = recs[warmup_steps:]
-        if not timed:
-            raise ValueError(f"the data has {len(recs)} batches of {c.batch_size}; tune.warmup_steps="
-                             f"{warmup_steps} leaves none to time: use more data or fewer warm-up steps")  # fmt: skip
-        busy = sum(r.data_time_s + r.compute_time_s for r in timed)
-        cand.ips.append(sum(r.size for r in timed) / busy)
-        data_s, busy_s = data_s + sum(r.data_time_s for r in timed), busy_s + busy
-    cand.data_share = data_s / busy_s
-    cand.seconds = time.perf_counter() - t0
-    cand.status = "measured"
+        train_epoch(self.ctx, _Take(self.loader, steps), 0, on_batch=lambda r, s: recs.append(r), timing=self.timing,
+                    phases=bool(self.cfg.phase_clocks))  # fmt: skip
+        n_epoch = len(self.loader)  # batches in a real epoch of this data
+        busy = [r.data_time_s + r.compute_time_s for r in recs]
+        data = [r.data_time_s for r in recs]
+        later = busy[1:] or busy
+        projected = busy[0] + (n_epoch - 1) * sum(later) / len(later)
+        data_proj = data[0] + (n_epoch - 1) * sum(data[1:] or data) / len(data[1:] or data)
+        size = sum(r.size for r in recs) / len(recs)
+        ips = n_epoch * size / projected
+        c = self.cand
+        c.ips.append(ips)
+        c.data_s, c.busy_s = c.data_s + data_proj, c.busy_s + projected
+        c.data_share = c.data_s / c.busy_s
+        c.seconds += time.perf_counter() - t0
+        c.status = "measured"
+        return ips
+
+
+def prepare(cfg: DictConfig, device: torch.device, data: Any, cand: Candidate) -> Prepared:
+    """Build and warm up one candidate (the search's seam: the tests put known speeds here)."""
+    return Prepared(cfg, device, data, cand)

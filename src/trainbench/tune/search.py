@@ -19,19 +19,20 @@ from ..data import load_data
 from ..device import device_name
 from ..plan import make_plan
 from ..report.stats import differ
-from .measure import LAB, Candidate, _variant, measure, precisions, worker_counts
-
-TUNED_PRESET = Path(__file__).resolve().parents[3] / "conf" / "tuned" / "winner.yaml"
+from . import preset
+from .measure import LAB, Candidate, _variant, precisions, prepare, worker_counts
 
 
 @dataclass
 class TuneResult:
     candidates: list[Candidate]
-    winner: Candidate | None
+    winner: Candidate | None  # the preset's setting: a candidate that beats the lab config beyond the noise, or lab
     lab: Candidate | None
     out_dir: Path
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    verdict: str = ""
+    wrote: list[Path] = field(default_factory=list)
 
 
 def _ranked(cands: list[Candidate]) -> list[Candidate]:
@@ -59,7 +60,7 @@ def rows(result: TuneResult) -> list[dict[str, Any]]:
 
 
 def render(result: TuneResult) -> str:
-    """The ranked table as text, then the winner's overrides."""
+    """The ranked table as text, then the verdict and the preset's overrides."""
     rs = rows(result)
     head = ["rank", "setting", "images/s", "± se", "vs lab", "data", "compile s", "note"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
@@ -75,41 +76,48 @@ def render(result: TuneResult) -> str:
             f"{r['compile_s']:.0f}" if not math.isnan(r["compile_s"]) else "", note,
         ]))  # fmt: skip
     text = "\n".join(lines)
+    if result.verdict:
+        text += f"\n\n{result.verdict}"
     if result.winner is not None:
-        text += f"\n\nwinner: {result.winner.label}\n  python train.py {' '.join(result.winner.overrides)}"
-        text += "\n  python train.py experiment=fastest   (uses conf/tuned/winner.yaml, unless tune.write_preset=false)"
-        ties = [r["setting"] for r in rs if r["within_noise_of_best"]]
-        if ties:
-            text += f"\n  within measured noise of the winner (no real order between them): {'; '.join(ties)}"
+        text += f"\n  python train.py {' '.join(result.winner.overrides)}"
+        text += "\n  python train.py experiment=fastest   (on this machine, with this model, batch size and data)"
     for n in result.notes:
         text += f"\nnote: {n}"
     return text
 
 
-def winner_yaml(c: Candidate, lab: Candidate | None, machine: str) -> str:
-    """A preset (package _global_) that sets the winner's keys; experiment=fastest includes it."""
-    s = c.settings
-    vs = (
-        f"{c.estimate().value / lab.estimate().value:.2f}x the lab config"
-        if lab and lab.ips
-        else "lab config not measured"
-    )
-    return (
-        "# @package _global_\n"
-        f"# Written by python -m trainbench.tune on {datetime.now().isoformat(timespec='seconds')} for {machine}:\n"
-        f"# {c.estimate().value:.1f} images/s measured, {vs}. Re-run the tuner on another machine.\n"
-        f"loader:\n  name: {s['loader.name']}\nworkers: {s['workers']}\nprecision: {s['precision']}\n"
-        f"channels_last: {str(s['channels_last']).lower()}\ncompile: {str(s['compile']).lower()}\n"
-    )
+def choose(cands: list[Candidate], lab: Candidate | None) -> tuple[Candidate | None, str]:
+    """The preset's setting and the verdict: among the settings within the noise of the fastest, the one with the
+    fewest changes from the lab config that beats the lab config beyond the noise; else the lab config itself."""
+    done = [c for c in cands if c.status == "measured"]
+    if not done:
+        return None, "nothing was measured"
+    best = max(done, key=lambda c: c.estimate().value)
+    if lab is None or lab.status != "measured":
+        return best, f"fastest measured: {best.label} (the lab config was not measured: no comparison with it)"
+    le = lab.estimate()
+    beats = [c for c in done if c is not lab and c.estimate().value > le.value and differ(c.estimate(), le)
+             and not differ(c.estimate(), best.estimate())]  # fmt: skip
+    if not beats:
+        return lab, ("no setting beats the lab config here beyond the noise (interleaved repeats, Welch's t): the "
+                     "preset is the lab config")  # fmt: skip
+    w = min(beats, key=lambda c: (c.changes(), -c.estimate().value))
+    ratio = w.estimate().value / le.value
+    tie = " (the fewest changes among the settings tied with the fastest)" if w is not best else ""
+    return w, f"winner: {w.label}, {ratio:.2f}x the lab config beyond the noise{tie}"
 
 
 def _check(tc: Any) -> None:
     """tune.* ranges, as config errors naming the key."""
-    for key, v, ok in (("tune.steps", tc.steps, tc.steps >= 1), ("tune.repeats", tc.repeats, tc.repeats >= 1),
-                       ("tune.warmup_steps", tc.warmup_steps, tc.warmup_steps >= 0),
+    for key, v, ok in (("tune.steps", tc.steps, tc.steps >= 2), ("tune.repeats", tc.repeats, tc.repeats >= 2),
                        ("tune.budget_s", tc.budget_s, tc.budget_s > 0)):  # fmt: skip
         if not ok:
-            raise ConfigError(key, v, "an integer >= 1" if key != "tune.warmup_steps" else "an integer >= 0")
+            raise ConfigError(
+                key,
+                v,
+                "a number > 0" if key == "tune.budget_s" else "an integer >= 2",
+                "repeats are the noise that decides ties" if key == "tune.repeats" else "",
+            )
 
 
 class _Session:
@@ -119,51 +127,61 @@ class _Session:
         self.cfg, self.device, self.data, self.result = cfg, device, data, result
         self.start = time.perf_counter()
 
-    def run_one(self, settings: dict[str, Any], stage: str) -> Candidate:
-        """Measure one candidate (once: a setting measured in an earlier stage is reused), within the budget."""
+    def _left(self) -> float:
+        return self.cfg.tune.budget_s - (time.perf_counter() - self.start)
+
+    def stage(self, settings: list[dict[str, Any]], name: str) -> list[Candidate]:
+        """Measure a stage's candidates with interleaved repeats: round r measures every candidate once, in order,
+        before round r + 1 starts. A setting measured in an earlier stage is measured afresh here."""
         tc, result = self.cfg.tune, self.result
-        for c in result.candidates:
-            if c.settings == settings:
-                return c  # measured already in an earlier stage
-        cand = Candidate(dict(settings), stage)
-        result.candidates.append(cand)
-        elapsed = time.perf_counter() - self.start
-        if elapsed > tc.budget_s:
-            cand.status = f"skipped: budget ({tc.budget_s:.0f} s, tune.budget_s) spent"
-            return cand
-        print(f"[{elapsed:5.0f}s/{tc.budget_s:.0f}s] {stage}: {cand.label} ...", end=" ", flush=True)
-        try:
-            measure(self.cfg, self.device, self.data, cand, tc.steps, tc.warmup_steps, tc.repeats)
-        except (KeyboardInterrupt, ValueError):
-            raise
-        except Exception as e:  # a candidate this machine cannot run (e.g. compile without a compiler)
-            cand.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-            print(cand.status, flush=True)
-            return cand
-        e = cand.estimate()
-        print(f"{e.value:.1f} images/s" + (f" ± {e.se:.1f}" if not math.isnan(e.se) else "") +
-              (f" (compile {cand.compile_s:.0f} s)" if not math.isnan(cand.compile_s) else ""), flush=True)  # fmt: skip
-        return cand
+        cands, prepared = [], {}
+        for st in settings:
+            old = next((c for c in result.candidates if c.settings == st), None)
+            if old is not None:
+                result.candidates.remove(old)
+            cand = Candidate(dict(st), name)
+            result.candidates.append(cand)
+            cands.append(cand)
+        for cand in cands:
+            if self._left() <= 0:
+                cand.status = f"skipped: budget ({tc.budget_s:.0f} s, tune.budget_s) spent"
+                continue
+            try:
+                prepared[id(cand)] = prepare(self.cfg, self.device, self.data, cand)
+            except (KeyboardInterrupt, ValueError):
+                raise
+            except Exception as e:  # a candidate this machine cannot run (e.g. compile without a compiler)
+                cand.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                print(f"{name}: {cand.label}: {cand.status}", flush=True)
+        for r in range(tc.repeats):
+            for cand in cands:
+                if id(cand) not in prepared or self._left() <= 0:
+                    continue
+                ips = prepared[id(cand)].one_pass(tc.steps)
+                print(f"[{tc.budget_s - self._left():5.0f}s/{tc.budget_s:.0f}s] {name}, round {r + 1}/{tc.repeats}: "
+                      f"{cand.label}: {ips:.1f} images/s", flush=True)  # fmt: skip
+        return cands
 
     def stages(self, precs: list[str], workers: list[int], cls: list[bool]) -> None:
-        """1 compute settings on the device loader; 2 loaders at the winning compute (and the lab config);
-        3 compile on the best so far, while half the budget is left."""
+        """1 compute settings on the device loader; 2 loaders at the winning compute, with the lab config and
+        stage 1's best interleaved; 3 compile on the best so far against the lab config, while half the budget
+        is left."""
         tc, result = self.cfg.tune, self.result
         base = {**LAB, "loader.name": "device", "workers": 0}
-        stage1 = [self.run_one({**base, "precision": p, "channels_last": cl}, "1 compute") for p in precs for cl in cls]
+        stage1 = self.stage([{**base, "precision": p, "channels_last": cl} for p in precs for cl in cls], "1 compute")
         b1 = _best(stage1) or Candidate(base, "")
         compute = {k: b1.settings[k] for k in ("precision", "channels_last")}
-        result.lab = self.run_one(dict(LAB), "lab config")
-        loaders = [{**LAB, **compute, "loader.name": "torch", "workers": w} for w in workers]
+        loaders = [dict(LAB)] + [{**LAB, **compute, "loader.name": "torch", "workers": w} for w in workers]
         loaders.append({**base, **compute})
-        stage2 = [self.run_one(s, "2 data") for s in loaders] + [result.lab]
-        b2 = _best(stage1 + stage2)
+        stage2 = self.stage(list({repr(x): x for x in loaders}.values()), "2 data")
+        result.lab = stage2[0]
+        b2 = _best(stage2)
         if tc.compile and b2 is not None:
-            left = tc.budget_s - (time.perf_counter() - self.start)
-            if left >= tc.budget_s / 2:
-                self.run_one({**b2.settings, "compile": True}, "3 compile")
+            if self._left() >= tc.budget_s / 2:
+                self.stage([dict(LAB), {**b2.settings}, {**b2.settings, "compile": True}], "3 compile")
+                result.lab = next(c for c in result.candidates if c.settings == LAB)
             else:
-                result.notes.append(f"compile=true not tried: {left:.0f} s of the budget left (< half of "
+                result.notes.append(f"compile=true not tried: {self._left():.0f} s of the budget left (< half of "
                                     f"tune.budget_s={tc.budget_s:.0f})")  # fmt: skip
 
 
@@ -185,8 +203,9 @@ def tune(cfg: DictConfig) -> TuneResult:
     workers = list(tc.workers) if tc.workers else worker_counts(cores)
     result = TuneResult([], None, None, out_dir, notes=[f"precisions {', '.join(precs)}: {why}"])
     print(f"trainbench.tune: {device_name(device)}, {cores} cores; model.width={cfg.model.width} batch_size="
-          f"{cfg.batch_size} data={cfg.data.name}; {tc.repeats} x {tc.steps} timed steps per candidate after "
-          f"{tc.warmup_steps} untimed; budget {tc.budget_s:.0f} s (tune.budget_s)", flush=True)  # fmt: skip
+          f"{cfg.batch_size} data={cfg.data.name}; {tc.repeats} interleaved repeats x {tc.steps} timed steps per "
+          f"candidate (worker start-up counted, projected over an epoch); budget {tc.budget_s:.0f} s "
+          "(tune.budget_s)", flush=True)  # fmt: skip
     try:
         _Session(cfg, device, data, result).stages(precs, workers, list(tc.channels_last))
     except KeyboardInterrupt:
@@ -195,21 +214,23 @@ def tune(cfg: DictConfig) -> TuneResult:
             if c.status == "pending":
                 c.status = "interrupted"
         result.notes.append("interrupted (Ctrl-C): the table holds what was measured before it")
-    result.winner = _best(result.candidates)
+    result.winner, result.verdict = choose(result.candidates, result.lab)
     _write(result, cfg, device)
     return result
 
 
 def _write(result: TuneResult, cfg: DictConfig, device: torch.device) -> None:
+    """tune.csv, and the preset (the winner's settings, or the lab config) beside it and in the user's cache."""
     rs = rows(result)
     if rs:
         with open(result.out_dir / "tune.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, list(rs[0]))
             w.writeheader()
             w.writerows(rs)
-    if result.winner is not None:
-        text = winner_yaml(result.winner, result.lab, device_name(device))
-        (result.out_dir / "winner.yaml").write_text(text)
-        if cfg.tune.write_preset:
-            TUNED_PRESET.parent.mkdir(exist_ok=True)
-            TUNED_PRESET.write_text(text)
+        result.wrote.append(result.out_dir / "tune.csv")
+    if result.winner is not None and not result.interrupted:
+        settings = {k: result.winner.settings[k] for k in LAB}
+        note = (f"Written by python -m trainbench.tune on {datetime.now().isoformat(timespec='seconds')} for "
+                f"{device_name(device)}: {result.verdict}.")  # fmt: skip
+        result.wrote += preset.write(settings, preset.key_of(cfg, device), note, result.out_dir,
+                                     to_cache=bool(cfg.tune.write_preset))  # fmt: skip

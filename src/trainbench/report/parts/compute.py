@@ -10,7 +10,7 @@ from ...records import PHASE_COLUMNS
 from ..plots import PHASE_NAMES, plot_phases
 from ..render import md_table
 from ..runs import Context, PartOutput, Run
-from ..stats import Estimate, compare, differ, estimates
+from ..stats import Estimate, Finding, compare, differ, estimates
 
 
 def _op_categories(run: Run, top: int = 5) -> str | None:
@@ -25,11 +25,36 @@ def _op_categories(run: Run, top: int = 5) -> str | None:
     return ", ".join(f"{c} {s:.0%}" for c, s in cats.items())
 
 
+# Phases a setting cannot change: a change beyond the noise there is a disturbed measurement (another process,
+# a busy machine between runs), not a finding. The optimizer runs after backward and touches no forward kernel;
+# DataLoader workers prepare batches before the step, so the optimizer's step itself does not depend on them.
+CANNOT_CHANGE = {"optimizer": ("copy", "forward"), "workers": ("optimizer",)}
+IMPLAUSIBLE_RATIO = 1.25  # and only when the change is this large: small real side effects (caches) are tolerated
+
+
 def _spread_in_se(es: list[Estimate]) -> float:
     """(highest - lowest) in combined standard errors (the difference in seconds when the noise is unknown or 0)."""
     hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
     se = math.hypot(hi.se, lo.se)
     return (hi.value - lo.value) / se if se > 0 and not math.isnan(se) else hi.value - lo.value
+
+
+def implausible(key: str, per_phase: dict[str, list[Estimate]]) -> Finding | None:
+    """A phase that `key` cannot change, changing beyond the noise and by IMPLAUSIBLE_RATIO: flagged, never crowned."""
+    for ph in CANNOT_CHANGE.get(key, ()):
+        es = per_phase.get(ph) or []
+        if len(es) < 2:
+            continue
+        hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
+        if lo.value > 0 and hi.value / lo.value >= IMPLAUSIBLE_RATIO and differ(hi, lo):
+            return Finding("compute", f"avg_{ph}_time_s", None, False,
+                           f"**Disturbed measurement:** the {ph} phase, which {key} cannot change, takes "
+                           f"{hi.value / lo.value:.3g}x as long at {key}={hi.setting} ({hi.value:.3g} s) as at "
+                           f"{key}={lo.setting} ({lo.value:.3g} s), beyond the noise. That is evidence of another "
+                           "load on the machine while some runs were measured (see `busy` in summary.csv), not an "
+                           f"effect of {key}: re-run on a quiet machine before reading the other {key} figures.",
+                           hi.noise, min(hi.n, lo.n))  # fmt: skip
+    return None
 
 
 def part_compute(ctx: Context) -> PartOutput:
@@ -63,16 +88,22 @@ def part_compute(ctx: Context) -> PartOutput:
         groups = [(v, gs) for v, gs in groups if gs]
         if len(groups) < 2:
             continue
-        per_phase = {ph: estimates(groups, f"avg_{ph}_time_s") for ph in PHASE_NAMES}
+        match = ctx.others(key)
+        per_phase = {ph: estimates(groups, f"avg_{ph}_time_s", match) for ph in PHASE_NAMES}
+        flag = implausible(key, per_phase)
+        if flag is not None:
+            out.findings.append(flag)
+            continue
         spread = {ph: _spread_in_se(es) for ph, es in per_phase.items() if len(es) > 1}
         if not spread:
             continue
         ph = max(spread, key=spread.get)  # the phase whose change with this setting stands out most from its noise
         es = per_phase[ph]
         hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
-        f = compare("compute", key, f"avg_{ph}_time_s", es, True, f"lowest {ph} time per epoch", ".3g")
+        f = compare("compute", key, f"avg_{ph}_time_s", es, True, f"lowest {ph} time per epoch", ".3g", match=match)
         vals = ", ".join(f"{key}={e.setting} {e.value:.3g} s" for e in es)
         sig = ("a difference beyond the measured noise" if differ(hi, lo)
+               else "no run-to-run noise was measured to judge it" if "none" in (hi.noise, lo.noise)
                else "a difference within the measured noise: it may not be real")  # fmt: skip
         f.text = (f"Compute phases across {key}: the {ph} phase changes most ({vals}; {key}={hi.setting} takes "
                   f"{hi.value / lo.value if lo.value else math.inf:.3g}x {key}={lo.setting}'s), {sig}. " + f.text)  # fmt: skip

@@ -68,7 +68,7 @@ def _lab_rule(ctx: Context) -> tuple[dict[int, Estimate], int, bool]:
 
     Shared by C3 and C4, so that both parts always name the same best count."""
     groups = sorted(ctx.groups("workers"), key=lambda g: g[0])
-    data = {e.setting: e for e in estimates(groups, "total_data_time_s")}
+    data = {e.setting: e for e in estimates(groups, "total_data_time_s", ctx.others("workers"))}
     best, more = best_workers(list(data), [e.value for e in data.values()])
     return data, best, more
 
@@ -84,7 +84,8 @@ def part_c3(ctx: Context) -> PartOutput:
     agg = agg_by(ctx.ok, "workers", cols, sorted(ctx.order("workers")))
     out.tables["c3_workers"] = agg
     data, best, more = _lab_rule(ctx)
-    epoch = estimates(sorted(ctx.groups("workers"), key=lambda g: g[0]), "avg_epoch_time_s")
+    match = ctx.others("workers")
+    epoch = estimates(sorted(ctx.groups("workers"), key=lambda g: g[0]), "avg_epoch_time_s", match)
     ws = list(data)
     i = ws.index(best)
     prev = data[ws[i - 1]] if i > 0 else None
@@ -101,13 +102,19 @@ def part_c3(ctx: Context) -> PartOutput:
             + ("The step to it is beyond the noise." if sig else
                f"The data-time differences around it are within the noise ({noise_note(list(data.values()))}), "
                "so the rule's choice is not firm here: repeat each count (e.g. `seed=0,1,2`) for a firm answer."))  # fmt: skip
-    out.findings.append(Finding("c3", "total_data_time_s", best, bool(sig), rule))
-    fastest = compare("c3", "workers", "avg_epoch_time_s", epoch, True, "fastest worker count by epoch time", ".3g")
+    n = min(e.n for e in data.values())
+    noise = "none" if any(e.noise == "none" for e in data.values()) else data[best].noise
+    out.findings.append(Finding("c3", "total_data_time_s", best, bool(sig), rule, noise, n))
+    fastest = compare("c3", "workers", "avg_epoch_time_s", epoch, True, "fastest worker count by epoch time", ".3g",
+                      match=match)  # fmt: skip
     out.findings.append(fastest)
-    out.findings.append(Finding("c3", "diagnosis", None, False, _c3_diagnosis(ctx, agg, best, epoch)))
+    out.findings.append(Finding("c3", "diagnosis", None, False, _c3_diagnosis(ctx, agg, best, epoch, fastest)))
     out.md += ["## C3: data-loading time per worker count (summed over epochs)", "", md_table(agg), ""]
     if best != 1:
-        out.md += [f"Next (C4, 1 worker against the best count): `python train.py experiment=c4 workers=1,{best}`", ""]
+        out.md += [
+            f"Next (C4, 1 worker against the best count): `{sweep_command(ctx, 'experiment=c4', f'workers=1,{best}')}`",
+            "",
+        ]
     else:
         out.md += ["C4 compares 1 worker with the best count; here the best count is 1 itself, so there is nothing "
                    "to compare (try the fastest count by epoch time instead).", ""]  # fmt: skip
@@ -115,7 +122,7 @@ def part_c3(ctx: Context) -> PartOutput:
     return out
 
 
-def _c3_diagnosis(ctx: Context, agg: pd.DataFrame, best: int, epoch: list[Estimate]) -> str:
+def _c3_diagnosis(ctx: Context, agg: pd.DataFrame, best: int, epoch: list[Estimate], fastest: Finding) -> str:
     """Data- or compute-bound, and what the workers cost, in words from the numbers."""
     a = agg.set_index("workers")
     lo, hi = a.index.min(), a.index.max()
@@ -139,10 +146,12 @@ def _c3_diagnosis(ctx: Context, agg: pd.DataFrame, best: int, epoch: list[Estima
             f"(start-up and hand-over, {a.loc[lo, 'total_other_time_s']:.3g} s -> {a.loc[hi, 'total_other_time_s']:.3g} s), "
             "not in data time."
         )  # fmt: skip
-    fastest = min(epoch, key=lambda e: e.value).setting if epoch else None
-    if fastest is not None and fastest != best:
-        parts.append(f"The lab's rule looks at data time only; by whole-epoch time {fastest} workers is the fastest "
-                     f"setting measured.")  # fmt: skip
+    # one verdict per question: this sentence follows the epoch-time finding, never contradicts it
+    if fastest.significant and fastest.winner != best:
+        parts.append(f"The lab's rule looks at data time only; by whole-epoch time {fastest.winner} workers is the "
+                     "fastest setting, beyond the noise.")  # fmt: skip
+    elif not fastest.significant and len(epoch) > 1:
+        parts.append("By whole-epoch time no worker count is distinguishably fastest here (see the finding above).")
     return " ".join(parts)
 
 
@@ -182,23 +191,15 @@ def part_c4(ctx: Context) -> PartOutput:
 
     d1, c1, e1, s1 = split(a)
     d2, c2, e2, s2 = split(b)
-    cores = core_count(ctx)
-    why = []
-    if s1 > 0.2 and d2 < d1:
-        why.append(f"one worker process cannot prepare batches as fast as the main process trains on them, so the "
-                   f"loop waits ({s1:.0%} of the epoch); {best} workers prepare batches in parallel and the wait falls "
-                   f"to {s2:.0%}.")  # fmt: skip
-    elif s1 <= 0.2:
-        why.append(f"even one worker keeps up with training here (data is {s1:.0%} of the epoch), so more workers "
-                   "have little to gain.")  # fmt: skip
-    if c2 > c1 * 1.05:
-        why.append(f"Compute rose from {c1:.3g} s to {c2:.3g} s per epoch with {best} workers: the workers compete "
-                   f"with training for the {cores or 'few'} CPU cores.")  # fmt: skip
+    groups = [(w, g) for w, g in ctx.groups("workers") if w in (1, best)]
+    match = ctx.others("workers")
+    why = _c4_why(ctx, best, groups, match, (d1, c1, s1), (d2, c2, s2))
     text = (f"C4: with 1 worker, data loading took {d1:.3g} s and compute {c1:.3g} s per epoch ({s1:.0%} of a "
             f"{e1:.3g} s epoch waiting for data); with {best} workers {d2:.3g} s and {c2:.3g} s ({s2:.0%} of "
             f"{e2:.3g} s). The difference: " + " ".join(why))  # fmt: skip
-    ests = estimates([(w, g) for w, g in ctx.groups("workers") if w in (1, best)], "avg_epoch_time_s")
-    verdict = compare("c4", "workers", "avg_epoch_time_s", ests, True, "faster of the two by epoch time", ".3g")
+    ests = estimates(groups, "avg_epoch_time_s", match)
+    verdict = compare("c4", "workers", "avg_epoch_time_s", ests, True, "faster of the two by epoch time", ".3g",
+                      match=match)  # fmt: skip
     out.findings += [Finding("c4", "explanation", None, False, text), verdict]
     return out
 
@@ -215,16 +216,17 @@ def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) ->
     out = PartOutput(tables={part: agg}, md=[f"## {title}", "", md_table(agg), ""])
     groups = ctx.groups(key)
     missing = ctx.missing(key)
-    ests = estimates(groups, "avg_epoch_time_s")
+    match = ctx.others(key)
+    ests = estimates(groups, "avg_epoch_time_s", match)
     out.findings.append(
-        compare(part[:2], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing)
+        compare(part[:2], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing, match)
     )
     if part == "c5_device" and len(ests) > 1:
         slow, quick = max(e.value for e in ests), min(e.value for e in ests)
         out.md += [f"The slowest device takes {slow / quick:.3g}x as long per epoch as the fastest.", ""]
     if accuracy:
-        acc = estimates(groups, "avg_train_acc")
-        out.findings.append(accuracy_finding(part[:2], key, acc, ctx.classes(), missing))
+        acc = estimates(groups, "avg_train_acc", match)
+        out.findings.append(accuracy_finding(part[:2], key, acc, ctx.classes(), missing, match))
     if key == "norm":
         per_epoch = pd.DataFrame({r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in ctx.done[:4]}).T
         per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
@@ -237,3 +239,40 @@ def _group_part(key: str, part: str, title: str, accuracy: bool) -> Callable[[Co
     fn = functools.partial(group_part, key=key, part=part, title=title, accuracy=accuracy)
     fn.__name__ = f"part_{part}"  # type: ignore[attr-defined]
     return fn
+
+
+def sweep_command(ctx: Context, *new: str) -> str:
+    """A command for a next sweep that keeps this sweep's own overrides (data=..., data.root=..., model.width=...)
+    and replaces the keys given in `new` (and the ones that varied, which the next sweep sets itself)."""
+    replaced = {o.split("=", 1)[0] for o in new} | set(ctx.varying) | {"experiment"}
+    keep: list[str] = []
+    for r in ctx.done[:1]:
+        for o in r.info.get("overrides") or []:
+            k = o.split("=", 1)[0].lstrip("+~")
+            if k not in replaced and not k.startswith("hydra.") and o not in keep:
+                keep.append(o)
+    return " ".join(["python train.py", *new, *keep])
+
+
+def _c4_why(ctx: Context, best: int, groups: list, match: list[str], one: tuple, other: tuple) -> list[str]:
+    """C4's explanation of the difference, in sentences that agree with the noise (data, compute, share)."""
+    d1, c1, s1 = one
+    d2, c2, s2 = other
+    cores = core_count(ctx)
+    why = []
+    if s1 > 0.2 and d2 < d1:
+        why.append(f"one worker process cannot prepare batches as fast as the main process trains on them, so the "
+                   f"loop waits ({s1:.0%} of the epoch); {best} workers prepare batches in parallel and the wait falls "
+                   f"to {s2:.0%}.")  # fmt: skip
+    elif s1 <= 0.2:
+        why.append(f"even one worker keeps up with training here (data is {s1:.0%} of the epoch), so more workers "
+                   "have little to gain.")  # fmt: skip
+    comp = {e.setting: e for e in estimates(groups, "avg_compute_time_s", match)}
+    if c2 > c1 * 1.05 and 1 in comp and best in comp:
+        if differ(comp[best], comp[1]):  # one verdict: a rise is explained only when it is beyond the noise
+            why.append(f"Compute rose from {c1:.3g} s to {c2:.3g} s per epoch with {best} workers, beyond the noise: "
+                       f"the workers compete with training for the {cores or 'few'} CPU cores.")  # fmt: skip
+        else:
+            why.append(f"Compute went from {c1:.3g} s to {c2:.3g} s per epoch, within the noise "
+                       f"({noise_note(list(comp.values()))}): not explained as an effect.")  # fmt: skip
+    return why

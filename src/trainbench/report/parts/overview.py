@@ -27,6 +27,13 @@ def part_status(ctx: Context) -> PartOutput:
             md_table(bad[["run", "status", "epochs", "error"]]),
             "",
         ]
+    if "busy" in ctx.table and ctx.table["busy"].any():
+        b = ctx.table[ctx.table["busy"]]
+        out.md += ["## Runs measured on a busy machine", "",
+                   "Other processes used the CPU while these runs were timed (or they got far less CPU than runs of "
+                   "the same settings): their times are distorted, and no finding crowns a setting on them. "
+                   "Re-run them on a quiet machine.", "",
+                   md_table(b[["run", "status", "max_others_cpu", "mean_cpu_util", "max_load_avg", "busy_why"]]), ""]  # fmt: skip
     warn = _concurrency_warning(ctx.done)
     if warn:
         out.md += [warn, ""]

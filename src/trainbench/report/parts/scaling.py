@@ -9,7 +9,7 @@ import pandas as pd
 from ..plots import plot_scaling
 from ..render import md_table
 from ..runs import Context, PartOutput
-from ..stats import compare, estimates
+from ..stats import Finding, compare, estimates
 
 SCALING_COLUMNS = ["world_size", "batch_size", "global_batch", "scaling", "avg_epoch_time_s", "speedup", "efficiency",
                    "compute_time_s", "comm_time_s", "comm_estimate_s", "bandwidth_gb_s", "comm_exposed_s",
@@ -45,6 +45,36 @@ def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SCALING_COLUMNS)
 
 
+def sanity_flags(t: pd.DataFrame, ok: pd.DataFrame) -> list[Finding]:
+    """Figures that cannot be true of a fair measurement, each with its likely cause: flagged, never crowned."""
+    out = []
+    threads = ok.groupby("world_size")["torch_threads"].agg(lambda v: sorted({int(x) for x in v.dropna()}))
+    for _, r in t[t["world_size"] > 1].iterrows():
+        ws, where = (
+            int(r["world_size"]),
+            f"{int(r['world_size'])} ranks x batch {int(r['batch_size'])} ({r['scaling']})",
+        )
+        if r["efficiency"] > 1:
+            base = threads.get(1, [])
+            cause = (f"the 1-rank baseline ran with {base} torch threads against {threads.get(ws, [])} per rank, and "
+                     "a busy machine slows whichever run it overlaps (see `busy`)")  # fmt: skip
+            out.append(Finding("scaling", "efficiency", None, False,
+                               f"**Implausible:** {where}: speed-up {r['speedup']:.3g}x on {ws} ranks, efficiency "
+                               f"{r['efficiency']:.0%} (above 100 %: more than linear). Likely cause: {cause}."))  # fmt: skip
+        if not math.isnan(r["comm_estimate_s"]) and r["comm_estimate_s"] < 0:
+            out.append(Finding("scaling", "comm_estimate_s", None, False,
+                               f"**Implausible:** {where}: the lab's subtraction estimate of communication is "
+                               f"{r['comm_estimate_s']:.3g} s (negative: the N-rank step computed faster than the "
+                               "1-rank step). Likely cause: unequal baselines (threads per rank, see "
+                               "`torch_threads` in summary.csv) or a busy machine during the 1-rank run."))  # fmt: skip
+    bad = ok[(ok["avg_data_time_s"] > ok["avg_epoch_time_s"])] if len(ok) else ok
+    for _, r in bad.iterrows():
+        out.append(Finding("scaling", "data_time_s", None, False,
+                           f"**Implausible:** run {r['run']}: data time {r['avg_data_time_s']:.3g} s above the epoch's "
+                           f"{r['avg_epoch_time_s']:.3g} s. Likely cause: clocks that overlap (timing=events)."))  # fmt: skip
+    return out
+
+
 def part_scaling(ctx: Context) -> PartOutput:
     """Data-parallel scaling over world sizes: speed-up, efficiency, measured communication against the lab's
     subtraction estimate, achieved all-reduce bandwidth, and a plot of the epoch split per world size."""
@@ -75,10 +105,16 @@ def part_scaling(ctx: Context) -> PartOutput:
                        f"estimate {r['comm_estimate_s']:.3g} s{vs_exp}, {ratio:.2f}x the span; speed-up "
                        f"{r['speedup']:.2f}x, efficiency {r['efficiency']:.0%}."]  # fmt: skip
     out.md += [""]
+    flags = sanity_flags(t, ok)
+    out.findings += flags
     key = next((k for k in ctx.by if k.endswith("nproc")), None)
     if key is not None:
-        ests = estimates(ctx.groups(key), "avg_epoch_time_s")
-        out.findings.append(compare("scaling", key, "avg_epoch_time_s", ests, True, "fastest world size per epoch",
-                                    ".3g", ctx.missing(key)))  # fmt: skip
+        ests = estimates(ctx.groups(key), "avg_epoch_time_s", ctx.others(key))
+        f = compare("scaling", key, "avg_epoch_time_s", ests, True, "fastest world size per epoch", ".3g",
+                    ctx.missing(key), ctx.others(key))  # fmt: skip
+        if flags and f.significant:  # an implausible table crowns nothing
+            f.significant, f.winner = False, None
+            f.text += " Not crowned: the scaling table has implausible figures (flagged above)."
+        out.findings.append(f)
     out.plots.append(plot_scaling(ok, ctx.root / "plots"))
     return out
