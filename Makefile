@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 ARGS   ?=
 
-.PHONY: venv run test test-all lint format bench mutation clean
+.PHONY: venv run test test-all lint format bench mutation gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: venv
 	$(PY) benchmarks/tune.py
 	$(PY) benchmarks/ddp.py
 
+# On a machine with CUDA: the gpu-marked tests and short real GPU measurements into gpu-check/results.md (+ .csv),
+# under 8 minutes on one H100/H200; without CUDA it writes "no CUDA device: skipped" there and exits 0.
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py --out gpu-check
+
 # Mutation testing (slow, not part of `make test`): mutmut on config/records/checkpoint/summarize with the
 # in-process tests that cover them, then the curated semantic mutants of mutation/semantic.py.
 MUTMUT_MODULES ?= "trainbench.config*" "trainbench.records*" "trainbench.checkpoint*" "trainbench.report.runs*"
@@ -58,4 +63,4 @@ mutation: venv
 	$(PY) mutation/semantic.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache mutants mutmut.log
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants mutmut.log gpu-check

@@ -42,13 +42,55 @@ def test_flops_scale_with_width_squared_and_count_channels_last_too():
     assert flops.step_flops_per_image(cl) == a
 
 
-def test_gpu_peaks_from_the_datasheet_table():
-    p = flops.gpu_peak("NVIDIA H100 80GB HBM3", "bf16", tf32=False)
-    assert p.tflops == 989.4 and "H100 bf16" in p.source and "datasheet" in p.source
-    assert flops.gpu_peak("NVIDIA H100 PCIe", "fp32", tf32=False).tflops == 51.2  # PCIe before the SXM entry
+@pytest.mark.parametrize(
+    "name,model,bf16,fp32",
+    [
+        ("NVIDIA L40S", "L40S", 362.05, 91.6),  # a substring match gave it the L4's 121 (mfu 3x too high)
+        ("NVIDIA L40", "L40", 181.05, 90.5),
+        ("NVIDIA L4", "L4", 121.0, 30.3),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.0, 51.2),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM5", 989.4, 67.0),
+        ("NVIDIA H200", "H200 SXM", 989.4, 67.0),
+        ("NVIDIA A100-SXM4-40GB", "A100 40GB SXM4", 312.0, 19.5),
+        ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM4", 312.0, 19.5),
+        ("NVIDIA A100 80GB PCIe", "A100 80GB PCIe", 312.0, 19.5),
+    ],
+)
+def test_gpu_peaks_match_exact_model_names(name, model, bf16, fp32):
+    p = flops.gpu_peak(name, "bf16", tf32=False)
+    assert p.tflops == bf16 and f"{model} bf16" in p.source and "datasheet" in p.source
+    assert flops.gpu_peak(name, "fp32", tf32=False).tflops == fp32
+    assert flops.gpu_best(name).tflops == bf16  # the machine's best: its bf16 tensor cores
+
+
+def test_tf32_and_unknown_gpu_names():
     assert flops.gpu_peak("NVIDIA A100-SXM4-40GB", "fp32", tf32=True).tflops == 156.0  # tf32=true: tensor cores
-    assert flops.gpu_peak("NVIDIA A100-SXM4-40GB", "fp32", tf32=False).tflops == 19.5
-    assert flops.gpu_peak("Some Future GPU", "bf16", tf32=False) is None
+    for unknown in ("Some Future GPU", "NVIDIA L40S-Next", "NVIDIA H100 NVL"):
+        assert flops.gpu_peak(unknown, "bf16", tf32=False) is None and flops.gpu_best(unknown) is None
+
+
+def test_unknown_gpu_gets_a_measured_peak_and_says_so(monkeypatch):
+    """device_peak on CUDA with a name outside the table: a measured matmul, and peak_source names the GPU."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA Imaginary 9000")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(flops, "matmul_tflops", lambda device, dtype, n, reps=3: 123.0)
+    p = flops.device_peak(torch.device("cuda", 0), "fp32")
+    assert (
+        p.tflops == 123.0 and "measured" in p.source and "'NVIDIA Imaginary 9000' is not in the datasheet" in p.source
+    )
+
+
+def test_an_fp32_run_reports_its_own_precisions_bound_beside_the_machines_best(tmp_path):
+    """On a CPU with native bf16 the machine's best is bf16's matmul rate; the run's own (fp32) bound is reported
+    beside it (mfu_precision), so an fp32 run's utilisation is not read against bf16 alone."""
+    from conftest import TINY, compose
+    from trainbench.run import run
+
+    info = run(compose([*TINY, "test_eval=false"]), tmp_path / "r")
+    assert info["peak_precision_tflops"] > 0 and "fp32 matmul" in info["peak_precision_source"]
+    row = next(csv.DictReader(open(tmp_path / "r" / "epochs.csv")))
+    assert float(row["mfu_precision"]) == pytest.approx(
+        float(row["achieved_tflops"]) / info["peak_precision_tflops"], rel=1e-6)  # fmt: skip
 
 
 def test_cpu_peak_is_measured_once_per_machine(tmp_path, monkeypatch):

@@ -284,3 +284,73 @@ def test_more_ranks_than_gpus_is_a_config_error():
     with pytest.raises(ConfigError) as e:
         make_plan(compose([*SMALL, "device=cuda", f"dist.nproc={torch.cuda.device_count() + 1}"]))
     assert e.value.key == "dist.nproc"
+
+
+# ------------------------------------------------------------------------------------ measured right with ranks
+
+
+def test_rank_0s_end_of_epoch_work_is_outside_the_other_ranks_next_epoch(tmp_path):
+    """Rank 0's checkpoint slowed by 1 s: with the barrier after the epoch's bookkeeping, rank 1's first batch of
+    epoch 1 and the epoch time stay as without the delay (before: rank 1's first batch 1.16 s, epoch 0.59 -> 1.62 s)."""
+    common = [*SMALL, "batch_size=32", "dist.nproc=2", "loader=device"]
+    run(compose([*common, "faults.checkpoint_delay_s=1.0"]), tmp_path / "slow")
+    b = rows(tmp_path / "slow" / "batches.csv")
+    first = [float(r["compute_time_s"]) for r in b if r["epoch"] == "1" and r["batch"] == "0"]
+    assert len(first) == 2 and max(first) < 0.5, first  # both ranks' first step of epoch 1: no 1 s wait inside
+    ep = [float(r["epoch_time_s"]) for r in rows(tmp_path / "slow" / "epochs.csv")]
+    assert ep[1] < 1.0, ep
+
+
+def test_divergence_with_ranks_is_diverged_like_one_process(tmp_path):
+    """dist.nproc=2 faults.nan_at_step=2: status diverged (not failed), the same one-line message and exit code."""
+    bad = [*SMALL, "batch_size=32", "faults.nan_at_step=2"]  # step 2 is epoch 0's batch 2 with 1 rank and with 2
+    one = train_cli([*bad, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
+    two = train_cli([*bad, "dist.nproc=2", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path, timeout=300)
+    assert one.returncode == two.returncode == 1
+    for d, p in (("one", one), ("two", two)):
+        assert json.loads((tmp_path / d / "run.json").read_text())["status"] == "diverged"
+        assert "trainbench: Diverged: training diverged: loss=nan at epoch 0, batch 2 (step 2)" in p.stderr, p.stderr
+
+
+def test_profiles_with_ranks_are_written_per_rank(tmp_path):
+    run(compose([*SMALL, "epochs=1", "batch_size=16", "dist.nproc=2", "profile=true", "profiler.active=2"]),
+        tmp_path / "r")  # fmt: skip
+    for r in (0, 1):
+        assert (tmp_path / "r" / "profile" / f"rank{r}" / "trace.json").stat().st_size > 0
+        assert rows(tmp_path / "r" / "profile" / f"rank{r}" / "ops.csv")
+    assert not (tmp_path / "r" / "profile" / "ops.csv").exists()
+
+
+def test_the_stop_check_is_a_cpu_collective(monkeypatch):
+    """any_rank all-reduces a CPU tensor (on the gloo side group beside nccl): no device sync per batch."""
+    from trainbench.dist import ranks as R
+
+    seen = []
+    monkeypatch.setattr(R.dist, "all_reduce", lambda t, op=None, group=None: seen.append((t.device.type, group)))
+    monkeypatch.setattr(R, "_CPU_GROUP", "gloo-side-group")
+    R.any_rank(True, torch.device("cuda", 0))
+    assert seen == [("cpu", "gloo-side-group")]
+    made = []
+    monkeypatch.setattr(R.dist, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(R.dist, "new_group", lambda backend: made.append(backend) or backend)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
+    R.init(compose(SMALL), torch.device("cuda", 0), R.Ranks(0, 2, 0, 2))  # auto -> nccl on CUDA: a gloo side group
+    assert made == ["gloo"] and R._CPU_GROUP == "gloo"
+    R.init(compose(SMALL), torch.device("cpu"), R.Ranks(0, 2, 0, 2))  # gloo already: none
+    assert made == ["gloo"] and R._CPU_GROUP is None
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "4", "RANK": "0"}, {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}])
+def test_launcher_world_size_must_match_the_config(monkeypatch, env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as e:
+        make_plan(compose([*SMALL, "dist.nproc=2"]) if env.get("WORLD_SIZE") else compose(SMALL))
+    assert e.value.key == "dist.nproc" and "the launcher started" in str(e.value)
+
+
+def test_bandwidth_uses_the_buckets_own_time_overlaps_once():
+    from trainbench.dist.commclock import union_length
+
+    assert union_length([(0.0, 1.0), (0.5, 1.5), (3.0, 4.0)]) == pytest.approx(2.5)
+    assert union_length([]) == 0.0

@@ -81,15 +81,21 @@ def test_launcher_presets_compose():
     assert slurm._target_.endswith("SlurmLauncher") and slurm.max_num_timeout >= 1
     import torch
 
-    assert local.gpus_per_node == min(1, torch.cuda.device_count())  # never 0 where a GPU is visible
+    assert local.gpus_per_node == (1 if torch.cuda.device_count() else 0)  # never 0 where a GPU is visible
     assert compose_with_hydra(["launcher=slurm", "workers=16"]).hydra.launcher.cpus_per_task == 17
     assert compose_with_hydra(["launcher=slurm", "workers=0"]).hydra.launcher.cpus_per_task == 2
 
 
-def test_local_launcher_gives_a_job_one_gpu_where_there_are_several(monkeypatch):
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_a_job_with_n_ranks_gets_n_gpus_from_either_launcher(monkeypatch, n):
+    """dist.nproc=N on CUDA: N GPUs for the job (before: one, so dist.nproc=2 failed the GPU-count check)."""
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert compose_with_hydra(["launcher=local"]).hydra.launcher.gpus_per_node == 1
+    assert compose_with_hydra(["launcher=local", f"dist.nproc={n}"]).hydra.launcher.gpus_per_node == n
+    s = compose_with_hydra(["launcher=slurm", f"dist.nproc={n}", "workers=2"]).hydra.launcher
+    assert (s.nodes, s.tasks_per_node, s.gpus_per_node, s.cpus_per_task) == (1, 1, n, 3 * n)
+    multi = compose_with_hydra(["launcher=slurm", f"dist.nproc={n}", "dist.nnodes=2"]).hydra.launcher
+    assert (multi.nodes, multi.tasks_per_node, multi.gpus_per_node) == (2, n, n)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert compose_with_hydra(["launcher=local"]).hydra.launcher.gpus_per_node == 0
+    assert compose_with_hydra(["launcher=local", f"dist.nproc={n}"]).hydra.launcher.gpus_per_node == 0

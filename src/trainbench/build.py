@@ -21,7 +21,7 @@ from .data import load_data
 from .device import synchronize
 from .dist.ranks import SINGLE, Ranks
 from .engine import StepContext
-from .flops import device_peak, step_flops_per_image
+from .flops import device_peak, precision_peak, step_flops_per_image
 from .loaders import DeviceLoader, make_loader
 from .model import ResNet18, count_trainable
 
@@ -144,6 +144,7 @@ class Built:
     global_step: int = 0
     flops_per_image: float = math.nan
     peak_tflops: float | None = None
+    peak_precision_tflops: float | None = None
     image_size: int = 32
     classes: int = 10
 
@@ -238,7 +239,10 @@ def count_flops(b: Built, cfg: DictConfig) -> dict[str, Any]:
     b.flops_per_image = step_flops_per_image(fresh, b.image_size, b.classes)
     peak = device_peak(b.ctx.device, cfg.precision, bool(cfg.tf32))
     b.peak_tflops = peak.tflops if peak else None
+    own = precision_peak(b.ctx.device, cfg.precision, bool(cfg.tf32))
+    b.peak_precision_tflops = own.tflops if own else None
     log.info("%.3g GFLOP per image per training step (forward + backward); peak %s", b.flops_per_image / 1e9,
              f"{peak.tflops:.3g} TFLOP/s ({peak.source})" if peak else "unknown")  # fmt: skip
     return {"flops_per_image": b.flops_per_image, "peak_tflops": b.peak_tflops,
-            "peak_source": peak.source if peak else "unknown device: no utilisation (mfu) reported"}  # fmt: skip
+            "peak_source": peak.source if peak else "unknown device: no utilisation (mfu) reported",
+            "peak_precision_tflops": b.peak_precision_tflops, "peak_precision_source": own.source if own else None}  # fmt: skip

@@ -88,10 +88,10 @@ def run_job(cfg: DictConfig) -> None:
     try:
         run(plan, run_dir)
     except RankFailed as e:
-        _mark_failed(run_dir, e)  # a killed rank 0 cannot record it; the launcher's process does
+        e = _rank_failure(run_dir, e)  # a killed rank 0 cannot record it; the launcher's process does
         if not multirun:
             exit_with(e, f" (run dir: {run_dir})")
-        log.error("job %s (%s) ended with RankFailed: %s", hc.job.num, run_dir, e)
+        log.error("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)
     except Exception as e:
         if not multirun:
             if isinstance(e, Interrupted):
@@ -112,12 +112,27 @@ def run_job(cfg: DictConfig) -> None:
         log.exception("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)
 
 
-def _mark_failed(run_dir: Path, e: Exception) -> None:
-    """run.json says failed, naming the rank that failed (rank 0 may have recorded only what it saw: a peer gone)."""
+class RankDiverged(Diverged):
+    """A data-parallel run that diverged: the same status, message and exit code as one process's Diverged."""
+
+    def __init__(self, message: str) -> None:
+        RuntimeError.__init__(self, message)
+
+
+RankDiverged.__name__ = "Diverged"  # the one-line message names it as a single process does
+
+
+def _rank_failure(run_dir: Path, e: Exception) -> Exception:
+    """run.json after a rank failed: `diverged` stays diverged (rank 0 recorded it: the loss is NaN on every rank),
+    anything else is failed, naming the rank that failed (rank 0 may have recorded only what it saw: a peer
+    gone). Returns the error to report."""
     info = read_json(run_dir / "run.json") or {}
+    if info.get("status") == "diverged":
+        return RankDiverged(str(info.get("error") or e))
     extra = {"rank0_error": info["error"]} if info.get("error") else {}
     write_json(run_dir / "run.json", {**info, "status": "failed", "error": f"{type(e).__name__}: {e}",
                                       "finished_at": now(), **extra})  # fmt: skip
+    return e
 
 
 def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception, status: str = "failed") -> None:

@@ -1,5 +1,9 @@
-"""How a reading is taken: the sync clock (synchronize the device, read the host clock) or CUDA events (record
-on the stream, read once per epoch after its one sync). The epoch loop (engine.py) takes either."""
+"""How a reading is taken. The epoch loop (engine.py) takes either clock.
+
+On CUDA every mark is an event recorded on the stream (never a sync): a timing=sync run settles (synchronizes)
+once per step, at the step's end, as the lab's loop does, and reads that step's events; timing=events settles
+once per epoch. So the phase marks never add a sync, and the only difference between the modes is the per-step
+sync the lab's loop has. Elsewhere (CPU, MPS) the host clock is read after a device sync (free on a CPU)."""
 
 from __future__ import annotations
 
@@ -34,19 +38,21 @@ class SyncClock:
         return b - a
 
     def settle(self) -> None:
-        """Make every mark readable (nothing to wait for: each was read synchronously)."""
+        """Make every mark readable (each was read synchronously; this only drains what was queued after)."""
+        synchronize(self.device)
 
 
 class EventClock:
-    """CUDA events: a mark is an event recorded on the stream; spans are read once per epoch, after one sync.
+    """CUDA events: a mark is an event recorded on the stream; spans are readable after settle()'s one sync.
 
-    make_event and sync are injectable so that the bookkeeping is testable with fake events on a CPU."""
-
-    per_step = False  # spans are readable only after settle()
+    per_step=True (timing=sync): the loop settles after every step (the lab's one sync per step); False
+    (timing=events): once per epoch. An event's timestamp follows the device's timeline: recorded while the
+    device is idle it completes at once (the clock goes on with the wall clock), while busy when the work queued
+    before it ends. make_event and sync are injectable, so that the clocks run on a simulated device in the tests."""
 
     def __init__(self, device: torch.device, make_event: Callable[[], Any] | None = None,
-                 sync: Callable[[], None] | None = None) -> None:  # fmt: skip
-        self.device = device
+                 sync: Callable[[], None] | None = None, per_step: bool = False) -> None:  # fmt: skip
+        self.device, self.per_step = device, per_step
         self.make_event = make_event or (lambda: torch.cuda.Event(enable_timing=True))
         self.sync = sync or (lambda: torch.cuda.synchronize(device))
 
@@ -62,9 +68,11 @@ class EventClock:
         return a.elapsed_time(b) / 1e3  # ms -> s
 
     def settle(self) -> None:
-        self.sync()  # note: the one CPU-GPU sync point of the epoch
+        self.sync()  # note: the CPU-GPU sync point: once per step (timing=sync) or once per epoch (timing=events)
 
 
 def make_clock(timing: str, device: torch.device) -> SyncClock | EventClock:
-    """The clock for timing (sync | events); events need CUDA, elsewhere the sync clock is used."""
-    return EventClock(device) if timing == "events" and device.type == "cuda" else SyncClock(device)
+    """CUDA: events, settled per step (timing=sync) or per epoch (timing=events); elsewhere the sync clock."""
+    if device.type == "cuda":
+        return EventClock(device, per_step=timing != "events")
+    return SyncClock(device)

@@ -87,6 +87,7 @@ class FaultsConfig:
     nan_at_step: int | None = None  # inject a NaN loss at this global step (tests)
     kill_rank: int | None = None  # with kill_at_step: this rank SIGKILLs itself (tests)
     kill_at_step: int | None = None
+    checkpoint_delay_s: float = 0.0  # rank 0's end-of-epoch checkpoint takes this much longer (tests)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class TuneConfig:
     """python -m trainbench.tune: what to measure and for how long (not used by train.py)."""
 
     budget_s: float = 300.0  # no new candidate starts after this many seconds
-    steps: int = 6  # timed steps per measurement (worker start-up included, projected over an epoch)
+    steps: int = 4  # timed steps per measurement (worker start-up included, projected over an epoch)
     repeats: int = 3  # interleaved measurements per candidate: their spread is the noise that decides ties
     precisions: list[str] | None = None  # null: fp32, bf16 where native, fp16 on CUDA
     channels_last: list[bool] = field(default_factory=lambda: [False, True])
@@ -177,15 +178,22 @@ CHOICES = {
 }
 
 
-def _visible_gpus() -> int:
+def _visible_gpus(nproc: Any = 1) -> int:
+    """GPUs a launcher=local job gets: one per rank (dist.nproc) where a GPU is visible, else 0."""
     import torch
 
-    return min(1, torch.cuda.device_count())
+    return int(nproc) if torch.cuda.device_count() > 0 else 0
 
 
-def cpus_for_workers(workers: Any) -> int:
-    """CPU cores a job needs: one per DataLoader worker plus the training process (at least 2)."""
-    return max(2, int(workers) + 1)
+def _tasks_per_node(nnodes: Any, nproc: Any) -> int:
+    """SLURM tasks per node: 1 on one node (trainbench starts the ranks), one per rank across nodes."""
+    return 1 if int(nnodes) <= 1 else int(nproc)
+
+
+def cpus_for_workers(workers: Any, nproc: Any = 1, nnodes: Any = 1) -> int:
+    """CPU cores a task needs: per rank it runs, one per DataLoader worker plus the training process (at least 2)."""
+    ranks_in_task = int(nproc) if int(nnodes) <= 1 else 1
+    return max(2, int(workers) + 1) * ranks_in_task
 
 
 def register_configs() -> None:
@@ -195,6 +203,7 @@ def register_configs() -> None:
     # cpus_per_task from the job's worker count (a fixed 8 would cap a C3 sweep that goes to 16 workers).
     OmegaConf.register_new_resolver("tb.gpus", _visible_gpus, replace=True)
     OmegaConf.register_new_resolver("tb.cpus", cpus_for_workers, replace=True)
+    OmegaConf.register_new_resolver("tb.tasks", _tasks_per_node, replace=True)
 
 
 def check_group_choices(overrides: list[str], conf_dir: Path) -> None:

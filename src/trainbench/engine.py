@@ -60,6 +60,7 @@ class BatchRecord:
     comm_time_s: float = 0.0  # data-parallel: span of the step's gradient all-reduces (inside backward)
     comm_exposed_s: float = 0.0  # the part of it backward waited for (after the last bucket's launch)
     comm_bytes: int = 0
+    comm_busy_s: float = 0.0  # the buckets' own launch-to-completion times, overlaps counted once
 
 
 @dataclass
@@ -80,6 +81,7 @@ class EpochStats:
     comm_time_s: float = 0.0
     comm_exposed_s: float = 0.0
     comm_bytes: int = 0
+    comm_busy_s: float = 0.0
     profiled_steps: int = 0  # steps run under torch.profiler (slower; counted by the run, profile=true)
     # what the machine gave the epoch (machine.LoadMeter, read outside every clock by the trainer)
     cpu_util: float = math.nan
@@ -100,11 +102,17 @@ class EpochStats:
         self.comm_time_s += rec.comm_time_s
         self.comm_exposed_s += rec.comm_exposed_s
         self.comm_bytes += rec.comm_bytes
+        self.comm_busy_s += rec.comm_busy_s
 
     @property
     def other_time_s(self) -> float:
-        """Epoch time not spent waiting for data or computing (>= 0 up to float rounding)."""
+        """Epoch time not spent waiting for data or computing, floored at 0 (clamped_s says by how much)."""
         return max(0.0, self.epoch_time_s - self.data_time_s - self.compute_time_s)
+
+    @property
+    def clamped_s(self) -> float:
+        """How far data + compute exceeded the epoch (overlapping clocks): recorded and flagged, never silent."""
+        return max(0.0, self.data_time_s + self.compute_time_s - self.epoch_time_s)
 
     @property
     def loss(self) -> float:
@@ -202,12 +210,11 @@ class _Pending:
     batch: int
     step: int
     size: int
-    host_wait_s: float
     marks: tuple  # (before next(), after next(), [after copy, after forward, after backward,] after the step)
     loss: torch.Tensor
     correct: torch.Tensor
     skipped: torch.Tensor | None
-    comm: tuple[float, float, int] = (0.0, 0.0, 0)
+    comm: tuple[float, float, int, float] = (0.0, 0.0, 0, 0.0)
 
 
 def train_epoch(
@@ -277,36 +284,36 @@ def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock
     it = None
     batch = 0
     while True:
-        # With the sync clock the device is idle here (the last step ended with a sync).
-        h0, m0 = clock.host(), clock.mark()
+        # per step (sync clock, timing=sync on CUDA) the device is idle here: the last step ended with a sync
+        m0 = clock.mark()
         if it is None:
             it = iter(loader)  # worker start-up happens here: it is part of the first batch's data wait
         try:
             x, y = _next_batch(it)
         except StopIteration:
             break
-        h1 = clock.host()
-        m1 = clock.mark()  # sync clock: sync point, so the device loader's augmentation is data time
+        m1 = clock.mark()  # sync clock: sync point; events: ends after the loader's queued kernels (data time)
         step = first_step + batch
         r = ctx.step(x, y, step, mark=clock.mark if phases else None)
         m2 = clock.mark()  # sync clock: compute must include the queued kernels
         # --- bookkeeping: counted in other time (queued after m2 with events, so outside compute) ---
         correct_t = (r.logits.argmax(1) == r.y).sum()
-        comm = ctx.comm.take() if ctx.comm is not None else (0.0, 0.0, 0)  # the step's all-reduces, done by now
-        pending.append(_Pending(batch, step, int(r.y.shape[0]), h1 - h0, (m0, m1, *r.marks, m2), r.loss, correct_t,
+        comm = ctx.comm.take() if ctx.comm is not None else (0.0, 0.0, 0, 0.0)  # the step's all-reduces, done by now
+        pending.append(_Pending(batch, step, int(r.y.shape[0]), (m0, m1, *r.marks, m2), r.loss, correct_t,
                                 r.skipped, comm))  # fmt: skip
         if after_step is not None:
             after_step(batch)
         if clock.per_step:
+            clock.settle()  # note: the one CPU-GPU sync point of a step with timing=sync (the lab's)
             _drain(pending, stats, clock, epoch, on_batch)
         batch += 1
         if stop_requested():
             clock.settle()
             _drain(pending, stats, clock, epoch, on_batch)
             raise Interrupted(f"stop requested during epoch {epoch} after batch {batch - 1}")
-    clock.settle()
+    if not clock.per_step:
+        clock.settle()  # note: timing=events' one CPU-GPU sync point of the epoch
     _drain(pending, stats, clock, epoch, on_batch)
-    synchronize(ctx.device)
     stats.epoch_time_s = time.perf_counter() - epoch_start
     return stats
 
@@ -320,16 +327,16 @@ def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_bat
             raise Diverged(epoch, p.batch, p.step, loss)
         correct = int(p.correct.item())
         m0, m1, m2 = p.marks[0], p.marks[1], p.marks[-1]
-        if clock.per_step:
-            data_s = clock.span(m0, m1)  # host wait + the sync after next()
-        else:
-            data_s = p.host_wait_s + clock.span(m0, m1)  # host wait + device time the loader queued
+        # data: from before next() to after it, on the clock's own timeline. With events that is the device's
+        # timeline: an idle device's event clock runs on with the wall clock, so a host wait is in the span once
+        # (it was counted twice when the host wait was added to it), and the loader's queued kernels are in it.
+        data_s = clock.span(m0, m1)
         # phases: consecutive spans from m1 to m2, so that they add up to compute (up to float rounding)
         split = [clock.span(a, b) for a, b in zip(p.marks[1:-1], p.marks[2:])] if len(p.marks) > 3 else []
         skipped = int(bool(p.skipped.item())) if p.skipped is not None else 0
         rec = BatchRecord(epoch, p.batch, p.step, p.size, loss, correct / p.size, data_s, clock.span(m1, m2),
                           *split, skipped=skipped, comm_time_s=p.comm[0], comm_exposed_s=p.comm[1],
-                          comm_bytes=p.comm[2])  # fmt: skip
+                          comm_bytes=p.comm[2], comm_busy_s=p.comm[3])  # fmt: skip
         stats.add(rec, correct)
         if on_batch is not None:
             on_batch(rec, stats)

@@ -25,19 +25,36 @@ from torch.utils.flop_counter import FlopCounterMode
 from .device import cpu_bf16_native, synchronize
 
 # Dense peak TFLOP/s per precision ("fp32" without TF32; "tf32" the tensor-core fp32 rate), from NVIDIA's
-# datasheets: H100 SXM5 / PCIe, A100 SXM4 (also PCIe: same), L4, RTX 4090, V100 SXM2, T4. Matched by
-# substring of torch.cuda.get_device_name(), most specific first.
-GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
-    ("H200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
-    ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
-    ("H100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),
-    ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
-    ("L4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}),
-    ("RTX 4090", {"fp32": 82.6, "tf32": 82.6, "bf16": 165.2, "fp16": 165.2}),
-    ("V100", {"fp32": 15.7, "tf32": 15.7, "bf16": 15.7, "fp16": 125.0}),
-    ("T4", {"fp32": 8.1, "tf32": 8.1, "bf16": 8.1, "fp16": 65.0}),
-]
+# datasheets (dense, no sparsity). Matched by the exact model name torch reports (normalised: lower case, without
+# "NVIDIA"/"Tesla", "-" as a space): a substring match gave an L40S the L4's 121 TFLOP/s. A name not listed gets a
+# measured matmul peak instead, and peak_source says so.
+_H100_SXM = {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}
+_A100 = {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}
+_V100 = {"fp32": 15.7, "tf32": 15.7, "bf16": 15.7, "fp16": 125.0}
+GPU_PEAKS: dict[str, tuple[str, dict[str, float]]] = {
+    "h200": ("H200 SXM", _H100_SXM),
+    "h100 80gb hbm3": ("H100 SXM5", _H100_SXM),
+    "h100 sxm5 80gb": ("H100 SXM5", _H100_SXM),
+    "h100 pcie": ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
+    "a100 sxm4 40gb": ("A100 40GB SXM4", _A100),
+    "a100 sxm4 80gb": ("A100 80GB SXM4", _A100),
+    "a100 pcie 40gb": ("A100 40GB PCIe", _A100),
+    "a100 80gb pcie": ("A100 80GB PCIe", _A100),
+    "l40s": ("L40S", {"fp32": 91.6, "tf32": 183.0, "bf16": 362.05, "fp16": 362.05}),
+    "l40": ("L40", {"fp32": 90.5, "tf32": 90.5, "bf16": 181.05, "fp16": 181.05}),
+    "l4": ("L4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}),
+    "geforce rtx 4090": ("RTX 4090", {"fp32": 82.6, "tf32": 82.6, "bf16": 165.2, "fp16": 165.2}),
+    "v100 sxm2 16gb": ("V100 SXM2", _V100),
+    "v100 sxm2 32gb": ("V100 SXM2", _V100),
+    "t4": ("T4", {"fp32": 8.1, "tf32": 8.1, "bf16": 8.1, "fp16": 65.0}),
+}
 GPU_PEAK_SOURCE = "NVIDIA datasheet, dense (no sparsity)"
+
+
+def normalise_gpu_name(name: str) -> str:
+    """'NVIDIA A100-SXM4-40GB' -> 'a100 sxm4 40gb' (the key of GPU_PEAKS)."""
+    words = name.replace("-", " ").lower().split()
+    return " ".join(w for w in words if w not in ("nvidia", "tesla"))
 
 
 @dataclass(frozen=True)
@@ -66,12 +83,24 @@ def _is_channels_last(m: nn.Module) -> bool:
 
 
 def gpu_peak(name: str, precision: str, tf32: bool) -> Peak | None:
-    """The datasheet peak of GPU `name` for precision (fp32 counts TF32 when it is allowed), or None."""
+    """The datasheet peak of GPU `name` (exact model name) for precision (fp32 counts TF32 when it is allowed), or
+    None for a name the table does not hold."""
     key = "tf32" if precision == "fp32" and tf32 else precision
-    for sub, peaks in GPU_PEAKS:
-        if sub.lower() in name.lower():
-            return Peak(peaks[key], f"{GPU_PEAK_SOURCE}: {sub} {key}")
-    return None
+    hit = GPU_PEAKS.get(normalise_gpu_name(name))
+    if hit is None:
+        return None
+    model, peaks = hit
+    return Peak(peaks[key], f"{GPU_PEAK_SOURCE}: {model} {key}")
+
+
+def gpu_best(name: str) -> Peak | None:
+    """The GPU's best dense rate in any precision (its bf16/fp16 tensor cores), or None for an unknown name."""
+    hit = GPU_PEAKS.get(normalise_gpu_name(name))
+    if hit is None:
+        return None
+    model, peaks = hit
+    best = max(peaks, key=peaks.get)
+    return Peak(peaks[best], f"{GPU_PEAK_SOURCE}: {model} {best} (the machine's best)")
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, reps: int = 3) -> float:
@@ -128,10 +157,42 @@ def cpu_peak(threads: int, bf16_native: bool) -> Peak:
     return peak
 
 
+def measured_peak(device: torch.device, precision: str) -> Peak:
+    """A measured matmul rate in the run's own precision (best of 3), for a device with no datasheet entry
+    and for the run-precision bound on a CPU."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    tf = matmul_tflops(device, dt, 1024 if device.type == "cpu" else 4096)
+    return Peak(tf, f"measured: {precision} matmul (n={1024 if device.type == 'cpu' else 4096}) on {device.type}")
+
+
 def device_peak(device: torch.device, precision: str, tf32: bool = False) -> Peak | None:
-    """The peak to measure utilisation against, or None when it is not known (unknown GPU, MPS)."""
+    """The machine's best rate, that utilisation (mfu) is measured against, or None when unknown (MPS).
+
+    CUDA: the datasheet's best dense rate for the exact GPU model, else a measured bf16 matmul (peak_source says
+    so); CPU: the best measured matmul in a precision it runs natively."""
     if device.type == "cuda":
-        return gpu_peak(torch.cuda.get_device_name(device), precision, tf32)
+        name = torch.cuda.get_device_name(device)
+        best = gpu_best(name)
+        if best is not None:
+            return best
+        p = measured_peak(device, "bf16" if torch.cuda.is_bf16_supported() else "fp32")
+        return Peak(p.tflops, f"{p.source} (GPU {name!r} is not in the datasheet table)")
     if device.type == "cpu":
         return cpu_peak(torch.get_num_threads(), cpu_bf16_native())
     return None
+
+
+def precision_peak(device: torch.device, precision: str, tf32: bool = False) -> Peak | None:
+    """The bound for the run's own precision (beside the machine's best): an fp32 run on a CPU with native bf16
+    is then measured against fp32's matmul rate, not only against bf16's."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return gpu_peak(name, precision, tf32) or measured_peak(device, precision)
+    if device.type == "cpu":
+        return _cached_precision_peak(torch.get_num_threads(), precision)
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_precision_peak(threads: int, precision: str) -> Peak:
+    return measured_peak(torch.device("cpu"), precision)

@@ -44,6 +44,7 @@ def make_plan(cfg: DictConfig, check_data: bool = True, overrides: tuple[str, ..
     validate(cfg)
     device = resolve_device(cfg.device.name)
     check_dist(cfg, device)
+    _check_launcher_env(cfg)
     if world_size(cfg) > 1 and cfg.dist.nnodes > 1 and env_ranks() is None:
         raise ConfigError("dist.nnodes", cfg.dist.nnodes, "1, or start the ranks with torchrun / SLURM",
                           "trainbench starts the ranks of one node itself")  # fmt: skip
@@ -61,3 +62,18 @@ def make_plan(cfg: DictConfig, check_data: bool = True, overrides: tuple[str, ..
     if check_data:
         check_available(cfg.data)
     return Plan(cfg, device, note, tuned)
+
+
+def _check_launcher_env(cfg: DictConfig) -> None:
+    """torchrun or SLURM started this process as one of N ranks: N must be dist.nproc x dist.nnodes (else run.json
+    would record one world size and the report group by another, or N independent runs would share Hydra dirs)."""
+    r = env_ranks()
+    if r is None or r.world == world_size(cfg):
+        return
+    raise ConfigError(
+        "dist.nproc",
+        cfg.dist.nproc,
+        f"dist.nproc x dist.nnodes = {r.world} (the launcher's WORLD_SIZE/SLURM_NTASKS)",
+        f"the launcher started {r.world} ranks but dist.nproc={cfg.dist.nproc} x dist.nnodes={cfg.dist.nnodes} = "
+        f"{world_size(cfg)}: set dist.nproc (and dist.nnodes) to match",
+    )

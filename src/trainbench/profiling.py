@@ -101,12 +101,17 @@ class EpochProfiler:
                         "+ active=%d steps) recorded anything; no trace written", self.wait, self.warmup, self.active)  # fmt: skip
 
 
-def for_epoch(cfg: Any, epoch: int, run_dir: Path, device: torch.device) -> EpochProfiler | None:
-    """profile=true: the profiler for epoch profiler.epoch (None for every other epoch, and with profile=false)."""
+def for_epoch(
+    cfg: Any, epoch: int, run_dir: Path, device: torch.device, rank: int | None = None
+) -> EpochProfiler | None:
+    """profile=true: the profiler for epoch profiler.epoch (None for every other epoch, and with profile=false).
+
+    With several ranks each writes its own profile/rank{r}/trace.json and ops.csv (rank=None: profile/)."""
     pc = cfg.profiler
     if not cfg.profile or epoch != pc.epoch:
         return None
     log.info("profile=true: profiling epoch %d (profiler.epoch=%d), steps %d..%d traced (profiler.wait=%d, "
              "warmup=%d, active=%d); they run slower and are marked profiled in batches.csv", epoch + 1, pc.epoch,
              pc.wait, pc.wait + pc.warmup + pc.active - 1, pc.wait, pc.warmup, pc.active)  # fmt: skip
-    return EpochProfiler(run_dir / "profile", device, pc.wait, pc.warmup, pc.active, pc.record_shapes)
+    out = run_dir / "profile" / (f"rank{rank}" if rank is not None else "")
+    return EpochProfiler(out, device, pc.wait, pc.warmup, pc.active, pc.record_shapes)

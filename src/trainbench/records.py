@@ -18,7 +18,8 @@ EPOCH_COLUMNS = [
     "data_time_s", "compute_time_s", "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr",
     *PHASE_COLUMNS, "skipped_steps", "timing_mode", "achieved_tflops", "mfu", "profiled_steps",
     "world_size", "comm_time_s", "comm_exposed_s", "comm_bytes", "epoch_time_mean_s", "data_time_max_s", "compute_time_max_s",
-    "comm_time_max_s", "cpu_util", "others_cpu", "load_avg",
+    "comm_time_max_s", "cpu_util", "others_cpu", "load_avg", "clamped_s",
+    "mfu_precision", "comm_busy_s",
 ]  # fmt: skip
 BATCH_COLUMNS = ["epoch", "batch", "step", "size", "loss", "acc", "data_time_s", "compute_time_s",
                  *PHASE_COLUMNS, "skipped", "profiled", "rank", "comm_time_s", "comm_exposed_s"]  # fmt: skip

@@ -31,12 +31,14 @@ def epoch_row(per_rank: list[dict[str, Any]], phases: bool = True) -> dict[str, 
         "epoch_time_s": most("epoch_time_s"), "epoch_time_mean_s": mean("epoch_time_s"),
         "data_time_max_s": most("data_time_s"), "compute_time_max_s": most("compute_time_s"),
         "comm_time_s": mean("comm_time_s"), "comm_time_max_s": most("comm_time_s"),
-        "comm_exposed_s": mean("comm_exposed_s"),
+        "comm_exposed_s": mean("comm_exposed_s"), "comm_busy_s": mean("comm_busy_s"),
         "comm_bytes": per_rank[0]["comm_bytes"], "skipped_steps": per_rank[0]["skipped_steps"],
         "profiled_steps": per_rank[0]["profiled_steps"],
         "cpu_util": mean("cpu_util"), "others_cpu": most("others_cpu"), "load_avg": most("load_avg"),
     }  # fmt: skip
-    row["other_time_s"] = max(0.0, row["epoch_time_s"] - row["data_time_s"] - row["compute_time_s"])
+    rest = row["epoch_time_s"] - row["data_time_s"] - row["compute_time_s"]
+    row["other_time_s"] = max(0.0, rest)
+    row["clamped_s"] = max(0.0, -rest)  # overlapping clocks: recorded (and logged, flagged), never silent
     row["samples_per_s"] = samples / row["epoch_time_s"] if row["epoch_time_s"] else math.nan
     for c in PHASE_COLUMNS:
         row[c] = mean(c) if phases else None

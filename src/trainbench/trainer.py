@@ -24,7 +24,7 @@ from . import checkpoint as ckpt_mod
 from . import profiling
 from .build import Built, attach_ranks, batchnorm_note, build, compile_and_warm_up, count_flops, restore, timing_mode
 from .device import environment, set_precision_flags, synchronize
-from .dist.ranks import SINGLE, Ranks, any_rank, gather
+from .dist.ranks import SINGLE, Ranks, any_rank, barrier, gather
 from .engine import Diverged, EpochStats, Interrupted, evaluate_sums, train_epoch
 from .loaders import set_epoch
 from .machine import LoadMeter
@@ -107,7 +107,7 @@ class Trainer:
                     stats, rank_rows = self._train_one_epoch(b, epoch, stop, batches_log)
                     row = self._evaluate_and_record(b, epoch, stats, rank_rows, epochs_log, batches_log)
                     self._checkpoint(b, epoch)
-                    _log_epoch(row, self.cfg, self.ranks)
+                    _log_epoch(row, self.cfg, self.ranks)  # (and a warning when the remainder was clamped)
                     if stop():
                         raise Interrupted(f"stop requested; stopped after epoch {epoch}")
         finally:
@@ -123,10 +123,10 @@ class Trainer:
         set_epoch(b.train_loader, epoch)  # order and augmentation are functions of (seed, epoch, index)
         bar = tqdm(total=len(b.train_loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=self.bars_off if self.main else True, leave=False, mininterval=0.5, unit="batch")  # fmt: skip
-        prof = profiling.for_epoch(self.cfg, epoch, self.run_dir, self.device)
+        prof = profiling.for_epoch(self.cfg, epoch, self.run_dir, self.device, r.rank if r.active else None)
         sink = _BatchSink(r, None if r.active else batches_log, self.tb, bar, prof, self.cfg.faults)
         # With several ranks, a stop must land at the same batch on all of them: a collective per batch (other time)
-        stop_requested = (lambda: any_rank(stop(), self.device)) if r.active else stop
+        stop_requested = (lambda: any_rank(stop())) if r.active else stop  # a CPU collective: no device sync
         try:  # the load meter brackets the epoch outside its clock: cpu_util, others_cpu, load_avg
             with LoadMeter(whole_run_root=r.active) as meter, prof if prof is not None else _nothing():
                 stats = train_epoch(b.ctx, b.train_loader, epoch, first_step=b.global_step, on_batch=sink,
@@ -164,10 +164,11 @@ class Trainer:
         return row
 
     def _checkpoint(self, b: Built, epoch: int) -> None:
-        """The end-of-epoch checkpoint (atomic; rank 0 alone: the ranks' models are the same), then run.json's progress."""
-        if self.cfg.checkpoint.enabled and self.main:
-            ckpt_mod.save_checkpoint(self.run_dir, epoch, _state(b, self.info), self.cfg.checkpoint.keep)
-        self.record.save(epochs_done=epoch + 1)
+        """The end-of-epoch checkpoint (atomic; rank 0 alone: the ranks' models are the same), run.json's progress,
+        and with several ranks a barrier: rank 0's bookkeeping ends before any rank's next epoch clock starts."""
+        _save(b, epoch, self.cfg, self.record, self.main)
+        if self.ranks.active:
+            barrier()
 
     def _complete(self) -> dict[str, Any]:
         """Mark the run complete with its totals; drop its checkpoints unless checkpoint.keep_on_complete."""
@@ -242,8 +243,12 @@ def _log_epoch(row: dict[str, Any], cfg: DictConfig, ranks: Ranks) -> None:
         "other %.2fs epoch %.2fs | %.0f img/s%s",
         row["epoch"] + 1, cfg.epochs, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
         row["data_time_s"], row["compute_time_s"], row["other_time_s"], row["epoch_time_s"], row["samples_per_s"],
-        f" | comm {row['comm_time_s']:.2f}s ({ranks.world} ranks)" if ranks.active else "",
+        f" | comm exposed {row['comm_exposed_s']:.2f}s (all-reduce span {row['comm_time_s']:.2f}s, inside compute; "
+        f"{ranks.world} ranks)" if ranks.active else "",
     )  # fmt: skip
+    if row.get("clamped_s", 0) > 0:
+        log.warning("epoch %d: data + compute exceeded the epoch by %.3gs (clocks that overlap); other_time_s was "
+                    "clamped to 0 and clamped_s records it", row["epoch"] + 1, row["clamped_s"])  # fmt: skip
 
 
 def _running(cfg: DictConfig, dev: torch.device, fp: str, timing: str, ranks: Ranks) -> dict[str, Any]:
@@ -273,4 +278,17 @@ def _state(b: Built, info: dict[str, Any]) -> dict[str, Any]:
 def _rates(b: Built, row: dict[str, Any], world: int) -> dict[str, Any]:
     """achieved = counted FLOPs over compute time (the rate while computing); mfu against the devices' peak."""
     tflops = b.flops_per_image * row["samples"] / row["compute_time_s"] / 1e12 if row["compute_time_s"] else math.nan
-    return {"achieved_tflops": tflops, "mfu": tflops / (b.peak_tflops * world) if b.peak_tflops else None}
+    own = b.peak_precision_tflops
+    return {
+        "achieved_tflops": tflops,
+        "mfu": tflops / (b.peak_tflops * world) if b.peak_tflops else None,
+        "mfu_precision": tflops / (own * world) if own else None,
+    }
+
+
+def _save(b: Built, epoch: int, cfg: DictConfig, record: RunRecord, main: bool) -> None:
+    """Rank 0's checkpoint of this epoch, then run.json's progress."""
+    if cfg.checkpoint.enabled and main:
+        time.sleep(cfg.faults.checkpoint_delay_s)  # injected fault: a slow disk (tests)
+        ckpt_mod.save_checkpoint(record.run_dir, epoch, _state(b, record.info), cfg.checkpoint.keep)
+    record.save(epochs_done=epoch + 1)

@@ -19,8 +19,9 @@ import torch.distributed as dist
 class CommClock:
     """Times each gradient bucket's all-reduce (launch to completion, host clock) and counts its bytes.
 
-    take() returns (span of the all-reduces since the last take, the exposed part after the last launch, bytes)
-    and starts over: the engine calls it once per step, after the step's clock stopped (DDP waits for every
+    take() returns (span of the all-reduces since the last take, the exposed part after the last launch, bytes,
+    busy: the time the buckets' all-reduces actually took, each its own launch to completion, overlapping buckets
+    counted once) and starts over: the engine calls it once per step, after the step's clock stopped (DDP waits for every
     bucket before backward returns)."""
 
     def __init__(self) -> None:
@@ -29,6 +30,7 @@ class CommClock:
         self._last: float | None = None
         self._last_launch: float | None = None
         self._bytes = 0
+        self._spans: list[tuple[float, float]] = []
         self.buckets = 0
 
     def hook(self, state, bucket):  # noqa: ANN001, ANN201 -- DDP checks these annotations: none is accepted
@@ -46,17 +48,29 @@ class CommClock:
                 self._first = t0 if self._first is None else min(self._first, t0)
                 self._last = t1 if self._last is None else max(self._last, t1)
                 self._bytes += buf.numel() * buf.element_size()
+                self._spans.append((t0, t1))
                 self.buckets += 1
             return f.value()[0]
 
         return fut.then(done)
 
-    def take(self) -> tuple[float, float, int]:
+    def take(self) -> tuple[float, float, int, float]:
         with self._lock:
             done = self._first is not None and self._last is not None
             span = (self._last - self._first) if done else 0.0
             exposed = max(0.0, self._last - self._last_launch) if done and self._last_launch is not None else 0.0
-            out = (span, exposed, self._bytes)
+            out = (span, exposed, self._bytes, union_length(self._spans))
             self._first = self._last = self._last_launch = None
             self._bytes = 0
+            self._spans = []
         return out
+
+
+def union_length(spans: list[tuple[float, float]]) -> float:
+    """Total length of the union of [start, end] intervals (overlapping all-reduces counted once)."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total

@@ -97,13 +97,27 @@ def init(cfg: Any, device: torch.device, r: Ranks) -> None:
         torch.cuda.set_device(r.local_rank)
     dist.init_process_group(backend, rank=r.rank, world_size=r.world,
                             timeout=datetime.timedelta(seconds=int(cfg.dist.timeout_s)))  # fmt: skip
+    global _CPU_GROUP
+    # The stop check runs every batch: on nccl a CUDA tensor's all-reduce + .item() would drain the device each
+    # step (a sync under timing=events). A gloo side group carries it on the CPU instead.
+    _CPU_GROUP = dist.new_group(backend="gloo") if backend == "nccl" else None
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when flag is true on any (a collective: every rank must call it at the same point)."""
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+_CPU_GROUP: Any = None  # gloo side group beside an nccl process group (host-side collectives)
+
+
+def any_rank(flag: bool, device: torch.device | None = None) -> bool:
+    """True on every rank when flag is true on any (a collective: every rank must call it at the same point).
+
+    Always on a CPU tensor: the default group when it is gloo, the gloo side group beside nccl; no device sync."""
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CPU_GROUP)
     return bool(t.item())
+
+
+def barrier() -> None:
+    """Every rank waits for the others here (on the CPU side group beside nccl: no device sync)."""
+    dist.barrier(group=_CPU_GROUP)
 
 
 def gather(obj: Any) -> list[Any]:

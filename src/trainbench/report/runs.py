@@ -185,12 +185,14 @@ def run_row(r: Run) -> dict[str, Any]:
     row["batch_size"] = (r.info.get("config") or {}).get("batch_size")
     row["avg_comm_time_s"] = e["comm_time_s"].fillna(0).mean() if len(e) else math.nan
     row["avg_comm_exposed_s"] = e["comm_exposed_s"].fillna(0).mean() if len(e) else math.nan
+    row["avg_comm_busy_s"] = e["comm_busy_s"].fillna(0).mean() if "comm_busy_s" in e and len(e) else math.nan
     steps = e["batches"].sum() if len(e) else 0
     row["comm_bytes_per_step"] = e["comm_bytes"].fillna(0).sum() / steps if steps else math.nan
     row["steps_per_epoch"] = e["batches"].mean() if len(e) else math.nan
     row["profiled_steps"] = e["profiled_steps"].sum() if len(e) else 0
     row["timing_mode"] = "+".join(timing_modes(r)) or r.info.get("timing_mode")
     row["torch_threads"] = env.get("torch_threads")
+    row["clamped_s"] = e["clamped_s"].fillna(0).sum() if "clamped_s" in e and len(e) else 0.0
     for c, how in (("cpu_util", "mean"), ("others_cpu", "max"), ("load_avg", "max")):
         vals = e[c].dropna() if c in e and len(e) else pd.Series(dtype=float)
         row[f"{how}_{c}"] = getattr(vals, how)() if len(vals) else math.nan

@@ -15,10 +15,12 @@ from ..stats import Estimate, Finding, compare, differ, estimates
 
 def _op_categories(run: Run, top: int = 5) -> str | None:
     """The top operator categories of a run's profile (share of profiled self time), or None."""
-    path = run.path / "profile" / "ops.csv"
-    if not path.is_file():
+    paths = [run.path / "profile" / "ops.csv", *sorted((run.path / "profile").glob("rank*/ops.csv"))]
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
         return None
-    ops = pd.read_csv(path)
+    ops = pd.concat([pd.read_csv(p) for p in paths])  # every rank's profile (with several ranks)
+    ops["share"] = ops["self_time_s"] / ops["self_time_s"].sum() if ops["self_time_s"].sum() else 0.0
     if not len(ops):
         return None
     cats = ops.groupby("category")["share"].sum().sort_values(ascending=False).head(top)

@@ -34,6 +34,11 @@ def part_status(ctx: Context) -> PartOutput:
                    "the same settings): their times are distorted, and no finding crowns a setting on them. "
                    "Re-run them on a quiet machine.", "",
                    md_table(b[["run", "status", "max_others_cpu", "mean_cpu_util", "max_load_avg", "busy_why"]]), ""]  # fmt: skip
+    if "clamped_s" in ctx.table and (ctx.table["clamped_s"] > 0).any():
+        c = ctx.table[ctx.table["clamped_s"] > 0]
+        out.md += [f"**Clocks overlapped** in run(s) {', '.join(map(str, c['run']))}: data + compute exceeded the "
+                   "epoch, so other_time_s was clamped to 0 (clamped_s in epochs.csv and summary.csv says by how "
+                   "much). Their split of the epoch is not exact.", ""]  # fmt: skip
     warn = _concurrency_warning(ctx.done)
     if warn:
         out.md += [warn, ""]

@@ -13,15 +13,18 @@ from ..stats import Finding, compare, estimates
 
 SCALING_COLUMNS = ["world_size", "batch_size", "global_batch", "scaling", "avg_epoch_time_s", "speedup", "efficiency",
                    "compute_time_s", "comm_time_s", "comm_estimate_s", "bandwidth_gb_s", "comm_exposed_s",
-                   "runs"]  # fmt: skip
+                   "comm_busy_s", "threads_per_rank", "runs"]  # fmt: skip
 
 
 def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
     """tables/scaling.csv: per (world size, per-rank batch), against 1 rank at the same per-rank batch (weak
     scaling) and, where a 1-rank run at the same global batch exists, against it (strong scaling)."""
+    ok = ok.assign(avg_comm_busy_s=ok["avg_comm_busy_s"] if "avg_comm_busy_s" in ok else math.nan)
     cols = ["avg_epoch_time_s", "avg_compute_time_s", "avg_comm_time_s", "avg_comm_exposed_s", "comm_bytes_per_step",
-            "steps_per_epoch"]  # fmt: skip
+            "steps_per_epoch", "avg_comm_busy_s"]  # fmt: skip
     g = ok.groupby(["world_size", "batch_size"])[cols].mean()
+    threads = ok.groupby(["world_size", "batch_size"])["torch_threads"].agg(
+        lambda v: "/".join(str(int(x)) for x in sorted(set(v.dropna()))))  # fmt: skip
     n_runs = ok.groupby(["world_size", "batch_size"]).size()
     rows = []
     for (ws, bs), v in g.iterrows():
@@ -35,12 +38,16 @@ def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
             est = (v["avg_compute_time_s"] - v["steps_per_epoch"] * base["avg_compute_time_s"] / base["steps_per_epoch"]
                    if kind == "weak" and ws > 1 else math.nan)  # fmt: skip
             ring = 2 * (ws - 1) / ws  # ring all-reduce: bytes each rank sends (and receives) per byte of gradient
-            bw = (ring * v["comm_bytes_per_step"] * v["steps_per_epoch"] / v["avg_comm_time_s"] / 1e9
-                  if ws > 1 and v["avg_comm_time_s"] > 0 else math.nan)  # fmt: skip
+            # over the time the buckets' all-reduces took (each its own launch to completion, overlaps once); the
+            # span from first launch to last completion overlaps backward and would understate the bandwidth
+            busy = v["avg_comm_busy_s"] if v["avg_comm_busy_s"] > 0 else v["avg_comm_time_s"]
+            bw = (ring * v["comm_bytes_per_step"] * v["steps_per_epoch"] / busy / 1e9
+                  if ws > 1 and busy > 0 else math.nan)  # fmt: skip
             rows.append({"world_size": ws, "batch_size": bs, "global_batch": ws * bs, "scaling": kind,
                          "avg_epoch_time_s": v["avg_epoch_time_s"], "speedup": speedup, "efficiency": speedup / ws,
                          "compute_time_s": v["avg_compute_time_s"], "comm_time_s": v["avg_comm_time_s"],
                          "comm_estimate_s": est, "bandwidth_gb_s": bw, "comm_exposed_s": v["avg_comm_exposed_s"],
+                         "comm_busy_s": v["avg_comm_busy_s"], "threads_per_rank": threads.get((ws, bs), ""),
                          "runs": int(n_runs[(ws, bs)])})  # fmt: skip
     return pd.DataFrame(rows, columns=SCALING_COLUMNS)
 
@@ -93,7 +100,9 @@ def part_scaling(ctx: Context) -> PartOutput:
                "communication not hidden behind backward's compute). comm_estimate_s is the lab's subtraction "
                "(N-rank compute minus the same steps' 1-rank compute): it can only see the exposed part, so compare "
                "it with comm_exposed_s. bandwidth_gb_s: ring all-reduce bytes, 2(N-1)/N x gradient bytes per step, "
-               "over comm_time_s.", "",
+               "over comm_busy_s (the buckets' own all-reduce times, overlapping buckets counted once). "
+               "threads_per_rank: torch threads of each rank; compare only rows with the same count (a 1-rank "
+               "baseline with 2 threads against 2 ranks of 1 is not like with like: sweep with dist.threads=1).", "",
                md_table(t), ""]  # fmt: skip
     for _, r in t[(t["world_size"] > 1) & (t["scaling"] == "weak")].iterrows():
         if not math.isnan(r["comm_estimate_s"]) and r["comm_time_s"] > 0:
