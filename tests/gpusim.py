@@ -24,7 +24,8 @@ from torch import nn
 class SimDevice:
     def __init__(self, frozen_idle: bool = False) -> None:
         self.frozen_idle = frozen_idle
-        self.free = {"default": 0.0, "copy": 0.0, "comm": 0.0}  # when each stream's queued work ends (wall s)
+        self.free = {"default": 0.0, "copy": 0.0, "comm": 0.0, "callback": 0.0}  # when each stream's work ends
+        self.current = "default"  # the host's current stream (a future's callbacks run on a side stream)
         self.work = 0.0  # frozen clock: seconds of kernels queued so far (advances only with work)
         self.syncs = 0
 
@@ -39,7 +40,7 @@ class SimDevice:
             return self.work
         return max(time.perf_counter(), self.free[stream])
 
-    def event(self, stream: str = "default") -> SimEvent:
+    def event(self, stream: str | None = None) -> SimEvent:
         return SimEvent(self, stream)
 
     def synchronize(self, *_: Any) -> None:
@@ -49,18 +50,18 @@ class SimDevice:
         if wait > 0:
             time.sleep(wait)
 
-    def enqueue_collective(self, seconds: float) -> SimFuture:
+    def enqueue_collective(self, seconds: float, value: Any = None) -> SimFuture:
         """NCCL-like: queue the work on the comm stream; the future is complete when the work is enqueued."""
         self.launch(seconds, "comm")
-        return SimFuture()
+        return SimFuture(self, value)
 
 
 class SimEvent:
-    def __init__(self, dev: SimDevice, stream: str = "default") -> None:
+    def __init__(self, dev: SimDevice, stream: str | None = None) -> None:
         self.dev, self.stream, self.t = dev, stream, None
 
     def record(self, stream: Any = None) -> None:
-        self.t = self.dev.event_time(self.stream)
+        self.t = self.dev.event_time(self.stream or self.dev.current)  # on the host's current stream
 
     def query(self) -> bool:
         return self.t is not None and (self.dev.frozen_idle or time.perf_counter() >= self.t)
@@ -72,14 +73,26 @@ class SimEvent:
 
 
 class SimFuture:
-    """A torch.futures-like future that is complete at once (NCCL's): then() runs its callback on the host now."""
+    """NCCL's future: complete once the work is enqueued, so then() runs its callback on the host at once, on a
+    side stream (as CUDA futures do); value() makes the current stream wait for the work (no host wait)."""
+
+    def __init__(self, dev: SimDevice | None = None, value: Any = None) -> None:
+        self.dev, self._value = dev, value
 
     def then(self, fn: Any) -> SimFuture:
-        fn(self)
-        return SimFuture()
+        if self.dev is None:
+            return SimFuture(None, fn(self))
+        before, self.dev.current = self.dev.current, "callback"
+        try:
+            return SimFuture(self.dev, fn(self))
+        finally:
+            self.dev.current = before
 
     def value(self) -> list:
-        return [None]
+        if self.dev is not None:
+            cur = self.dev.current
+            self.dev.free[cur] = max(self.dev.free[cur], self.dev.free["comm"])  # the stream waits for the work
+        return [self._value]
 
 
 class _Kernel(torch.autograd.Function):

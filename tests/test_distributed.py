@@ -225,6 +225,7 @@ def test_sigterm_stops_every_rank_at_a_batch_boundary(tmp_path):
 # -------------------------------------------------------------------------------------------- the report
 
 
+@pytest.mark.slow  # 19 s: the scaling part is tested on fake sweeps and the golden report (make test-all runs it)
 def test_scaling_sweep_writes_the_scaling_table_and_section(tmp_path):
     sweep = tmp_path / "sweep"
     p = train_cli(["-m", "dist.nproc=1,2", "data=synthetic", "data.train_size=256", "data.test_size=64",

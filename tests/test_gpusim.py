@@ -129,3 +129,38 @@ def test_fp16_skipped_step_is_counted_without_an_extra_sync(monkeypatch):
     stats, recs = _epoch(dev, _ctx(dev, scaler=SimScaler({2})), SimLoader(dev, 6), monkeypatch)
     assert [r.skipped for r in recs] == [0, 0, 1, 0, 0, 0] and stats.skipped_steps == 1
     assert dev.syncs == 2  # the loop reads the skip flag after the epoch's settle, not per step
+
+
+@pytest.mark.parametrize("events", [False, True], ids=["host-clock", "events"])
+def test_nccl_all_reduces_are_timed_on_the_device_timeline(monkeypatch, events):
+    """Two 20 ms all-reduces on the comm stream, NCCL-like (the future is complete when enqueued, callbacks run at
+    once). The host clock reads about nothing (the old comm clock on NCCL); events read 40 ms of span and busy,
+    20 ms exposed after the last launch, once the clock has settled."""
+    from trainbench.dist import commclock as CC
+
+    dev = SimDevice()
+
+    class Work:
+        def __init__(self, buf):
+            self.fut = dev.enqueue_collective(0.02, buf)
+
+        def get_future(self):
+            return self.fut
+
+    class Bucket:
+        def buffer(self):
+            return torch.zeros(1000)
+
+    monkeypatch.setattr(CC.dist, "all_reduce", lambda buf, async_op=True: Work(buf))
+    monkeypatch.setattr(CC.dist, "get_world_size", lambda: 2)
+    clock = CC.CommClock(make_event=dev.event if events else None)
+    for _ in range(2):
+        clock.hook(None, Bucket())
+    got = clock.take()
+    dev.synchronize()  # the clock's settle
+    span, exposed, nbytes, busy = got.resolve() if events else got
+    assert nbytes == 2 * 4000
+    if events:
+        assert 0.04 <= span < 0.04 + SLACK and 0.04 <= busy < 0.04 + SLACK and 0.02 <= exposed < 0.04 + SLACK
+    else:
+        assert span < 0.005  # the defect: launch time only

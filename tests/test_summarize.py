@@ -349,6 +349,7 @@ def test_sweep_rerun_with_other_settings_is_refused_and_reported(tmp_path):
     assert "Jobs refused" not in (sweep / "report.md").read_text()
 
 
+@pytest.mark.slow  # 12 s: the C3 findings are tested on fake sweeps and the golden report (make test-all runs it)
 def test_real_tiny_c3_sweep_writes_findings_with_noise(tmp_path):
     sweep = tmp_path / "sweep"
     train_cli(["experiment=c3", "data=synthetic", "data.train_size=512", "data.test_size=128", "epochs=1",
@@ -360,7 +361,8 @@ def test_real_tiny_c3_sweep_writes_findings_with_noise(tmp_path):
     assert isinstance(lab["significant"], bool) and lab["noise"] in ("seeds", "epochs", "none")
     assert "lab's rule" in f["total_data_time_s"]["text"]
     fastest = f["avg_epoch_time_s"]
-    assert isinstance(fastest["significant"], bool) and (fastest["winner"] is None) == (not fastest["significant"])
+    assert isinstance(fastest["significant"], bool) and (fastest["winner"] is not None or not fastest["significant"])
+    assert not fastest["significant"] or fastest["noise"] != "none"  # never significant without noise
     report = (sweep / "report.md").read_text()
     assert f["diagnosis"]["text"] in report and "of the epoch" in f["diagnosis"]["text"]
     assert (sweep / "plots" / "c3_workers.png").exists()

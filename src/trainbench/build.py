@@ -212,7 +212,8 @@ def attach_ranks(b: Built, cfg: DictConfig, ranks: Ranks) -> None:
     dev = b.ctx.device
     # DDP broadcasts rank 0's parameters and buffers here, so every rank starts from the same model
     b.ctx.model = DDP(b.model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    b.ctx.comm = CommClock()
+    nccl = torch.distributed.get_backend() == "nccl"  # nccl: completion is only visible on the device timeline
+    b.ctx.comm = CommClock(make_event=(lambda: torch.cuda.Event(enable_timing=True)) if nccl else None)
     b.ctx.model.register_comm_hook(None, b.ctx.comm.hook)
     log.info("dist: rank %d of %d, backend %s, %d torch threads per rank; batch_size=%d per rank, global "
              "batch %d; %s", ranks.rank, ranks.world, torch.distributed.get_backend(), torch.get_num_threads(),

@@ -214,7 +214,7 @@ class _Pending:
     loss: torch.Tensor
     correct: torch.Tensor
     skipped: torch.Tensor | None
-    comm: tuple[float, float, int, float] = (0.0, 0.0, 0, 0.0)
+    comm: Any = (0.0, 0.0, 0, 0.0)  # (span, exposed, bytes, busy), or a PendingComm (nccl) resolved after settle
 
 
 def train_epoch(
@@ -334,9 +334,10 @@ def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_bat
         # phases: consecutive spans from m1 to m2, so that they add up to compute (up to float rounding)
         split = [clock.span(a, b) for a, b in zip(p.marks[1:-1], p.marks[2:])] if len(p.marks) > 3 else []
         skipped = int(bool(p.skipped.item())) if p.skipped is not None else 0
+        comm = p.comm.resolve() if hasattr(p.comm, "resolve") else p.comm  # nccl: bucket events, readable now
         rec = BatchRecord(epoch, p.batch, p.step, p.size, loss, correct / p.size, data_s, clock.span(m1, m2),
-                          *split, skipped=skipped, comm_time_s=p.comm[0], comm_exposed_s=p.comm[1],
-                          comm_bytes=p.comm[2], comm_busy_s=p.comm[3])  # fmt: skip
+                          *split, skipped=skipped, comm_time_s=comm[0], comm_exposed_s=comm[1],
+                          comm_bytes=comm[2], comm_busy_s=comm[3])  # fmt: skip
         stats.add(rec, correct)
         if on_batch is not None:
             on_batch(rec, stats)

@@ -6,12 +6,20 @@ backward_time_s: it is the span of the step's all-reduces (first launch to last 
 slowest rank included. comm_exposed_s is the part backward waits for: from the last bucket's launch (its
 gradients, the last ones, are ready: backward's compute is done) to the last completion. That is what the
 lab's subtraction estimates.
+
+On NCCL the host cannot see completion: the all-reduce's future is complete once the work is enqueued and its
+then() callbacks run on the host at once. There (make_event given) each bucket is timed with CUDA events
+instead: one recorded on the compute stream when the bucket is launched, one recorded after the callback made
+the current stream wait for the all-reduce (f.value()), so it completes when the all-reduce has. Those are read
+after the clock's settle (once per step with timing=sync, once per epoch with timing=events), never by a sync
+of their own.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import torch.distributed as dist
 
@@ -24,7 +32,9 @@ class CommClock:
     counted once) and starts over: the engine calls it once per step, after the step's clock stopped (DDP waits for every
     bucket before backward returns)."""
 
-    def __init__(self) -> None:
+    def __init__(self, make_event: Any = None) -> None:
+        self.make_event = make_event  # None: host clock (gloo); a CUDA event factory: device timeline (nccl)
+        self._events: list[tuple[Any, Any, int]] = []
         self._lock = threading.Lock()
         self._first: float | None = None
         self._last: float | None = None
@@ -36,6 +46,8 @@ class CommClock:
     def hook(self, state, bucket):  # noqa: ANN001, ANN201 -- DDP checks these annotations: none is accepted
         """DDP communication hook: the default all-reduce (average), timed."""
         buf = bucket.buffer()
+        if self.make_event is not None:
+            return self._hook_events(buf)
         t0 = time.perf_counter()
         with self._lock:
             self._last_launch = t0 if self._last_launch is None else max(self._last_launch, t0)
@@ -54,7 +66,30 @@ class CommClock:
 
         return fut.then(done)
 
-    def take(self) -> tuple[float, float, int, float]:
+    def _hook_events(self, buf: Any) -> Any:
+        start = self.make_event()
+        start.record()  # on the compute stream: this bucket's gradients are ready here
+        buf.div_(dist.get_world_size())
+        fut = dist.all_reduce(buf, async_op=True).get_future()
+
+        def done(f):  # noqa: ANN001, ANN202
+            value = f.value()[0]  # makes the current stream wait for the all-reduce (no host wait)
+            end = self.make_event()
+            end.record()  # completes when the all-reduce has
+            with self._lock:
+                self._events.append((start, end, buf.numel() * buf.element_size()))
+                self.buckets += 1
+            return value
+
+        return fut.then(done)
+
+    def take(self) -> Any:
+        """This step's figures: (span, exposed, bytes, busy) on the host clock, or with events a PendingComm whose
+        resolve() gives them once the clock has settled."""
+        if self.make_event is not None:
+            with self._lock:
+                out, self._events = PendingComm(self._events), []
+            return out
         with self._lock:
             done = self._first is not None and self._last is not None
             span = (self._last - self._first) if done else 0.0
@@ -74,3 +109,20 @@ def union_length(spans: list[tuple[float, float]]) -> float:
             total += b - max(a, end)
             end = b
     return total
+
+
+
+class PendingComm:
+    """A step's bucket events (nccl), read after the clock's settle: resolve() -> (span, exposed, bytes, busy)."""
+
+    def __init__(self, events: list[tuple[Any, Any, int]]) -> None:
+        self.events = events
+
+    def resolve(self) -> tuple[float, float, int, float]:
+        if not self.events:
+            return (0.0, 0.0, 0, 0.0)
+        ref = self.events[0][0]
+        spans = [(ref.elapsed_time(a) / 1e3, ref.elapsed_time(b) / 1e3) for a, b, _ in self.events]
+        first, last = min(a for a, _ in spans), max(b for _, b in spans)
+        last_launch = max(a for a, _ in spans)
+        return (last - first, max(0.0, last - last_launch), sum(n for _, _, n in self.events), union_length(spans))
