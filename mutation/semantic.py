@@ -291,8 +291,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/engine.py",
-                "    synchronize(ctx.device)\n    stats.epoch_time_s = time.perf_counter() - epoch_start",
-                "    synchronize(ctx.device)\n    time.sleep(0.3)\n    stats.epoch_time_s = time.perf_counter() - epoch_start",
+                "    _drain(pending, stats, clock, epoch, on_batch)\n    stats.epoch_time_s = time.perf_counter() - epoch_start",
+                "    _drain(pending, stats, clock, epoch, on_batch)\n    time.sleep(0.3)\n    stats.epoch_time_s = time.perf_counter() - epoch_start",
             ),
         ),
         ("tests/test_timing.py",),
@@ -300,20 +300,26 @@ MUTANTS: list[Mutant] = [
     M(
         "events-loader-time-dropped",
         "with CUDA events, device time queued by the loader not counted as data",
-        (("src/trainbench/engine.py", "data_s = p.host_wait_s + clock.span(m0, m1)", "data_s = p.host_wait_s"),),
-        ("tests/test_timing.py",),
+        (
+            (
+                "src/trainbench/engine.py",
+                "        data_s = clock.span(m0, m1)",
+                "        data_s = 0.0 * clock.span(m0, m1)",
+            ),
+        ),
+        ("tests/test_timing.py", "tests/test_gpusim.py"),
     ),
     M(
         "events-per-step-sync",
         "the events clock reading every step (a hidden per-step stall)",
         (
             (
-                "src/trainbench/clocks.py",
-                "    per_step = False  # spans are readable only after settle()",
-                "    per_step = True",
+                "src/trainbench/engine.py",
+                "        if clock.per_step:\n            clock.settle()  # note: the one CPU-GPU sync point of a step",
+                "        if True:\n            clock.settle()  # note: the one CPU-GPU sync point of a step",
             ),
         ),
-        ("tests/test_timing.py",),
+        ("tests/test_gpusim.py",),
     ),
     M(
         "device-loader-layout",
@@ -403,8 +409,65 @@ MUTANTS: list[Mutant] = [
     M(
         "allreduce-sums",
         "the communication hook sums the gradients instead of averaging them",
-        (("src/trainbench/dist/commclock.py", "        buf.div_(dist.get_world_size())\n", ""),),
+        (
+            (
+                "src/trainbench/dist/commclock.py",
+                "max(self._last_launch, t0)\n        buf.div_(dist.get_world_size())\n",
+                "max(self._last_launch, t0)\n",
+            ),
+        ),
         ("tests/test_distributed.py::test_two_ranks_train_the_same_model_as_one_with_twice_the_batch",),
+    ),
+    M(
+        "events-host-wait-twice",
+        "with events, the host wait added to the event span again (data counted twice)",
+        (
+            (
+                "src/trainbench/engine.py",
+                "        data_s = clock.span(m0, m1)",
+                "        data_s = 2 * clock.span(m0, m1)",
+            ),
+        ),
+        ("tests/test_gpusim.py::test_host_wait_is_data_time_once_not_twice",),
+    ),
+    M(
+        "no-epoch-barrier",
+        "rank 0's end-of-epoch work timed into the other ranks' next epoch (no barrier)",
+        (
+            (
+                "src/trainbench/trainer.py",
+                "        if self.ranks.active:\n            barrier()",
+                "        if False:\n            barrier()",
+            ),
+        ),
+        ("tests/test_distributed.py::test_rank_0s_end_of_epoch_work_is_outside_the_other_ranks_next_epoch",),
+    ),
+    M(
+        "z-test-not-welch",
+        "comparisons by a normal z = 2 instead of Welch's t (too loose for few repeats)",
+        (
+            (
+                "src/trainbench/report/stats.py",
+                "float(2 * sps.t.sf(abs(t), df))",
+                "float(2 * sps.norm.sf(abs(t) / 1.0197))",
+            ),
+        ),
+        ("tests/test_stats.py::test_false_positive_rate_on_identical_settings",),
+    ),
+    M(
+        "unmatched-cells",
+        "a key's values compared across every other key's levels (the other key's effect taken for noise)",
+        (
+            (
+                "src/trainbench/report/stats.py",
+                "by_cell.setdefault(tuple(repr(r[0].get(k)) for k in (match or [])), [])",
+                "by_cell.setdefault((), [])",
+            ),
+        ),
+        (
+            "tests/test_stats.py::test_matched_cells_keep_another_keys_effect_out_of_the_noise",
+            "tests/test_findings_sweeps.py::test_two_key_sweep_compares_at_matched_settings",
+        ),
     ),
     M(
         "comm-clock-not-reset",

@@ -119,6 +119,18 @@ def _burner() -> int:
     return int(out.strip())
 
 
+def _stop(pgid: int) -> None:
+    """Kill the burners and wait until they are gone (their CPU must not reach the next, quiet measurement)."""
+    os.killpg(pgid, 9)
+    end = time.time() + 10
+    while time.time() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.timing  # needs a quiet machine for its negative half: runs in make test's serial pass
 def test_a_run_next_to_a_burner_is_busy_and_a_quiet_one_is_not(tmp_path):
     """In process (a cold train.py adds nothing here): the same tiny run with and without two processes spinning."""
@@ -130,8 +142,7 @@ def test_a_run_next_to_a_burner_is_busy_and_a_quiet_one_is_not(tmp_path):
         time.sleep(0.5)
         run(compose([*TINY, "epochs=2"]), tmp_path / "runs" / "0")
     finally:
-        os.killpg(burner, 9)
-    time.sleep(0.5)
+        _stop(burner)
     run(compose([*TINY, "epochs=2"]), tmp_path / "runs" / "1")
     s = summarize(tmp_path / "runs", inspect_models=False)
     assert list(s.table["busy"]) == [True, False], s.table[["run", "max_others_cpu", "mean_cpu_util", "busy_why"]]
@@ -154,7 +165,7 @@ def test_real_scaling_sweep_with_a_burner_is_flagged_busy(tmp_path):
         while time.time() < deadline and not (busy / "1" / "run.json").exists() and proc.poll() is None:
             time.sleep(0.2)
     finally:
-        os.killpg(burner, 9)  # the 2-rank job runs on the quiet machine
+        _stop(burner)  # the 2-rank job runs on the quiet machine
     proc.communicate(timeout=300)
     s = pd.read_csv(busy / "summary.csv")
     assert bool(s.loc[0, "busy"]) and not bool(s.loc[1, "busy"]), s[["run", "busy", "busy_why"]]

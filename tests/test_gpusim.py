@@ -164,3 +164,12 @@ def test_nccl_all_reduces_are_timed_on_the_device_timeline(monkeypatch, events):
         assert 0.04 <= span < 0.04 + SLACK and 0.04 <= busy < 0.04 + SLACK and 0.02 <= exposed < 0.04 + SLACK
     else:
         assert span < 0.005  # the defect: launch time only
+
+
+def test_cuda_clocks_are_events_in_both_timing_modes():
+    from trainbench.clocks import SyncClock, make_clock
+
+    sync, events = make_clock("sync", torch.device("cuda", 0)), make_clock("events", torch.device("cuda", 0))
+    assert isinstance(sync, EventClock) and sync.per_step  # the lab's one sync per step, marks as events
+    assert isinstance(events, EventClock) and not events.per_step
+    assert isinstance(make_clock("events", CPU), SyncClock)

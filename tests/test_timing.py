@@ -265,9 +265,10 @@ class _GpuAugLoader:
 
 
 def test_event_clock_bookkeeping_with_fake_events():
-    """The events clock, on a CPU with fake events: device time queued by the loader counts as data (plus the
-    host wait), the step's as compute, everything is read once per epoch after one sync, and the accuracy
-    kernels are queued after the compute mark."""
+    """The events clock, on a CPU with fake events: device time queued by the loader counts as data, the step's
+    as compute, everything is read once per epoch after one sync, and the accuracy kernels are queued after the
+    compute mark. (This fake's clock stands still while the device idles, so the host wait is not in data here;
+    tests/test_gpusim.py checks the host wait with a device clock that runs on, as CUDA's does.)"""
     from trainbench.clocks import EventClock
 
     gpu = _FakeGPU()
@@ -279,7 +280,7 @@ def test_event_clock_bookkeeping_with_fake_events():
     assert gpu.syncs == 1 and seen_during == [1, 1, 1, 1]  # one sync, and rows only after it
     for r in recs:
         assert r.compute_time_s == pytest.approx(0.5)
-        assert around(r.data_time_s, 0.1 + 0.02)  # device augmentation + host wait
+        assert r.data_time_s == pytest.approx(0.1)  # the device augmentation the loader queued, counted once
     assert stats.compute_time_s == pytest.approx(2.0) and stats.batches == 4
 
 
