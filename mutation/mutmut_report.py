@@ -43,6 +43,9 @@ EQUIVALENT: dict[str, str] = {
     "trainbench.records.x__rewrite__mutmut_14": "the default is never used: every caller passes rows from "
     "read_rows(path, columns), which holds every column",
     "trainbench.records.xǁRunLockǁ__init____mutmut_5": "the initial fh value is replaced in __enter__ before any use",
+    "trainbench.config.x__visible_gpus__mutmut_1": "the default nproc is never used: launcher=local passes dist.nproc",
+    "trainbench.config.x_cpus_for_workers__mutmut_1": "the default nproc is never used: launcher=slurm passes all three",
+    "trainbench.config.x_cpus_for_workers__mutmut_2": "the default nnodes is never used: as above",
 }
 
 

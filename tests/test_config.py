@@ -70,6 +70,41 @@ def test_range_checks_name_key_value_and_allowed(override, key):
 
 
 @pytest.mark.parametrize(
+    "bad,good,key,value,allowed",
+    [(["profile=true", "profiler.epoch=5"], ["profile=true", "profiler.epoch=4"], "profiler.epoch", 5,
+      "0 <= epoch < epochs (5), 0-based"),
+     (["profile=true", "profiler.epoch=-1"], ["profile=true", "profiler.epoch=0"], "profiler.epoch", -1,
+      "0 <= epoch < epochs (5), 0-based"),
+     (["profiler.wait=-1"], ["profiler.wait=0"], "profiler.wait", -1, "an integer >= 0"),
+     (["profiler.warmup=-1"], ["profiler.warmup=0"], "profiler.warmup", -1, "an integer >= 0"),
+     (["profiler.active=0"], ["profiler.active=1"], "profiler.active", 0, "an integer >= 1"),
+     (["dist.nproc=0"], ["dist.nproc=1"], "dist.nproc", 0, "an integer >= 1 (processes per node)"),
+     (["dist.nnodes=0"], ["dist.nnodes=1"], "dist.nnodes", 0, "an integer >= 1"),
+     (["dist.timeout_s=0"], ["dist.timeout_s=1"], "dist.timeout_s", 0, "an integer >= 1 (seconds)"),
+     (["dist.threads=0"], ["dist.threads=1"], "dist.threads", 0, "null or an integer >= 1"),
+     (["dist.nproc=2", "compile=true"], ["dist.nproc=1", "compile=true"], "compile", True,
+      "false with dist.nproc > 1 (compile + DDP is not supported yet)"),
+     (["faults.nan_at_step=-1"], ["faults.nan_at_step=0"], "faults.nan_at_step", -1, "null or an integer >= 0"),
+     (["checkpoint.keep=0"], ["checkpoint.keep=1"], "checkpoint.keep", 0, "an integer >= 1"),
+     (["model.width=0"], ["model.width=1"], "model.width", 0, "an integer >= 1")],
+)  # fmt: skip
+def test_range_check_boundaries(bad, good, key, value, allowed):
+    """Each range check refuses the first bad value, naming its key, the value and what is allowed, and accepts
+    the boundary value."""
+    with pytest.raises(ConfigError) as e:
+        validate(compose(bad))
+    assert (e.value.key, e.value.value, e.value.allowed) == (key, value, allowed)
+    assert str(e.value) == f"invalid config: {key}={value!r}; allowed: {allowed}"
+    validate(compose(good))
+
+
+def test_world_size_is_ranks_per_node_times_nodes():
+    from trainbench.config import world_size
+
+    assert world_size(compose(["dist.nproc=2", "dist.nnodes=3"])) == 6 and world_size(compose([])) == 1
+
+
+@pytest.mark.parametrize(
     "args,expected",
     [
         (["optimizer=nosuch"], ["optimizer='nosuch'", "allowed: adadelta, adagrad, adam, nesterov, sgd"]),

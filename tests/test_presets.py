@@ -95,7 +95,10 @@ def test_a_job_with_n_ranks_gets_n_gpus_from_either_launcher(monkeypatch, n):
     assert compose_with_hydra(["launcher=local", f"dist.nproc={n}"]).hydra.launcher.gpus_per_node == n
     s = compose_with_hydra(["launcher=slurm", f"dist.nproc={n}", "workers=2"]).hydra.launcher
     assert (s.nodes, s.tasks_per_node, s.gpus_per_node, s.cpus_per_task) == (1, 1, n, 3 * n)
-    multi = compose_with_hydra(["launcher=slurm", f"dist.nproc={n}", "dist.nnodes=2"]).hydra.launcher
-    assert (multi.nodes, multi.tasks_per_node, multi.gpus_per_node) == (2, n, n)
+    for nodes in (2, 3):  # one task per rank across nodes: each task runs one rank (workers + 1 cores)
+        multi = compose_with_hydra(["launcher=slurm", f"dist.nproc={n}", f"dist.nnodes={nodes}"]).hydra.launcher
+        assert (multi.nodes, multi.tasks_per_node, multi.gpus_per_node, multi.cpus_per_task) == (nodes, n, n, 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert compose_with_hydra(["launcher=local", f"dist.nproc={n}"]).hydra.launcher.gpus_per_node == n
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert compose_with_hydra(["launcher=local", f"dist.nproc={n}"]).hydra.launcher.gpus_per_node == 0
