@@ -355,3 +355,20 @@ def test_bandwidth_uses_the_buckets_own_time_overlaps_once():
 
     assert union_length([(0.0, 1.0), (0.5, 1.5), (3.0, 4.0)]) == pytest.approx(2.5)
     assert union_length([]) == 0.0
+
+
+def test_slurm_ranks_come_from_the_environment(monkeypatch):
+    """A faked SLURM allocation (2 nodes x 2 tasks): rank, world, local rank and ranks per node from SLURM's vars."""
+    from trainbench.dist.ranks import env_ranks
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2(x2)")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[01-02]")
+    r = env_ranks()
+    assert (r.rank, r.world, r.local_rank, r.local_world) == (3, 4, 1, 2) and not r.main
+    plan_cfg = compose([*SMALL, "dist.nproc=2", "dist.nnodes=2"])
+    assert make_plan(plan_cfg).cfg.dist.nnodes == 2  # 2 x 2 = SLURM_NTASKS: accepted
