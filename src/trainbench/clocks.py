@@ -30,10 +30,6 @@ class SyncClock:
         synchronize(self.device)  # note: CPU-GPU sync point; the reading must include the queued kernels
         return time.perf_counter()
 
-    def host(self) -> float:
-        """A host-side reading without a sync (the device is idle or its time is marked separately)."""
-        return time.perf_counter()
-
     def span(self, a: float, b: float) -> float:
         return b - a
 
@@ -60,9 +56,6 @@ class EventClock:
         ev = self.make_event()
         ev.record()  # queued: no sync
         return ev
-
-    def host(self) -> float:
-        return time.perf_counter()
 
     def span(self, a: Any, b: Any) -> float:
         return a.elapsed_time(b) / 1e3  # ms -> s

@@ -6,7 +6,7 @@ width-8 step take 4.3 s instead of 0.03 s), so each epoch row records
   others_cpu  = CPU seconds of every other process on the machine / (wall s x cores): the share of the machine
                 that something else used while the epoch ran (the run's own ranks are not "others"),
   load_avg    = the 1-minute load average at the epoch's end (lags by about a minute: a hint, not a measure).
-The report marks a run busy from these (report/runs.py: busy_reason).
+The report marks a run busy from these (report/runs.py: busy_reasons).
 """
 
 from __future__ import annotations
@@ -58,13 +58,16 @@ class LoadMeter:
 
     def start(self) -> None:
         self.t0 = time.perf_counter()
-        self.own0, self.run0, self.all0 = _tree_cpu(self.me), _tree_cpu(self.run), _machine_busy_cpu()
+        self.own0, self.all0 = _tree_cpu(self.me), _machine_busy_cpu()
+        self.run0 = self.own0 if self.run is self.me else _tree_cpu(self.run)
 
     def stop(self) -> dict[str, float]:
         """cpu_util, others_cpu and load_avg of the bracketed span."""
         wall = max(time.perf_counter() - self.t0, 1e-9)
-        own = _tree_cpu(self.me) - self.own0
-        others = (_machine_busy_cpu() - self.all0) - (_tree_cpu(self.run) - self.run0)
+        own_now = _tree_cpu(self.me)
+        run_now = own_now if self.run is self.me else _tree_cpu(self.run)
+        own = own_now - self.own0
+        others = (_machine_busy_cpu() - self.all0) - (run_now - self.run0)
         return {
             "cpu_util": own / (wall * max(1, torch.get_num_threads())),
             "others_cpu": max(0.0, others) / (wall * self.cores),

@@ -28,7 +28,7 @@ from .dist.ranks import SINGLE, Ranks, any_rank, barrier, gather
 from .engine import Diverged, EpochStats, Interrupted, evaluate_sums, train_epoch
 from .loaders import set_epoch
 from .machine import LoadMeter
-from .records import BATCH_COLUMNS, EPOCH_COLUMNS, CsvLog, read_rows
+from .records import BATCH_COLUMNS, EPOCH_COLUMNS, CsvLog
 from .rundir import RunRecord, drop_rows_after, now, start_epoch
 from .stopflag import StopFlag
 from .tally import epoch_row, totals
@@ -174,7 +174,7 @@ class Trainer:
         """Mark the run complete with its totals; drop its checkpoints unless checkpoint.keep_on_complete."""
         if not self.main:
             return self.info
-        rows = read_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
+        rows = self.record.rows()
         tot = totals(rows)
         self.record.save(status="complete", finished_at=now(), epochs_done=len(rows), totals=tot)
         if not self.cfg.checkpoint.keep_on_complete:

@@ -16,9 +16,6 @@ from ..report.stats import Estimate
 LAB = {"loader.name": "torch", "workers": 2, "precision": "fp32", "channels_last": False, "compile": False}
 
 
-TUNED_KEYS = ("loader.name", "workers", "precision", "channels_last", "compile")
-
-
 @dataclass
 class Candidate:
     settings: dict[str, Any]

@@ -22,7 +22,6 @@ import torch
 import yaml
 
 log = logging.getLogger("trainbench")
-TUNED_KEYS = ("loader.name", "workers", "precision", "channels_last", "compile")
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
 
 
