@@ -10,6 +10,7 @@ from conftest import ROOT, TINY, compose, train_cli
 from trainbench.config import ConfigError, validate
 
 GROUPS = ["device", "optimizer", "norm", "data", "loader"]
+NAMED = {("data", "torchvision"): "CIFAR10"}  # data=torchvision names its dataset class in data.name
 
 
 @pytest.mark.parametrize(
@@ -20,7 +21,7 @@ GROUPS = ["device", "optimizer", "norm", "data", "loader"]
 def test_every_option_composes(group, option):
     cfg = compose([f"{group}={option}"])
     if group != "experiment":
-        assert cfg[group].name == option
+        assert cfg[group].name == NAMED.get((group, option), option)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
 
@@ -222,14 +223,15 @@ def test_boundary_values_are_accepted(override):
      ("optimizer.momentum=1", "optimizer.momentum", "null or 0 <= momentum < 1"),
      ("optimizer.momentum=-0.1", "optimizer.momentum", "null or 0 <= momentum < 1"),
      ("data.test_size=0", "data.test_size", "null (all images) or an integer >= 1"),
-     ("data.image_size=7", "data.image_size", "an integer >= 8"), ("model.width=0", "model.width", "an integer >= 1"),
+     ("data.image_size=7", "data.image_size", "null (the dataset's own side) or an integer >= 8"), ("model.width=0", "model.width", "an integer >= 1"),
      ("checkpoint.keep=0", "checkpoint.keep", "an integer >= 1"),
      ("faults.nan_at_step=-1", "faults.nan_at_step", "null or an integer >= 0"),
      ("epochs=-1", "epochs", "an integer >= 1"),
      ("data.normalize=foo", "data.normalize", "one of lab, cifar10"),
      ("timing=cuda", "timing", "one of sync, events"), ("loader.name=fast", "loader.name", "one of torch, device"),
      ("device.name=tpu", "device.name", "one of auto, cpu, cuda, mps"),
-     ("data.name=imagenet", "data.name", "one of cifar10, synthetic, imagefolder"),
+     ("data.name=imagenet", "data.name", "one of cifar10, synthetic, imagefolder, CIFAR10, CIFAR100, MNIST, "
+      "FashionMNIST, KMNIST, SVHN, STL10"),
      ("norm.name=layer", "norm.name", "one of batchnorm, none"), ("precision=fp8", "precision", "one of fp32, bf16, fp16, auto")],
 )  # fmt: skip
 def test_each_range_check_names_key_value_and_allowed(override, key, allowed):
@@ -258,8 +260,8 @@ def test_schema_defaults_are_the_documented_ones():
         "channels_last": False, "compile": False, "timing": "sync", "cudnn_benchmark": True, "progress": None,
         "device.name": "auto", "loader.name": "torch", "loader.pin_memory": None, "loader.persistent_workers": False,
         "loader.prefetch_factor": None, "data.name": "cifar10", "data.download": True, "data.train_size": None,
-        "data.test_size": None, "data.normalize": "lab", "data.image_size": 32, "norm.name": "batchnorm",
-        "model.width": 64, "model.num_classes": 10, "optimizer.name": "sgd", "optimizer._target_": "torch.optim.SGD",
+        "data.test_size": None, "data.normalize": "lab", "data.image_size": None, "data.augment": "lab",
+        "norm.name": "batchnorm", "optimizer.name": "sgd", "optimizer._target_": "torch.optim.SGD",
         "optimizer.lr": 0.1, "optimizer.weight_decay": 5e-4, "optimizer.momentum": 0.9, "optimizer.nesterov": None,
         "checkpoint.enabled": True, "checkpoint.keep": 1, "resume.enabled": True, "resume.restore_rng": True,
         "faults.nan_at_step": None,
@@ -267,6 +269,8 @@ def test_schema_defaults_are_the_documented_ones():
     for k, v in expected.items():
         assert OmegaConf.select(c, k) == v, k
     assert OmegaConf.select(c, "data.root", throw_on_resolution_failure=False) is not None
+    lab = compose([]).model  # model is a group: conf/model/resnet18.yaml, typed by ResNet18Model
+    assert OmegaConf.to_container(lab) == {"width": 64, "num_classes": None}
 
 
 def test_register_configs_stores_the_schema():

@@ -18,12 +18,14 @@ from omegaconf import DictConfig
 
 from . import checkpoint as ckpt_mod
 from .data import load_data
+from .datasets import TORCHVISION, describe
 from .device import synchronize
 from .dist.ranks import SINGLE, Ranks
 from .engine import StepContext
 from .flops import device_peak, precision_peak, step_flops_per_image
 from .loaders import DeviceLoader, make_loader
-from .model import ResNet18, count_trainable
+from . import models
+from .model import count_trainable
 
 log = logging.getLogger("trainbench")
 
@@ -37,8 +39,8 @@ def build_optimizer(cfg_opt: DictConfig, params: Any) -> torch.optim.Optimizer:
 
 
 def build_model(cfg: DictConfig, classes: int, device: torch.device, sync_bn: bool = False) -> torch.nn.Module:
-    """The configured ResNet-18 on device, in the configured memory format (SyncBatchNorm with sync_bn)."""
-    model = ResNet18(cfg.norm.name, cfg.model.width, classes).to(device)
+    """The configured model (model=) on device, in the configured memory format (SyncBatchNorm with sync_bn)."""
+    model = models.create(cfg.model, cfg.norm.name, classes).to(device)
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
@@ -175,11 +177,13 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) -> Built
     loader_gen = train_loader.generator if isinstance(train_loader, DeviceLoader) else shuffle_gen
     timing = timing_mode(cfg, device)
     log.info(
-        "device=%s -> %s; loader=%s workers=%d; optimizer=%s lr=%g; norm=%s; precision=%s "
+        "model=%s; device=%s -> %s; loader=%s workers=%d; optimizer=%s lr=%g; norm=%s; precision=%s "
         "channels_last=%s compile=%s timing=%s; %d trainable parameters",
-        cfg.device.name, device, cfg.loader.name, cfg.workers, cfg.optimizer.name, cfg.optimizer.lr,
-        cfg.norm.name, cfg.precision, cfg.channels_last, cfg.compile, timing, count_trainable(model),
+        models.label(cfg.model), cfg.device.name, device, cfg.loader.name, cfg.workers, cfg.optimizer.name,
+        cfg.optimizer.lr, cfg.norm.name, cfg.precision, cfg.channels_last, cfg.compile, timing, count_trainable(model),
     )  # fmt: skip
+    if cfg.data.name in TORCHVISION:
+        log.info("data.name=%s", describe(cfg.data.name))
     if cfg.loader.name == "device" and cfg.workers:
         log.info("loader=device uses no worker processes; workers is ignored")
     b = Built(ctx, model, train_loader, test_loader, loader_gen, timing, global_step=0)

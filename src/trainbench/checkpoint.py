@@ -55,6 +55,8 @@ def training_config(cfg: DictConfig, device_type: str | None = None) -> dict:
     for k in RESUMABLE_KEYS:
         c.pop(k, None)
     c.get("data", {}).pop("root", None)  # the same data may be moved
+    if c.get("data", {}).get("augment") == "lab":
+        c["data"].pop("augment")  # the default, as before data.augment existed (older run dirs keep their fingerprint)
     dist = c.get("dist")
     if isinstance(dist, dict):
         for k in ("timeout_s", "threads"):  # how, not what, is computed

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .data import NORMALIZE_ALIASES
+from .data import DATA_NAMES, NORMALIZE_ALIASES
 
 
 class ConfigError(ValueError):
@@ -39,13 +39,14 @@ class LoaderConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "cifar10"  # cifar10 | synthetic | imagefolder
+    name: str = "cifar10"  # cifar10 | synthetic | imagefolder | a torchvision dataset class (data=torchvision)
     root: str = "${oc.env:TRAINBENCH_DATA,data}"
     download: bool = True
     train_size: int | None = None  # null = all; N = fixed class-balanced subset
     test_size: int | None = None
-    normalize: str = "lab"  # lab: std (0.2023, 0.1994, 0.2010) as the lab; cifar10: CIFAR-10's real std
-    image_size: int = 32  # imagefolder images are resized to this
+    normalize: str = "lab"  # CIFAR-10 only: lab: std (0.2023, 0.1994, 0.2010) as the lab; cifar10: its real std
+    image_size: int | None = None  # null: the dataset's own side (imagefolder: 32); N: images resized to N x N
+    augment: str = "lab"  # lab: random crop (padding = side / 8) + horizontal flip (not for digits); none
 
 
 @dataclass
@@ -54,9 +55,36 @@ class NormConfig:
 
 
 @dataclass
-class ModelConfig:
+class ResNet18Model:
+    """model=resnet18: the lab's CIFAR ResNet-18 (it has no _target_; trainbench.model.ResNet18)."""
+
     width: int = 64  # channels of the first stage; 64 is ResNet-18 (11,173,962 parameters)
-    num_classes: int = 10
+    num_classes: int | None = None  # null: the data's class count (run.json records the number that trained)
+
+
+@dataclass
+class TorchvisionModel:
+    """model=torchvision: any name torchvision.models.list_models() gives, built with random weights by default."""
+
+    _target_: str = "trainbench.models.torchvision_model"
+    name: str = "resnet18"  # torchvision's ImageNet ResNet-18 (7x7 stride-2 stem + max-pool), not the lab's
+    weights: str | None = None  # null: random init, no download; e.g. DEFAULT (needs 1000 classes and a network)
+    num_classes: int | None = None
+
+
+@dataclass
+class TimmModel:
+    """model=timm: any name timm.list_models() gives (pip install 'trainbench[timm]')."""
+
+    _target_: str = "trainbench.models.timm_model"
+    name: str = "resnet18"
+    pretrained: bool = False
+    num_classes: int | None = None
+
+
+# The keys each model choice takes (model=custom takes _target_ plus any keyword arguments of the user's class).
+MODEL_SCHEMAS: dict[str, type] = {"resnet18": ResNet18Model, "torchvision": TorchvisionModel, "timm": TimmModel}
+MODEL_TARGETS = {TorchvisionModel._target_: "torchvision", TimmModel._target_: "timm"}
 
 
 @dataclass
@@ -134,7 +162,7 @@ class TrainConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     norm: NormConfig = field(default_factory=NormConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = MISSING  # a choice of conf/model/ (resnet18 by default), typed by MODEL_SCHEMAS
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
@@ -166,7 +194,7 @@ class TrainConfig:
 CHOICES = {
     "device.name": ("auto", "cpu", "cuda", "mps"),
     "loader.name": ("torch", "device"),
-    "data.name": ("cifar10", "synthetic", "imagefolder"),
+    "data.augment": ("lab", "none"),
     "data.normalize": ("lab", "cifar10"),
     "norm.name": ("batchnorm", "none"),
     "optimizer.name": ("sgd", "nesterov", "adagrad", "adadelta", "adam"),
@@ -198,7 +226,10 @@ def cpus_for_workers(workers: Any, nproc: Any = 1, nnodes: Any = 1) -> int:
 
 def register_configs() -> None:
     """Register the schema (config.yaml names it in its defaults list) and the launchers' resolvers."""
-    ConfigStore.instance().store(name="trainbench_schema", node=TrainConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="trainbench_schema", node=TrainConfig)
+    for name, schema in MODEL_SCHEMAS.items():  # conf/model/<name>.yaml inherits /model_schema/<name>
+        cs.store(group="model_schema", name=name, node=schema)
     # launcher=local: give each job the GPU it needs (0 makes submitit hide every GPU); launcher=slurm:
     # cpus_per_task from the job's worker count (a fixed 8 would cap a C3 sweep that goes to 16 workers).
     OmegaConf.register_new_resolver("tb.gpus", _visible_gpus, replace=True)
@@ -217,6 +248,7 @@ def check_group_choices(overrides: list[str], conf_dir: Path) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     schema = OmegaConf.structured(TrainConfig)
+    _check_model_keys(overrides)
     for o in overrides:
         key, eq, value = o.partition("=")
         if not eq or key.startswith(("+", "~", "hydra")) or "(" in value or "[" in value:
@@ -240,6 +272,35 @@ def check_group_choices(overrides: list[str], conf_dir: Path) -> None:
                 raise ConfigError(key, v, f"a value of type {kind}" if node is not None else kind) from None
 
 
+def _check_model_keys(overrides: list[str]) -> None:
+    """model.<key>=... on the command line: a key the chosen model (every choice of a model= sweep) does not take is
+    refused here, in one line; model=custom takes extra keys as its class's keyword arguments (+model.key=v)."""
+    choices = ["resnet18"]
+    for o in overrides:
+        if o.startswith("model="):
+            choices = [v.strip() for v in o.partition("=")[2].split(",")]
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        plus = key.startswith("+")
+        if not eq or not key.lstrip("+").startswith("model.") or "." in key.lstrip("+")[6:]:
+            continue
+        sub = key.lstrip("+")[6:]
+        for c in choices:
+            if c == "custom":
+                if not plus and sub not in ("_target_", "num_classes"):
+                    raise ConfigError(key, value, "_target_, num_classes, or +model.<key>=<value> for a keyword "
+                                      f"argument of your class", f"write +{key}={value}")  # fmt: skip
+                continue
+            fields = list(MODEL_SCHEMAS[c].__dataclass_fields__) if c in MODEL_SCHEMAS else None
+            if fields is not None and sub not in fields:
+                hint = (f"for torchvision's {value}: model=torchvision model.name={value}"
+                        if c == "resnet18" and sub == "name" else "")  # fmt: skip
+                if len(choices) > 1:
+                    hint += (f"{'; ' if hint else ''}this sweep also runs model={c}, which has no {sub}: compare "
+                             f"models with -m model=torchvision model.name=a,b or -m model={','.join(choices)}")
+                raise ConfigError(key.lstrip("+"), value, f"the keys of model={c}: {', '.join(fields)}", hint)
+
+
 def world_size(cfg: DictConfig) -> int:
     """Ranks of the run: dist.nproc per node times dist.nnodes (1: no process group)."""
     return int(cfg.dist.nproc) * int(cfg.dist.nnodes)
@@ -248,6 +309,19 @@ def world_size(cfg: DictConfig) -> int:
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
         raise ConfigError(key, value, allowed)
+
+
+def _check_data_name(cfg: DictConfig) -> None:
+    import difflib
+
+    allowed = "one of " + ", ".join(DATA_NAMES)
+    if OmegaConf.is_missing(cfg.data, "name"):
+        raise ConfigError("data.name", "???", allowed, "data=torchvision needs data.name=, e.g. data.name=CIFAR100")
+    name = cfg.data.name
+    if name not in DATA_NAMES:
+        near = difflib.get_close_matches(str(name), DATA_NAMES, n=3, cutoff=0.5)
+        near += [n for n in DATA_NAMES if n.lower() == str(name).lower() and n not in near]
+        raise ConfigError("data.name", name, allowed, f"did you mean: {', '.join(near)}" if near else "")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -273,8 +347,13 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.train_size", "data.test_size"):
         v = OmegaConf.select(cfg, key)
         _check(v is None or v >= 1, key, v, "null (all images) or an integer >= 1")
-    _check(cfg.data.image_size >= 8, "data.image_size", cfg.data.image_size, "an integer >= 8")
-    _check(cfg.model.width >= 1, "model.width", cfg.model.width, "an integer >= 1")
+    _check_data_name(cfg)
+    size = cfg.data.image_size
+    _check(size is None or size >= 8, "data.image_size", size, "null (the dataset's own side) or an integer >= 8")
+    width = cfg.model.get("width", 1)
+    _check(width >= 1, "model.width", width, "an integer >= 1")
+    nc = cfg.model.get("num_classes")
+    _check(nc is None or nc >= 1, "model.num_classes", nc, "null (the data's class count) or an integer >= 1")
     _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
     pr = cfg.profiler
     _check(

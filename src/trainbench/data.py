@@ -1,8 +1,9 @@
-"""Data sources (CIFAR-10, synthetic, image folders) as uint8 arrays, and fixed class-balanced subsets."""
+"""Data sources (CIFAR-10, synthetic, image folders, torchvision datasets) as uint8 arrays, and fixed subsets."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import urllib.error
@@ -10,10 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from . import datasets as tvdata
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +44,21 @@ class DataError(RuntimeError):
 
 @dataclass
 class ArrayDataset:
-    """Images as uint8 HWC (N, H, W, 3), integer labels, class names."""
+    """Images as uint8 HWC (N, H, W, 3), integer labels, class names, and how the loaders normalise and flip them."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] | None = None  # None: CIFAR-10's, as data.normalize picks (lab or cifar10)
+    flip: bool = True  # data.augment=lab flips horizontally where the images allow it (not digits)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx: np.ndarray) -> ArrayDataset:
         """The images at idx, in that order."""
-        return ArrayDataset(self.images[idx], self.labels[idx], self.classes)
+        return dataclasses.replace(self, images=self.images[idx], labels=self.labels[idx])
 
 
 def balanced_subset(labels: np.ndarray, n: int, key: str = "data.train_size") -> np.ndarray:
@@ -171,33 +178,124 @@ def load_imagefolder(root: Path, image_size: int) -> tuple[ArrayDataset, ArrayDa
             raise DataError(f"no PNG/JPEG images under {root / split}")
         return ArrayDataset(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
 
-    return read("train"), read("test")
+    train, test = read("train"), read("test")
+    mean, std = channel_stats(train.images)  # the folder's own constants, not CIFAR-10's
+    return (dataclasses.replace(train, mean=mean, std=std), dataclasses.replace(test, mean=mean, std=std))
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (in [0, 1]) of uint8 NHWC images, over at most 10,000 of them (a fixed sample)."""
+    sample = images[:: max(1, len(images) // 10_000)].astype(np.float64) / 255
+    mean = sample.mean(axis=(0, 1, 2))
+    std = np.maximum(sample.std(axis=(0, 1, 2)), 1e-3)  # a constant channel must not divide by zero
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 NHWC images resized to size x size (bilinear, antialiased), in chunks."""
+    out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
+    for s in range(0, len(images), 1000):
+        x = torch.from_numpy(images[s : s + 1000]).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[s : s + 1000] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def load_torchvision(cfg_data: Any, root: Path) -> tuple[ArrayDataset, ArrayDataset]:
+    """data=torchvision: the class data.name names (downloaded first when missing and data.download=true)."""
+    name = str(cfg_data.name)
+    ensure_torchvision(name, root, bool(cfg_data.download))
+    spec = tvdata.TORCHVISION[name]
+    mean, std = spec.mean * (3 // spec.channels), spec.std * (3 // spec.channels)  # grayscale: repeated
+    if name == "CIFAR10":
+        std = None  # data.normalize picks CIFAR-10's std, as for data=cifar10
+    out = []
+    for train in (True, False):
+        images, labels, classes = tvdata.load(name, root, train)
+        out.append(ArrayDataset(images, labels, classes, mean, std, spec.flip))
+    return out[0], out[1]
+
+
+def _missing_tv(name: str, root: Path, why: str, download: bool) -> DataError:
+    way = "check the network (data.download=true is already set)" if download else "set data.download=true"
+    return DataError(f"data.name={name} not available under {root} ({why}). Ways out: point data.root=DIR at a "
+                     f"folder holding {', '.join(tvdata.TORCHVISION[name].needs)}, {way}, or use data=synthetic")
+
+
+def ensure_torchvision(name: str, root: Path, download: bool) -> None:
+    """Download data.name=name when it is missing and allowed (under the root's lock); DataError otherwise."""
+    if tvdata.present(name, root):
+        return
+    if not download:
+        raise _missing_tv(name, root, "not found and data.download=false", download)
+    created = not root.exists()
+    lock = root / f".{name}.lock"
+    try:
+        with _locked(lock):
+            if not tvdata.present(name, root):  # another job may have fetched it while this one waited
+                tvdata.fetch(name, root, lambda why: _missing_tv(name, root, why, download))
+    except DataError:
+        tvdata.remove_if_created(root, created, lock)
+        raise
+
+
+DATA_NAMES = ("cifar10", "synthetic", "imagefolder", *tvdata.TORCHVISION)
+IMAGEFOLDER_SIZE = 32  # data=imagefolder with data.image_size=null
+
+
+def native_size(cfg_data: Any) -> int:
+    """The side the data has before any data.image_size resize."""
+    if cfg_data.name in tvdata.TORCHVISION:
+        return tvdata.TORCHVISION[cfg_data.name].size
+    return IMAGEFOLDER_SIZE if cfg_data.name == "imagefolder" else 32
+
+
+def class_count(cfg_data: Any) -> int:
+    """The data's class count, known without reading an image (imagefolder: its class folders)."""
+    if cfg_data.name in tvdata.TORCHVISION:
+        return tvdata.TORCHVISION[cfg_data.name].classes
+    if cfg_data.name == "imagefolder":
+        train = Path(str(cfg_data.root)).expanduser() / "train"
+        return sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else 0
+    return 10
 
 
 def load_data(cfg_data, test_needed: bool = True) -> tuple[ArrayDataset, ArrayDataset | None]:
     """The configured train and test splits, subset as data.train_size / data.test_size say."""
     name, root = cfg_data.name, Path(str(cfg_data.root)).expanduser()
+    size = int(cfg_data.image_size or native_size(cfg_data))
     if name == "synthetic":
         train = make_synthetic(cfg_data.train_size or SYNTHETIC_SIZES["train"], "train")
         test = make_synthetic(cfg_data.test_size or SYNTHETIC_SIZES["test"], "test") if test_needed else None
-        return train, test
+        return _resized(train, size), _resized(test, size) if test is not None else None
     if name == "cifar10":
         train, test = load_cifar10(root, bool(cfg_data.download))
     elif name == "imagefolder":
-        train, test = load_imagefolder(root, int(cfg_data.image_size))
+        train, test = load_imagefolder(root, size)
+    elif name in tvdata.TORCHVISION:
+        train, test = load_torchvision(cfg_data, root)
     else:
-        raise DataError(f"data.name={name!r}; allowed: cifar10, synthetic, imagefolder")
+        raise DataError(f"data.name={name!r}; allowed: {', '.join(DATA_NAMES)}")
     if cfg_data.train_size is not None:
         train = train.subset(balanced_subset(train.labels, cfg_data.train_size, "data.train_size"))
     if cfg_data.test_size is not None:
         test = test.subset(balanced_subset(test.labels, cfg_data.test_size, "data.test_size"))
-    return train, (test if test_needed else None)
+    return _resized(train, size), (_resized(test, size) if test_needed else None)
+
+
+def _resized(d: ArrayDataset, size: int) -> ArrayDataset:
+    """d at size x size (data.image_size), resized once after subsetting (no copy when it already is)."""
+    if d.images.shape[1] == size and d.images.shape[2] == size:
+        return d
+    return dataclasses.replace(d, images=resize(d.images, size))
 
 
 def _split_sizes(cfg_data, root: Path) -> dict[str, int]:
     """Images per split, as far as known without reading the images."""
     if cfg_data.name in ("synthetic", "cifar10"):
         return dict(SYNTHETIC_SIZES)  # synthetic has CIFAR-10's sizes
+    if cfg_data.name in tvdata.TORCHVISION:
+        return dict(zip(("train", "test"), tvdata.TORCHVISION[cfg_data.name].sizes))
     sizes = {}
     for split in ("train", "test"):
         files = [f for f in (root / split).glob("*/*") if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -223,6 +321,8 @@ def check_available(cfg_data) -> None:
                 with contextlib.suppress(OSError):
                     root.rmdir()
             raise
+    if cfg_data.name in tvdata.TORCHVISION:
+        ensure_torchvision(cfg_data.name, root, bool(cfg_data.download))
     if cfg_data.name == "imagefolder" and not ((root / "train").is_dir() and (root / "test").is_dir()):
         raise DataError(f"data=imagefolder needs {root}/train/<class>/* and {root}/test/<class>/*; set data.root=DIR")
     sizes = _split_sizes(cfg_data, root)

@@ -1,8 +1,10 @@
 """`python -m trainbench.inspect [overrides] [--json PATH]`: lab questions Q1-Q4 for the configured model.
 
-Q1 convolutional layers (with and without the 1x1 shortcut convs), Q2 the last linear layer's input size,
-Q3/Q4 trainable parameters and gradients (counted from .grad after a real forward/backward/step with the
-configured optimizer), what the optimizer keeps as state, and a per-layer table.
+Q1 convolutional layers (modules of type Conv1d/2d/3d; with and without the shortcut convs, where the model has
+them: convs inside a module named `shortcut` or `downsample`), Q2 the last Linear layer's input size, Q3/Q4
+trainable parameters and gradients (counted from .grad after a real forward/backward/step with the configured
+optimizer, on the data's image size and class count), what the optimizer keeps as state, and a per-layer table.
+Any model= works: the lab's ResNet-18, torchvision, timm or your own class.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-
-from .model import ResNet18
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -35,12 +35,18 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
     """Q1-Q4 for cfg (a DictConfig or the plain dict stored in run.json)."""
     from .build import build_optimizer
 
+    from .models import create, label
+
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     torch.manual_seed(0)
-    norm, width = _get(cfg, "norm.name", "batchnorm"), _get(cfg, "model.width", 64)
-    model = ResNet18(norm, width, _get(cfg, "model.num_classes", 10))
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    model_cfg = _get(cfg, "model") or {"width": 64}
+    norm, width = _get(cfg, "norm.name", "batchnorm"), _get(cfg, "model.width", None)
+    classes, size = data_shape(cfg)
+    model = create(model_cfg, norm, classes)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    shortcut = [n for n, _ in convs if SHORTCUT & set(n.split("."))]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     rows: list[dict[str, Any]] = []
     hooks = []
     if layers:
@@ -53,8 +59,8 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
 
                 hooks.append(mod.register_forward_hook(hook))
     opt = build_optimizer(cfg.optimizer, model.parameters())
-    x = torch.randn(2, 3, 32, 32)
-    y = torch.tensor([0, 1])
+    x = torch.randn(2, 3, size, size)
+    y = torch.tensor([0, 1]) % classes
     loss = nn.functional.cross_entropy(model(x), y)  # a real forward and backward pass
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -62,20 +68,18 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
         h.remove()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     opt.step()
-    state: dict[str, dict[str, int]] = {}
-    for s in opt.state.values():
-        for k, v in s.items():
-            e = state.setdefault(k, {"tensors": 0, "elements": 0})
-            if torch.is_tensor(v):
-                e["tensors"] += 1
-                e["elements"] += v.numel()
+    state = _optimizer_state(opt)
     return {
+        "model": label(model_cfg),
         "norm": norm,
         "optimizer": _get(cfg, "optimizer.name", "?"),
         "width": width,
+        "image_size": size,
+        "classes": classes,
         "conv_layers": len(convs),
-        "conv_layers_without_shortcut": sum(1 for n, _ in convs if "shortcut" not in n),
-        "linear_in_features": model.linear.in_features,
+        "conv_layers_without_shortcut": len(convs) - len(shortcut),
+        "shortcut_convs": len(shortcut),
+        "linear_in_features": linears[-1].in_features if linears else None,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "gradients": sum(g.numel() for g in grads),
         "gradient_tensors": len(grads),
@@ -85,6 +89,34 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
         "norm_layers": sum(1 for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)),
         **({"layers": rows} if layers else {}),
     }
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, dict[str, int]]:
+    """Per state key (momentum_buffer, exp_avg, ...): how many tensors and elements the optimizer keeps."""
+    state: dict[str, dict[str, int]] = {}
+    for s in opt.state.values():
+        for k, v in s.items():
+            e = state.setdefault(k, {"tensors": 0, "elements": 0})
+            if torch.is_tensor(v):
+                e["tensors"] += 1
+                e["elements"] += v.numel()
+    return state
+
+
+SHORTCUT = {"shortcut", "downsample"}  # the module names the lab's and torchvision's ResNets give shortcut convs
+
+
+def data_shape(cfg: Any) -> tuple[int, int]:
+    """(classes, image side) the model is built for: run.json's resolved numbers, else the data's (unread)."""
+    from .data import class_count, native_size
+
+    classes, size = _get(cfg, "model.num_classes"), _get(cfg, "data.image_size")
+    data = _get(cfg, "data")
+    if classes is None:
+        classes = class_count(data) if data is not None else 10
+    if size is None:
+        size = native_size(data) if data is not None else 32
+    return int(classes), int(size)
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -102,11 +134,18 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def render(f: dict[str, Any]) -> str:
     """The answers as text."""
+    lab = f.get("model", "resnet18") == "resnet18"
+    what = f"ResNet-18 (norm={f['norm']}, model.width={f['width']})" if lab else f["model"]
+    q1 = (f"{f['conv_layers_without_shortcut']} without the shortcut convs, {f['conv_layers']} with them"
+          if f.get("shortcut_convs", 1) else f"{f['conv_layers']} (it has no shortcut convs)")  # fmt: skip
     lines = [
-        f"model: ResNet-18 (norm={f['norm']}, model.width={f['width']}), optimizer={f['optimizer']}",
-        f"Q1  convolutional layers: {f['conv_layers_without_shortcut']} without the 1x1 shortcut convs, "
-        f"{f['conv_layers']} with them",
-        f"Q2  input dimension of the last linear layer: {f['linear_in_features']}",
+        f"model: {what}, optimizer={f['optimizer']}; built for {f.get('classes', 10)} classes at "
+        f"{f.get('image_size', 32)}x{f.get('image_size', 32)}",
+        f"Q1  convolutional layers: {q1}",
+        "    (counted: modules of type Conv1d/Conv2d/Conv3d; shortcut convs: those inside a module named "
+        "shortcut or downsample)",
+        f"Q2  input dimension of the last linear layer: "
+        + (str(f["linear_in_features"]) if f["linear_in_features"] is not None else "none (the model has no Linear)"),
         f"Q3/Q4 trainable parameters: {f['trainable_parameters']:,}; gradients after backward: {f['gradients']:,} "
         f"(in {f['gradient_tensors']} .grad tensors)",
         f"    optimizer state after one step: {f['optimizer_state_elements']:,} elements in "

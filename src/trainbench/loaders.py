@@ -5,7 +5,8 @@ and each image's crop offsets and flip are a hash of (seed, epoch, image index).
 process, worker or rank draws an image, so a run's losses do not depend on `workers`, a resumed run needs no
 RNG state to continue exactly, and 2 ranks x batch 16 see the same global batches as 1 rank x batch 32.
 The distribution is the lab's: offsets uniform over the 9 x 9 positions of RandomCrop(32, padding=4),
-flip with p = 0.5 (tested statistically).
+flip with p = 0.5 (tested statistically). Other image sides pad by side / 8 (data.augment=lab); datasets of
+digits or characters are not flipped; data.augment=none neither crops nor flips.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torchvision.transforms import functional as TF
 
 from .data import MEAN, ArrayDataset, normalize_std
 
-PAD = 4  # random crop padding (lab: RandomCrop(32, padding=4))
+PAD = 4  # random crop padding (lab: RandomCrop(32, padding=4)); other sides: side // 8
 _M32 = 0xFFFFFFFF
 
 
@@ -34,16 +35,24 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def aug_params(seed: int, epoch: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Crop offsets (dy, dx), each uniform over 0..2*PAD, and flip (p = 0.5) of images idx in epoch.
+def aug_params(seed: int, epoch: int, idx: torch.Tensor, pad: int = PAD,
+               flip: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Crop offsets (dy, dx), each uniform over 0..2*pad, and flip (p = 0.5; never with flip=False) of images idx.
 
     A function of (seed, epoch, index) alone, on any device: the same image gets the same crop in any
     process, worker or rank."""
     h = _mix32(torch.full_like(idx, seed & _M32, dtype=torch.int64))
     h = _mix32(h ^ (epoch & _M32))
     h = _mix32(h ^ (idx.to(torch.int64) & _M32))
-    n = 2 * PAD + 1
-    return h % n, (h // n) % n, ((h // (n * n)) % 2) == 1
+    n = 2 * pad + 1
+    return h % n, (h // n) % n, (((h // (n * n)) % 2) == 1) & flip
+
+
+def augmentation(size: int, augment: str, flip_fits: bool) -> tuple[int, bool]:
+    """(crop padding, flip) for data.augment on images of this side: the lab's padding is side / 8 (4 at 32)."""
+    if augment == "none":
+        return 0, False
+    return max(1, size // 8), flip_fits
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -89,9 +98,9 @@ class EpochSampler(Sampler):
         return iter([(e, i) for i in epoch_order(self.n, self.seed, e, self.shuffle, self.rank, self.world).tolist()])
 
 
-def lab_transforms(train: bool, std: tuple[float, float, float], size: int = 32) -> T.Compose:
-    """The lab's torchvision pipeline after the crop and flip (see LabDataset): ToTensor + Normalize."""
-    return T.Compose([T.ToTensor(), T.Normalize(MEAN, std)])
+def lab_transforms(train: bool, std: tuple[float, ...], size: int = 32, mean: tuple[float, ...] = MEAN) -> T.Compose:
+    """The lab's torchvision pipeline after the crop and flip (see TransformDataset): ToTensor + Normalize."""
+    return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
 
 
 class TransformDataset(Dataset):
@@ -100,8 +109,9 @@ class TransformDataset(Dataset):
     With train=True, each (epoch, index) key gets the lab's RandomCrop(size, padding=4) + RandomHorizontalFlip,
     done with torchvision's own functional ops (pad with 0, crop, hflip) at the offsets aug_params gives."""
 
-    def __init__(self, data: ArrayDataset, transform: T.Compose, train: bool = False, seed: int = 0) -> None:
-        self.data, self.transform, self.train, self.seed = data, transform, train, seed
+    def __init__(self, data: ArrayDataset, transform: T.Compose, train: bool = False, seed: int = 0,
+                 pad: int = PAD, flip: bool = True) -> None:  # fmt: skip
+        self.data, self.transform, self.train, self.seed, self.pad, self.flip = data, transform, train, seed, pad, flip
 
     def __len__(self) -> int:
         return len(self.data)
@@ -109,10 +119,11 @@ class TransformDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         img = Image.fromarray(self.data.images[i])
-        if self.train:
-            dy, dx, flip = (int(v) for v in aug_params(self.seed, epoch, torch.tensor([i])))
+        if self.train and (self.pad or self.flip):
+            dy, dx, flip = (int(v) for v in aug_params(self.seed, epoch, torch.tensor([i]), self.pad, self.flip))
             size = self.data.images.shape[1]
-            img = TF.crop(TF.pad(img, PAD), dy, dx, size, size)
+            if self.pad:
+                img = TF.crop(TF.pad(img, self.pad), dy, dx, size, size)
             if flip:
                 img = TF.hflip(img)
         return self.transform(img), int(self.data.labels[i])
@@ -147,12 +158,16 @@ def torch_loader(
     seed: int = 0,
     rank: int = 0,
     world: int = 1,
+    mean: tuple[float, ...] = MEAN,
+    pad: int = PAD,
+    flip: bool = True,
 ) -> DataLoader:
     """The lab's DataLoader: shuffled by (seed, epoch) when train (this rank's share), workers, optional pinning.
 
     generator seeds the workers' own RNGs only (nothing of the lab's pipeline draws from them)."""
     size = data.images.shape[1]
-    ds = dataset if dataset is not None else TransformDataset(data, lab_transforms(train, std, size), train, seed)
+    ds = dataset if dataset is not None else TransformDataset(data, lab_transforms(train, std, size, mean), train,
+                                                              seed, pad, flip)  # fmt: skip
     kwargs = {}
     if num_workers > 0:
         kwargs = {"persistent_workers": persistent_workers, "worker_init_fn": _seed_worker}
@@ -190,17 +205,22 @@ class DeviceLoader:
         channels_last: bool = False,
         rank: int = 0,
         world: int = 1,
+        mean: tuple[float, ...] = MEAN,
+        pad: int = PAD,
+        flip: bool = True,
     ) -> None:
         self.train, self.batch_size, self.device = train, batch_size, device
+        self.pad, self.flip = (pad, flip) if train else (0, False)
         self.seed, self.epoch, self.rank, self.world = seed, 0, rank, world
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         imgs = torch.from_numpy(np.ascontiguousarray(data.images))  # NHWC uint8
         self.size = imgs.shape[1]
-        if train:  # zero padding, as RandomCrop(padding=4) pads the uint8 image with 0
-            imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD))
+        if self.pad:  # zero padding, as RandomCrop(padding=4) pads the uint8 image with 0
+            p = self.pad
+            imgs = torch.nn.functional.pad(imgs, (0, 0, p, p, p, p))
         self.images = imgs.to(device)
         self.labels = torch.from_numpy(data.labels).to(device)
-        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
@@ -220,8 +240,8 @@ class DeviceLoader:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.images[idx]
-            if self.train:
-                dy, dx, flip = aug_params(self.seed, e, idx)  # on the device, from (seed, epoch, index)
+            if self.pad or self.flip:
+                dy, dx, flip = aug_params(self.seed, e, idx, self.pad, self.flip)  # on the device, (seed, epoch, index)
                 x = crop_flip(x, dy, dx, flip, self.size)
             else:
                 x = x.permute(0, 3, 1, 2)
@@ -234,13 +254,16 @@ class DeviceLoader:
 def make_loader(cfg, data: ArrayDataset, train: bool, device: torch.device, generator: torch.Generator | None,
                 rank: int = 0, world: int = 1):  # fmt: skip
     """The configured loader (cfg.loader.name) for one split; with world > 1, rank's share of the training split."""
-    std = normalize_std(cfg.data.normalize)
+    pad, flip = augmentation(data.images.shape[1], cfg.data.augment, data.flip)
+    # the data's own normalisation; CIFAR-10's (std None) as data.normalize picks
+    std = data.std if data.std is not None else normalize_std(cfg.data.normalize)
+    norm = {"mean": data.mean, "std": std, "pad": pad, "flip": flip}
     if cfg.loader.name == "device":
-        return DeviceLoader(data, train=train, batch_size=cfg.batch_size, device=device, std=std, seed=cfg.seed,
-                            channels_last=cfg.channels_last, rank=rank, world=world)  # fmt: skip
+        return DeviceLoader(data, train=train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
+                            channels_last=cfg.channels_last, rank=rank, world=world, **norm)  # fmt: skip
     pin = cfg.loader.pin_memory if cfg.loader.pin_memory is not None else device.type == "cuda"
     return torch_loader(
-        data, train=train, batch_size=cfg.batch_size, num_workers=cfg.workers, std=std,
+        data, train=train, batch_size=cfg.batch_size, num_workers=cfg.workers,
         generator=generator, pin_memory=pin, persistent_workers=cfg.loader.persistent_workers,
-        prefetch_factor=cfg.loader.prefetch_factor, seed=cfg.seed, rank=rank, world=world,
+        prefetch_factor=cfg.loader.prefetch_factor, seed=cfg.seed, rank=rank, world=world, **norm,
     )  # fmt: skip

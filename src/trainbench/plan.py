@@ -13,12 +13,13 @@ import dataclasses
 import logging
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from .config import ConfigError, validate, world_size
 from .data import check_available
 from .device import check_device_options, resolve_device, resolve_precision
 from .dist.ranks import check_dist, env_ranks
+from .models import check_config
 from .tune.preset import apply_fastest
 
 log = logging.getLogger("trainbench")
@@ -42,6 +43,7 @@ def make_plan(cfg: DictConfig, check_data: bool = True, overrides: tuple[str, ..
     machine's tuned preset, except the keys in `overrides` (the command line's). check_data=False leaves the data
     alone (the tuner and inspect read it themselves)."""
     validate(cfg)
+    check_config(cfg.model)  # keys, model.name, model._target_ importable: before the data, which may download
     device = resolve_device(cfg.device.name)
     check_dist(cfg, device)
     _check_launcher_env(cfg)
@@ -61,7 +63,30 @@ def make_plan(cfg: DictConfig, check_data: bool = True, overrides: tuple[str, ..
     check_device_options(cfg, device)
     if check_data:
         check_available(cfg.data)
+    cfg = resolve_model(cfg)
     return Plan(cfg, device, note, tuned)
+
+
+def resolve_model(cfg: DictConfig) -> DictConfig:
+    """The data's class count and image side written into model.num_classes and data.image_size (where null), so
+    that run.json, the fingerprint, inspect and the report state what trained; then the model is built once and
+    fed one batch (models.check_model). An explicit model.num_classes that differs from the data's is an error."""
+    from .data import class_count, native_size
+    from .models import check_model
+
+    classes, size = class_count(cfg.data), int(cfg.data.image_size or native_size(cfg.data))
+    given = cfg.model.get("num_classes")
+    if given is not None and int(given) != classes:
+        raise ConfigError("model.num_classes", given, f"null (the data's class count) or {classes}",
+                          f"data.name={cfg.data.name} has {classes} classes")  # fmt: skip
+    if cfg.norm.name != "batchnorm" and "_target_" in cfg.model:
+        raise ConfigError("norm.name", cfg.norm.name, "batchnorm (the model's own layers) unless model=resnet18",
+                          "norm=none removes BatchNorm from the lab's ResNet-18 only")  # fmt: skip
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.model.num_classes, cfg.data.image_size = classes, size
+    check_model(cfg.model, cfg.norm.name, classes, size, str(cfg.data.name))
+    return cfg
 
 
 def _check_launcher_env(cfg: DictConfig) -> None:

@@ -45,11 +45,16 @@ def machine(device: torch.device) -> str:
 
 def key_of(cfg: Any, device: torch.device) -> dict[str, Any]:
     """What a preset is valid for: machine, torch version, model, batch size, data."""
+    from ..data import native_size
+    from ..models import label
+
     d = cfg.data
-    return {"machine": machine(device), "torch": str(torch.__version__),
-            "model": {"width": int(cfg.model.width), "norm": str(cfg.norm.name)}, "batch_size": int(cfg.batch_size),
+    model = {"width": int(cfg.model.width), "norm": str(cfg.norm.name)} if label(cfg.model) == "resnet18" else {
+        "model": label(cfg.model), "args": {k: str(v) for k, v in cfg.model.items() if k != "num_classes"}}
+    return {"machine": machine(device), "torch": str(torch.__version__), "model": model,
+            "batch_size": int(cfg.batch_size),
             "data": {"name": str(d.name), "train_size": None if d.train_size is None else int(d.train_size),
-                     "image_size": int(d.image_size)}}  # fmt: skip
+                     "image_size": int(d.image_size or native_size(d))}}  # fmt: skip
 
 
 def path_for(key: dict[str, Any]) -> Path:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from ..config import ConfigError
 from ..data import load_data
 from ..device import device_name
-from ..plan import make_plan
+from ..plan import make_plan, resolve_model
 from ..report.stats import differ
 from . import preset
 from .measure import LAB, Candidate, _variant, precisions, prepare, worker_counts
@@ -190,11 +190,20 @@ def _best(cands: list[Candidate]) -> Candidate | None:
     return max(done, key=lambda c: c.estimate().value) if done else None
 
 
+def model_label(cfg: DictConfig) -> str:
+    """The model as the tuner's first line names it (the lab's: with its width)."""
+    from ..models import label
+
+    name = label(cfg.model)
+    return f"{name} (model.width={cfg.model.width})" if name == "resnet18" else name
+
+
 def tune(cfg: DictConfig) -> TuneResult:
     """Measure the candidates within cfg.tune.budget_s, write tune.csv and the winner preset; Ctrl-C keeps results."""
     tc = cfg.tune
     _check(tc)
     device = make_plan(_variant(cfg, LAB)).device  # the data is checked there too
+    cfg = resolve_model(cfg)  # the model's class count and the data's image side, as a run records them
     out_dir = Path(tc.out) if tc.out else Path("outputs") / "tune" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     data, _ = load_data(cfg.data, test_needed=False)
@@ -202,7 +211,7 @@ def tune(cfg: DictConfig) -> TuneResult:
     precs, why = (list(tc.precisions), "tune.precisions as given") if tc.precisions else precisions(device)
     workers = list(tc.workers) if tc.workers else worker_counts(cores)
     result = TuneResult([], None, None, out_dir, notes=[f"precisions {', '.join(precs)}: {why}"])
-    print(f"trainbench.tune: {device_name(device)}, {cores} cores; model.width={cfg.model.width} batch_size="
+    print(f"trainbench.tune: {device_name(device)}, {cores} cores; model={model_label(cfg)} batch_size="
           f"{cfg.batch_size} data={cfg.data.name}; {tc.repeats} interleaved repeats x {tc.steps} timed steps per "
           f"candidate (worker start-up counted, projected over an epoch); budget {tc.budget_s:.0f} s "
           "(tune.budget_s)", flush=True)  # fmt: skip
