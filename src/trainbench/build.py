@@ -17,6 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt_mod
+from . import models
 from .data import load_data
 from .datasets import TORCHVISION, describe
 from .device import synchronize
@@ -24,7 +25,6 @@ from .dist.ranks import SINGLE, Ranks
 from .engine import StepContext
 from .flops import device_peak, precision_peak, step_flops_per_image
 from .loaders import DeviceLoader, make_loader
-from . import models
 from .model import count_trainable
 
 log = logging.getLogger("trainbench")

@@ -289,15 +289,17 @@ def _check_model_keys(overrides: list[str]) -> None:
             if c == "custom":
                 if not plus and sub not in ("_target_", "num_classes"):
                     raise ConfigError(key, value, "_target_, num_classes, or +model.<key>=<value> for a keyword "
-                                      f"argument of your class", f"write +{key}={value}")  # fmt: skip
+                                      "argument of your class", f"write +{key}={value}")  # fmt: skip
                 continue
             fields = list(MODEL_SCHEMAS[c].__dataclass_fields__) if c in MODEL_SCHEMAS else None
             if fields is not None and sub not in fields:
                 hint = (f"for torchvision's {value}: model=torchvision model.name={value}"
                         if c == "resnet18" and sub == "name" else "")  # fmt: skip
                 if len(choices) > 1:
-                    hint += (f"{'; ' if hint else ''}this sweep also runs model={c}, which has no {sub}: compare "
-                             f"models with -m model=torchvision model.name=a,b or -m model={','.join(choices)}")
+                    hint += (
+                        f"{'; ' if hint else ''}this sweep also runs model={c}, which has no {sub}: compare "
+                        f"models with -m model=torchvision model.name=a,b or -m model={','.join(choices)}"
+                    )
                 raise ConfigError(key.lstrip("+"), value, f"the keys of model={c}: {', '.join(fields)}", hint)
 
 

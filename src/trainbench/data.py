@@ -218,8 +218,10 @@ def load_torchvision(cfg_data: Any, root: Path) -> tuple[ArrayDataset, ArrayData
 
 def _missing_tv(name: str, root: Path, why: str, download: bool) -> DataError:
     way = "check the network (data.download=true is already set)" if download else "set data.download=true"
-    return DataError(f"data.name={name} not available under {root} ({why}). Ways out: point data.root=DIR at a "
-                     f"folder holding {', '.join(tvdata.TORCHVISION[name].needs)}, {way}, or use data=synthetic")
+    return DataError(
+        f"data.name={name} not available under {root} ({why}). Ways out: point data.root=DIR at a "
+        f"folder holding {', '.join(tvdata.TORCHVISION[name].needs)}, {way}, or use data=synthetic"
+    )
 
 
 def ensure_torchvision(name: str, root: Path, download: bool) -> None:

@@ -34,7 +34,6 @@ def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
 def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
     """Q1-Q4 for cfg (a DictConfig or the plain dict stored in run.json)."""
     from .build import build_optimizer
-
     from .models import create, label
 
     if not isinstance(cfg, DictConfig):
@@ -144,7 +143,7 @@ def render(f: dict[str, Any]) -> str:
         f"Q1  convolutional layers: {q1}",
         "    (counted: modules of type Conv1d/Conv2d/Conv3d; shortcut convs: those inside a module named "
         "shortcut or downsample)",
-        f"Q2  input dimension of the last linear layer: "
+        "Q2  input dimension of the last linear layer: "
         + (str(f["linear_in_features"]) if f["linear_in_features"] is not None else "none (the model has no Linear)"),
         f"Q3/Q4 trainable parameters: {f['trainable_parameters']:,}; gradients after backward: {f['gradients']:,} "
         f"(in {f['gradient_tensors']} .grad tensors)",

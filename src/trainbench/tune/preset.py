@@ -49,8 +49,11 @@ def key_of(cfg: Any, device: torch.device) -> dict[str, Any]:
     from ..models import label
 
     d = cfg.data
-    model = {"width": int(cfg.model.width), "norm": str(cfg.norm.name)} if label(cfg.model) == "resnet18" else {
-        "model": label(cfg.model), "args": {k: str(v) for k, v in cfg.model.items() if k != "num_classes"}}
+    model = (
+        {"width": int(cfg.model.width), "norm": str(cfg.norm.name)}
+        if label(cfg.model) == "resnet18"
+        else {"model": label(cfg.model), "args": {k: str(v) for k, v in cfg.model.items() if k != "num_classes"}}
+    )
     return {"machine": machine(device), "torch": str(torch.__version__), "model": model,
             "batch_size": int(cfg.batch_size),
             "data": {"name": str(d.name), "train_size": None if d.train_size is None else int(d.train_size),
