@@ -24,7 +24,7 @@ from .report.parts.overview import part_all_runs, part_plots, part_status
 from .report.parts.q import part_q
 from .report.parts.scaling import part_scaling
 from .report.render import FLOAT_FORMAT
-from .report.runs import Context, PartOutput, Run, busy_reasons, find_runs, refused_jobs, run_row, varying_keys
+from .report.runs import model_label, Context, PartOutput, Run, busy_reasons, find_runs, refused_jobs, run_row, varying_keys
 from .report.stats import Finding
 
 
@@ -48,6 +48,7 @@ PARTS: list[Callable[[Context], PartOutput]] = [
     _group_part("device", "c5_device", "C5: average epoch time per device", accuracy=False),
     _group_part("optimizer", "c6_optimizer", "C6: per optimizer", accuracy=True),
     _group_part("norm", "c7_norm", "C7: BatchNorm against none", accuracy=True),
+    _group_part("model", "model", "Models: per model (model= / model.name=)", accuracy=True),
     part_compute,
     part_scaling,
     part_c2,
@@ -62,6 +63,9 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
     runs = find_runs(root)
     varying = varying_keys(runs)
     table = pd.DataFrame([run_row(r) for r in runs])
+    labels = [model_label(r.info.get("config") or {}) for r in runs]
+    if len(table) and "model" not in table and set(labels) != {"resnet18"}:
+        table.insert(0, "model", labels)  # not the lab's model: every row names it (the lab's reports stay as they were)
     if len(table):
         why = busy_reasons(table)
         table["busy"] = [bool(w) for w in why]
@@ -80,6 +84,8 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
     plots = [p for o in outputs for p in o.plots]
     md = [f"# trainbench report: {root}", "", f"{len(runs)} run(s), {len(done)} complete. Settings that vary: "
           f"{', '.join(varying) or 'none'}.", ""]  # fmt: skip
+    if set(labels) - {"resnet18"}:
+        md[0] += f" ({', '.join(dict.fromkeys(labels))})"
     if findings:
         md += ["## Findings", "", *[f"- {f.text}" for f in findings], ""]
     for o in outputs:

@@ -16,7 +16,7 @@ from ..records import BATCH_COLUMNS, EPOCH_COLUMNS, PHASE_COLUMNS, read_json, re
 from .stats import Finding
 
 SHORT = {"device.name": "device", "optimizer.name": "optimizer", "norm.name": "norm", "data.name": "data",
-         "loader.name": "loader"}  # fmt: skip
+         "loader.name": "loader", "model.label": "model"}  # fmt: skip
 
 
 IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "data.root", "tune.")
@@ -150,8 +150,22 @@ def find_runs(root: Path) -> list[Run]:
     return runs
 
 
+def model_label(config: dict) -> str:
+    """The run's model as the report names it (resnet18, torchvision/resnet50, timm/..., pkg.module.Class)."""
+    from ..models import label
+
+    m = config.get("model")
+    return label(m) if isinstance(m, dict) else "resnet18"
+
+
+def _flat(r: Run) -> dict[str, Any]:
+    """A run's config flattened, plus model.label: one setting for the model, whatever keys its choice has."""
+    c = r.info.get("config") or {}
+    return {**flatten(c), "model.label": model_label(c)} if c else {}
+
+
 def varying_keys(runs: list[Run]) -> list[str]:
-    flat = [flatten(r.info.get("config") or {}) for r in runs]
+    flat = [_flat(r) for r in runs]
     keys = list(dict.fromkeys(k for f in flat for k in f))
     # a key varies when the runs that record it disagree (a failed job's run.json may record less)
     vary = [k for k in keys if len({repr(f[k]) for f in flat if k in f}) > 1 and not k.startswith(IGNORED)]

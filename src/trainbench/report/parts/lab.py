@@ -205,7 +205,8 @@ def part_c4(ctx: Context) -> PartOutput:
 
 
 def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) -> PartOutput:
-    """C5/C6/C7: a table per value of key, the fastest setting and (where training differs) the most accurate."""
+    """C5/C6/C7 and models: a table per value of key, the fastest setting and (where training differs) the most
+    accurate; the findings' part is `part` up to its first underscore (c6_optimizer: c6)."""
     if key not in ctx.by and not ctx.missing(key):
         return PartOutput()
     if not ctx.done:
@@ -219,14 +220,14 @@ def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) ->
     match = ctx.others(key)
     ests = estimates(groups, "avg_epoch_time_s", match)
     out.findings.append(
-        compare(part[:2], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing, match)
+        compare(part.split("_")[0], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing, match)
     )
     if part == "c5_device" and len(ests) > 1:
         slow, quick = max(e.value for e in ests), min(e.value for e in ests)
         out.md += [f"The slowest device takes {slow / quick:.3g}x as long per epoch as the fastest.", ""]
     if accuracy:
         acc = estimates(groups, "avg_train_acc", match)
-        out.findings.append(accuracy_finding(part[:2], key, acc, ctx.classes(), missing, match))
+        out.findings.append(accuracy_finding(part.split("_")[0], key, acc, ctx.classes(), missing, match))
     if key == "norm":
         per_epoch = pd.DataFrame({r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in ctx.done[:4]}).T
         per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
