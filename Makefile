@@ -32,12 +32,12 @@ test-all: venv
 	$(PY) -m pytest -q -m timing
 
 lint: venv
-	$(PY) -m ruff check src tests benchmarks mutation train.py
-	$(PY) -m ruff format --check src tests benchmarks mutation train.py
+	$(PY) -m ruff check src tests benchmarks mutation examples train.py
+	$(PY) -m ruff format --check src tests benchmarks mutation examples train.py
 
 format: venv
-	$(PY) -m ruff format src tests benchmarks mutation train.py
-	$(PY) -m ruff check --fix src tests benchmarks mutation train.py
+	$(PY) -m ruff format src tests benchmarks mutation examples train.py
+	$(PY) -m ruff check --fix src tests benchmarks mutation examples train.py
 
 bench: venv
 	$(PY) benchmarks/input_pipeline.py
@@ -46,6 +46,7 @@ bench: venv
 	$(PY) benchmarks/phase_clocks.py
 	$(PY) benchmarks/tune.py
 	$(PY) benchmarks/ddp.py
+	$(PY) benchmarks/own_model_data.py
 
 # On a machine with CUDA: the gpu-marked tests and short real GPU measurements into gpu-check/results.md (+ .csv),
 # under 8 minutes on one H100/H200; without CUDA it writes "no CUDA device: skipped" there and exits 0.

@@ -177,7 +177,10 @@ def test_custom_class_that_cannot_be_imported_or_built(tinynet, monkeypatch):
         make_plan(compose(["model=custom", "model._target_=tinynet.Nope", *ANY]))
     with pytest.raises(ConfigError, match="model._target_='\\?\\?\\?'"):
         make_plan(compose(["model=custom", *ANY]))
-    with pytest.raises(ConfigError, match="takes the keys given \\(model.depth, model.num_classes\\).*unexpected keyword argument .depth."):
+    with pytest.raises(
+        ConfigError,
+        match="takes the keys given \\(model.depth, model.num_classes\\).*unexpected keyword argument .depth.",
+    ):
         make_plan(compose(["model=custom", "model._target_=tinynet.Net", "+model.depth=3", *ANY]))
 
 
@@ -240,3 +243,44 @@ def test_grayscale_imagefolder_is_normalised_with_its_own_constants(tmp_path):
 
     x, _ = next(iter(make_loader(cfg, train, False, torch.device("cpu"), None)))
     assert abs(float(x.mean())) < 0.2 and 0.7 < float(x.std()) < 1.3  # standardised with the folder's own numbers
+
+
+def test_model_choice_is_one_setting_in_the_report():
+    """-m model=resnet18,torchvision: the runs differ in several model.* keys; the report compares one `model`."""
+    from trainbench.report.runs import Run, varying_keys
+
+    lab = {"model": {"width": 64, "num_classes": 10}, "seed": 0}
+    tv = {"model": {"_target_": "trainbench.models.torchvision_model", "name": "resnet18", "weights": None,
+                    "num_classes": 10}, "seed": 0}  # fmt: skip
+    runs = [Run(Path(str(i)), str(i), "complete", None, {"config": c}, pd.DataFrame()) for i, c in enumerate([lab, tv])]
+    assert varying_keys(runs) == ["model"]
+    assert [r.settings["model"] for r in runs] == ["resnet18", "torchvision/resnet18"]
+    widths = [
+        Run(Path("a"), "a", "complete", None, {"config": {"model": {"width": w}}}, pd.DataFrame()) for w in (8, 16)
+    ]
+    assert varying_keys(widths) == ["model.width"]  # the lab's model at two widths: as before
+
+
+def test_custom_model_with_two_ranks_and_its_fingerprint(tinynet, monkeypatch):
+    """The ranks (new processes) import the user's module too; the class and its arguments are in the fingerprint."""
+    from trainbench.checkpoint import RunDirRefused
+    from trainbench.dist.ranks import RankFailed
+    from trainbench.run import run
+
+    monkeypatch.chdir(tinynet)
+    base = ["model=custom", "model._target_=tinynet.Net", *ANY, "checkpoint.keep_on_complete=true"]
+    info = run(compose([*base, "+model.hidden=6", "dist.nproc=2", "dist.threads=1"]), tinynet / "r")
+    assert info["status"] == "complete" and info["world_size"] == 2
+    with pytest.raises((RunDirRefused, RankFailed), match=r"different config \(model.hidden: 6 -> 7\)"):
+        run(compose([*base, "+model.hidden=7", "dist.nproc=2", "dist.threads=1", "epochs=2"]), tinynet / "r")
+
+
+def test_tuned_preset_key_names_the_model():
+    import torch
+
+    from trainbench.tune.preset import key_of
+
+    lab = key_of(compose([]), torch.device("cpu"))
+    tv = key_of(compose(["model=torchvision", "model.name=resnet50"]), torch.device("cpu"))
+    assert lab["model"] == {"width": 64, "norm": "batchnorm"}  # presets measured before model= still match
+    assert tv["model"]["model"] == "torchvision/resnet50" and tv["model"]["args"]["name"] == "resnet50"

@@ -126,6 +126,10 @@ def batchnorm_note(cfg: DictConfig, r: Ranks) -> str:
     """Which BatchNorm the run trains with (with several ranks it matters: per-rank or synchronized statistics)."""
     if cfg.norm.name == "none":
         return "no BatchNorm (norm=none)"
+    if "_target_" in cfg.model:
+        return f"{models.label(cfg.model)}'s own normalization layers" + (
+            " (synchronized: dist.sync_bn=true)" if r.active and cfg.dist.sync_bn else ""
+        )
     if not r.active:
         return "BatchNorm2d"
     if cfg.dist.sync_bn:

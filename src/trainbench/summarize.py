@@ -24,7 +24,17 @@ from .report.parts.overview import part_all_runs, part_plots, part_status
 from .report.parts.q import part_q
 from .report.parts.scaling import part_scaling
 from .report.render import FLOAT_FORMAT
-from .report.runs import model_label, Context, PartOutput, Run, busy_reasons, find_runs, refused_jobs, run_row, varying_keys
+from .report.runs import (
+    Context,
+    PartOutput,
+    Run,
+    busy_reasons,
+    find_runs,
+    model_label,
+    refused_jobs,
+    run_row,
+    varying_keys,
+)
 from .report.stats import Finding
 
 
@@ -65,7 +75,9 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
     table = pd.DataFrame([run_row(r) for r in runs])
     labels = [model_label(r.info.get("config") or {}) for r in runs]
     if len(table) and "model" not in table and set(labels) != {"resnet18"}:
-        table.insert(0, "model", labels)  # not the lab's model: every row names it (the lab's reports stay as they were)
+        table.insert(
+            0, "model", labels
+        )  # not the lab's model: every row names it (the lab's reports stay as they were)
     if len(table):
         why = busy_reasons(table)
         table["busy"] = [bool(w) for w in why]

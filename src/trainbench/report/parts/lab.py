@@ -220,7 +220,9 @@ def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) ->
     match = ctx.others(key)
     ests = estimates(groups, "avg_epoch_time_s", match)
     out.findings.append(
-        compare(part.split("_")[0], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing, match)
+        compare(
+            part.split("_")[0], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing, match
+        )
     )
     if part == "c5_device" and len(ests) > 1:
         slow, quick = max(e.value for e in ests), min(e.value for e in ests)
