@@ -64,22 +64,27 @@ def _cli(args: list[str], cwd: Path, module: str = "train.py") -> subprocess.Com
     return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=240)
 
 
-def test_custom_model_trains_one_epoch_and_inspect_answers_for_it(tinynet):
-    args = ["model=custom", "model._target_=tinynet.Net", "+model.hidden=6", *ANY, "hydra.run.dir=run"]
+def test_custom_model_trains_one_epoch_and_inspect_answers_for_it(tinynet, monkeypatch, capsys):
+    """The user's module in the working directory: train.py (a subprocess, with 2 ranks: the spawned ranks import
+    it too) trains it for one epoch; inspect answers Q1-Q4 for it."""
+    args = ["model=custom", "model._target_=tinynet.Net", "+model.hidden=6", *ANY, "dist.nproc=2", "dist.threads=1",
+            "hydra.run.dir=run"]  # fmt: skip
     p = train_cli(args, tinynet, check=True)
     info = json.loads((tinynet / "run" / "run.json").read_text())
-    assert info["status"] == "complete"
+    assert info["status"] == "complete" and info["world_size"] == 2
     assert info["config"]["model"] == {"_target_": "tinynet.Net", "num_classes": 10, "hidden": 6}
     log = (tinynet / "run" / "train.log").read_text()
     assert "model=tinynet.Net;" in log and "262 trainable parameters" in log  # 3*6*9+6 + 3*6+6 + 6*10+10
     assert p.returncode == 0
-    q = _cli(["model=custom", "model._target_=tinynet.Net", "+model.hidden=6", "--no-layers"], tinynet,
-             "trainbench.inspect")  # fmt: skip
-    assert q.returncode == 0, q.stderr
-    assert "model: tinynet.Net" in q.stdout
-    assert "Q1  convolutional layers: 1 without the shortcut convs, 2 with them" in q.stdout
-    assert "Q2  input dimension of the last linear layer: 6" in q.stdout
-    assert "Q3/Q4 trainable parameters: 262; gradients after backward: 262" in q.stdout
+    from trainbench.inspect import main
+
+    monkeypatch.chdir(tinynet)
+    assert main(["model=custom", "model._target_=tinynet.Net", "+model.hidden=6", "--no-layers"]) == 0
+    out = capsys.readouterr().out
+    assert "model: tinynet.Net" in out
+    assert "Q1  convolutional layers: 1 without the shortcut convs, 2 with them" in out
+    assert "Q2  input dimension of the last linear layer: 6" in out
+    assert "Q3/Q4 trainable parameters: 262; gradients after backward: 262" in out
 
 
 def test_torchvision_resnet50_trains_a_step():
@@ -215,15 +220,19 @@ def _imagefolder(root: Path, classes: int, per_class: int, gray: bool = False, s
                 img.save(d / f"{i}.png")
 
 
-def test_twelve_class_imagefolder_reports_the_model_that_trained(tmp_path):
-    _imagefolder(tmp_path / "data", 12, 3)
-    args = ["data=imagefolder", f"data.root={tmp_path / 'data'}", "model.width=8", "workers=0", "epochs=1",
-            "batch_size=16", "progress=false", "hydra.run.dir=run"]  # fmt: skip
-    train_cli(args, tmp_path, check=True)
-    info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["config"]["model"]["num_classes"] == 12
-    log = (tmp_path / "run" / "train.log").read_text()
+def test_twelve_class_imagefolder_reports_the_model_that_trained(tmp_path, caplog):
+    import logging
+
     from trainbench.inspect import model_facts
+    from trainbench.run import run
+
+    _imagefolder(tmp_path / "data", 12, 3)
+    caplog.set_level(logging.INFO, logger="trainbench")
+    cfg = compose(["data=imagefolder", f"data.root={tmp_path / 'data'}", "model.width=8", "workers=0", "epochs=1",
+                   "batch_size=16", "progress=false"])  # fmt: skip
+    info = run(cfg, tmp_path / "run")
+    assert info["config"]["model"]["num_classes"] == 12
+    log = caplog.text
 
     facts = model_facts(info["config"])
     assert facts["classes"] == 12 and f"{facts['trainable_parameters']} trainable parameters" in log
@@ -261,18 +270,15 @@ def test_model_choice_is_one_setting_in_the_report():
     assert varying_keys(widths) == ["model.width"]  # the lab's model at two widths: as before
 
 
-def test_custom_model_with_two_ranks_and_its_fingerprint(tinynet, monkeypatch):
-    """The ranks (new processes) import the user's module too; the class and its arguments are in the fingerprint."""
+def test_the_model_class_and_its_arguments_are_in_the_fingerprint(tinynet, monkeypatch):
     from trainbench.checkpoint import RunDirRefused
-    from trainbench.dist.ranks import RankFailed
     from trainbench.run import run
 
     monkeypatch.chdir(tinynet)
     base = ["model=custom", "model._target_=tinynet.Net", *ANY, "checkpoint.keep_on_complete=true"]
-    info = run(compose([*base, "+model.hidden=6", "dist.nproc=2", "dist.threads=1"]), tinynet / "r")
-    assert info["status"] == "complete" and info["world_size"] == 2
-    with pytest.raises((RunDirRefused, RankFailed), match=r"different config \(model.hidden: 6 -> 7\)"):
-        run(compose([*base, "+model.hidden=7", "dist.nproc=2", "dist.threads=1", "epochs=2"]), tinynet / "r")
+    assert run(compose([*base, "+model.hidden=6"]), tinynet / "r")["status"] == "complete"
+    with pytest.raises(RunDirRefused, match=r"different config \(model.hidden: 6 -> 7\)"):
+        run(compose([*base, "+model.hidden=7", "epochs=2"]), tinynet / "r")
 
 
 def test_tuned_preset_key_names_the_model():

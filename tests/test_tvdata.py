@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import struct
 import urllib.error
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose, train_cli
+from conftest import compose
 from trainbench import data as D
 from trainbench import datasets as tvdata
 from trainbench.loaders import augmentation, make_loader
@@ -92,14 +91,18 @@ def test_cifar100_trains_with_a_100_way_head(tmp_path, monkeypatch):
     assert facts["classes"] == 100 and facts["trainable_parameters"] == 176_402 + 90 * 65  # 64 x 100 + 100 head
 
 
-def test_fashion_mnist_trains_from_idx_files(tmp_path):
+def test_fashion_mnist_trains_from_idx_files(tmp_path, caplog):
+    import logging
+
+    from trainbench.run import run
+
     write_mnist_family(tmp_path / "data")
-    args = ["data=torchvision", "data.name=FashionMNIST", f"data.root={tmp_path / 'data'}", "data.download=false",
-            *SMALL, "hydra.run.dir=run"]  # fmt: skip
-    train_cli(args, tmp_path, check=True)
-    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    caplog.set_level(logging.INFO, logger="trainbench")
+    cfg = compose(["data=torchvision", "data.name=FashionMNIST", f"data.root={tmp_path / 'data'}",
+                   "data.download=false", *SMALL])  # fmt: skip
+    info = run(cfg, tmp_path / "run")
     assert info["status"] == "complete" and info["config"]["data"]["image_size"] == 28
-    log = (tmp_path / "run" / "train.log").read_text()
+    log = caplog.text
     assert "FashionMNIST: 28x28, 10 classes, grayscale expanded to 3 channels" in log
     assert "120 train / 60 test images" in log
 
