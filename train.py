@@ -20,7 +20,13 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from trainbench.cli import check_command_line
+    from trainbench.config import ConfigError, check_group_choices
+    from trainbench.console import exit_with
 
-    check_command_line(sys.argv[1:], Path(__file__).resolve().parent / "conf")  # a typo'd group choice: one line
+    try:  # a typo'd group choice or key: one line, before Hydra starts and before torch is imported
+        check_group_choices(
+            [a for a in sys.argv[1:] if not a.startswith("-")], Path(__file__).resolve().parent / "conf"
+        )
+    except ConfigError as e:
+        exit_with(e)
     main()

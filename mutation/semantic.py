@@ -44,8 +44,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/loaders.py",
-                "img = TF.crop(TF.pad(img, PAD), dy, dx, size, size)",
-                "img = TF.crop(TF.pad(img, PAD), PAD, PAD, size, size)",
+                "img = TF.crop(TF.pad(img, self.pad), dy, dx, size, size)",
+                "img = TF.crop(TF.pad(img, self.pad), self.pad, self.pad, size, size)",
             ),
         ),
         ("tests/test_loaders.py",),
@@ -68,7 +68,7 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/loaders.py",
-                "T.Compose([T.ToTensor(), T.Normalize(MEAN, std)])",
+                "T.Compose([T.ToTensor(), T.Normalize(mean, std)])",
                 "T.Compose([T.ToTensor()])",
             ),
         ),
@@ -261,8 +261,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/loaders.py",
-                "imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD))",
-                "imgs = torch.nn.functional.pad(imgs, (0, 0, PAD, PAD, PAD, PAD), value=255)",
+                "imgs = torch.nn.functional.pad(imgs, (0, 0, p, p, p, p))",
+                "imgs = torch.nn.functional.pad(imgs, (0, 0, p, p, p, p), value=255)",
             ),
         ),
         ("tests/test_loaders.py", "tests/test_speed_paths.py"),
@@ -480,6 +480,70 @@ MUTANTS: list[Mutant] = [
             ),
         ),
         ("tests/test_distributed.py::test_two_ranks_train_the_same_model_as_one_with_twice_the_batch",),
+    ),
+    # issue 21: your own model and data
+    M(
+        "digits-flipped",
+        "data.augment=lab flips MNIST's digits",
+        (
+            (
+                "src/trainbench/datasets.py",
+                '"MNIST": Spec(28, 1, 10, (0.1307,), (0.3081,), False,',
+                '"MNIST": Spec(28, 1, 10, (0.1307,), (0.3081,), True,',
+            ),
+        ),
+        ("tests/test_tvdata.py::test_digits_are_cropped_with_padding_side_over_8_and_never_flipped",),
+    ),
+    M(
+        "pad-always-4",
+        "crop padding 4 whatever the image side (not side / 8)",
+        (("src/trainbench/loaders.py", "return max(1, size // 8), flip_fits", "return PAD, flip_fits"),),
+        ("tests/test_tvdata.py::test_digits_are_cropped_with_padding_side_over_8_and_never_flipped",),
+    ),
+    M(
+        "classes-not-resolved",
+        "run.json keeps model.num_classes null: the report and inspect cannot state the head that trained",
+        (
+            (
+                "src/trainbench/plan.py",
+                "cfg.model.num_classes, cfg.data.image_size = classes, size",
+                "cfg.data.image_size = size",
+            ),
+        ),
+        (
+            "tests/test_models.py::test_twelve_class_imagefolder_reports_the_model_that_trained",
+            "tests/test_tvdata.py::test_cifar100_trains_with_a_100_way_head",
+        ),
+    ),
+    M(
+        "grayscale-cifar-constants",
+        "torchvision datasets normalised with CIFAR-10's constants",
+        (
+            (
+                "src/trainbench/data.py",
+                "out.append(ArrayDataset(images, labels, classes, mean, std, spec.flip))",
+                "out.append(ArrayDataset(images, labels, classes, flip=spec.flip))",
+            ),
+        ),
+        ("tests/test_tvdata.py::test_grayscale_is_expanded_and_normalised_with_its_own_constants",),
+    ),
+    M(
+        "unknown-model-key-ignored",
+        "a key model=resnet18 does not have (model.name) is silently ignored",
+        (
+            (
+                "src/trainbench/models.py",
+                '    k = kind(model_cfg)\n    if k == "custom":\n        return\n    allowed',
+                "    k = kind(model_cfg)\n    if True:\n        return\n    allowed",
+            ),
+        ),
+        ("tests/test_models.py::test_unknown_model_key_in_composed_config_is_refused",),
+    ),
+    M(
+        "output-size-unchecked",
+        "a model with the wrong number of outputs trains (no check before the run)",
+        (("src/trainbench/models.py", "    if got != (2, classes):", "    if False:"),),
+        ("tests/test_models.py::test_output_size_mismatch_names_both_numbers",),
     ),
 ]
 

@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError, RunDirRefused
-from .config import ConfigError, check_group_choices
+from .config import ConfigError
 from .console import exit_with
 from .data import DataError
 from .dist.ranks import RankFailed
@@ -27,14 +27,6 @@ log = logging.getLogger("trainbench")
 _sweep_interrupted = False  # set when a signal stopped a job: the sweep's remaining jobs do not start
 # Errors a user can cause and fix: one clear message, no traceback (HYDRA_FULL_ERROR=1 shows it).
 EXPECTED = (ConfigError, DataError, CheckpointError, RunDirLocked, RunWriteError, Diverged, LoaderDied, RankFailed)
-
-
-def check_command_line(argv: list[str], conf_dir: Path) -> None:
-    """Before Hydra starts: a group choice that names no file ends the command with one line (exit 1)."""
-    try:
-        check_group_choices([a for a in argv if not a.startswith("-")], conf_dir)
-    except ConfigError as e:
-        exit_with(e)
 
 
 def swept_in_one_process(key: str) -> bool:

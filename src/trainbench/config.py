@@ -10,7 +10,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .data import DATA_NAMES, NORMALIZE_ALIASES
+from .datasets import DATA_NAMES, NORMALIZE_ALIASES  # no torch import: train.py checks the command line first
 
 
 class ConfigError(ValueError):

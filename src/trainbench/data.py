@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = {"lab": (0.2023, 0.1994, 0.2010), "cifar10": (0.2470, 0.2435, 0.2616)}
-# data.normalize=true was the old spelling of cifar10; Hydra reads it as a boolean, stored as "True".
-NORMALIZE_ALIASES = {"true": "cifar10", "True": "cifar10"}
+NORMALIZE_ALIASES = tvdata.NORMALIZE_ALIASES
 
 
 def normalize_std(name: str) -> tuple[float, float, float]:
@@ -241,7 +240,7 @@ def ensure_torchvision(name: str, root: Path, download: bool) -> None:
         raise
 
 
-DATA_NAMES = ("cifar10", "synthetic", "imagefolder", *tvdata.TORCHVISION)
+DATA_NAMES = tvdata.DATA_NAMES
 IMAGEFOLDER_SIZE = 32  # data=imagefolder with data.image_size=null
 
 

@@ -51,6 +51,12 @@ TORCHVISION: dict[str, Spec] = {
 }  # fmt: skip
 
 
+# every value data.name takes: trainbench's own sources, then the torchvision classes above
+DATA_NAMES = ("cifar10", "synthetic", "imagefolder", *TORCHVISION)
+# data.normalize=true was the old spelling of cifar10; Hydra reads it as a boolean, stored as "True".
+NORMALIZE_ALIASES = {"true": "cifar10", "True": "cifar10"}
+
+
 def present(name: str, root: Path) -> bool:
     """Whether root holds what data.name=name needs (without reading it)."""
     return all((root / p).exists() for p in TORCHVISION[name].needs)
