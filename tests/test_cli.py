@@ -57,13 +57,12 @@ def test_worker_warning_once_per_job(tmp_path):
     assert (p.stdout + p.stderr).count("This DataLoader will create") <= 1
 
 
-def test_inspect_writes_nothing_unless_asked(tmp_path):
-    import subprocess
-    import sys
+def test_inspect_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
+    from trainbench.inspect import main  # the command's own entry point (its CLI run: test_summarize's inspect test)
 
-    p = subprocess.run([sys.executable, "-m", "trainbench.inspect", "--no-layers"], cwd=tmp_path, capture_output=True,
-                       text=True, check=True)  # fmt: skip
-    assert "Q1" in p.stdout and list(tmp_path.iterdir()) == []
+    monkeypatch.chdir(tmp_path)
+    assert main(["--no-layers"]) == 0
+    assert "Q1" in capsys.readouterr().out and list(tmp_path.iterdir()) == []
 
 
 def test_help_explains_groups_presets_and_keys_not_test_keys(tmp_path):

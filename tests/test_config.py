@@ -137,8 +137,10 @@ def test_bad_override_exits_nonzero_and_leaves_no_files(tmp_path, args, expected
 
 
 def test_bad_override_keeps_existing_run_dir(tmp_path):
+    from trainbench.run import run
+
     run_dir = tmp_path / "run"
-    train_cli([*TINY, f"hydra.run.dir={run_dir}"], tmp_path, check=True)
+    run(compose(TINY), run_dir)  # the run that is there (in process: only the bad command needs the CLI)
     before = (run_dir / "epochs.csv").read_text()
     p = train_cli([*TINY, "epochs=0", f"hydra.run.dir={run_dir}"], tmp_path)
     assert p.returncode != 0
