@@ -82,7 +82,7 @@ def test_custom_model_trains_one_epoch_and_inspect_answers_for_it(tinynet, monke
     assert main(["model=custom", "model._target_=tinynet.Net", "+model.hidden=6", "--no-layers"]) == 0
     out = capsys.readouterr().out
     assert "model: tinynet.Net" in out
-    assert "Q1  convolutional layers: 1 without the shortcut convs, 2 with them" in out
+    assert "Q1  convolutional layers: 1 without the 1x1 shortcut convs, 2 with them" in out
     assert "Q2  input dimension of the last linear layer: 6" in out
     assert "Q3/Q4 trainable parameters: 262; gradients after backward: 262" in out
 

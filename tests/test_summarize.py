@@ -136,7 +136,7 @@ def test_inspect_cli(tmp_path):
 
     p = subprocess.run([sys.executable, "-m", "trainbench.inspect", "optimizer=adam", "--json", str(tmp_path / "i.json")],
                        capture_output=True, text=True, check=True)  # fmt: skip
-    assert "17 without the shortcut convs, 20 with them" in p.stdout and "exp_avg_sq" in p.stdout
+    assert "17 without the 1x1 shortcut convs, 20 with them" in p.stdout and "exp_avg_sq" in p.stdout
     assert json.loads((tmp_path / "i.json").read_text())["optimizer"] == "adam"
 
 

@@ -44,7 +44,7 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
     classes, size = data_shape(cfg)
     model = create(model_cfg, norm, classes)
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    shortcut = [n for n, _ in convs if SHORTCUT & set(n.split("."))]
+    shortcut = [m for n, m in convs if SHORTCUT & set(n.split("."))]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     rows: list[dict[str, Any]] = []
     hooks = []
@@ -78,6 +78,7 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
         "conv_layers": len(convs),
         "conv_layers_without_shortcut": len(convs) - len(shortcut),
         "shortcut_convs": len(shortcut),
+        "shortcut_kernel": "1x1" if shortcut and all(set(m.kernel_size) == {1} for m in shortcut) else "",
         "linear_in_features": linears[-1].in_features if linears else None,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "gradients": sum(g.numel() for g in grads),
@@ -135,7 +136,9 @@ def render(f: dict[str, Any]) -> str:
     """The answers as text."""
     lab = f.get("model", "resnet18") == "resnet18"
     what = f"ResNet-18 (norm={f['norm']}, model.width={f['width']})" if lab else f["model"]
-    q1 = (f"{f['conv_layers_without_shortcut']} without the shortcut convs, {f['conv_layers']} with them"
+    kernel = f.get("shortcut_kernel", "1x1")
+    q1 = (f"{f['conv_layers_without_shortcut']} without the {kernel + ' ' if kernel else ''}shortcut convs, "
+          f"{f['conv_layers']} with them"
           if f.get("shortcut_convs", 1) else f"{f['conv_layers']} (it has no shortcut convs)")  # fmt: skip
     lines = [
         f"model: {what}, optimizer={f['optimizer']}; built for {f.get('classes', 10)} classes at "
