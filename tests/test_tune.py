@@ -257,7 +257,10 @@ def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "rank | setting | images/s" in p.stdout and "python train.py loader=" in p.stdout
+    # the commands keep the tuner's own overrides (the model, data and batch size it measured), not tune.*
+    base = "python train.py data=synthetic data.train_size=96 model.width=8 batch_size=16 "
+    assert "rank | setting | images/s" in p.stdout and base + "loader=" in p.stdout
+    assert base + "experiment=fastest" in p.stdout and "tune.steps" not in p.stdout.split("winner")[-1]
     assert "winner: " in p.stdout or "no setting beats the lab config here" in p.stdout
     assert "trainbench.tune: " in p.stdout  # the progress header
     rows = list(csv.DictReader(open(out / "tune.csv")))

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose(args)
         result = tune(cfg)
+        result.base = [a for a in args if not a.startswith(("tune.", "+tune.", "-"))]
     except (ConfigError, DataError, ValueError) as e:
         exit_with(e)
         return 1

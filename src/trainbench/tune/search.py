@@ -33,6 +33,7 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
     verdict: str = ""
     wrote: list[Path] = field(default_factory=list)
+    base: list[str] = field(default_factory=list)  # the tuner's own overrides (model=, data=, ...): the commands keep them
 
 
 def _ranked(cands: list[Candidate]) -> list[Candidate]:
@@ -79,8 +80,9 @@ def render(result: TuneResult) -> str:
     if result.verdict:
         text += f"\n\n{result.verdict}"
     if result.winner is not None:
-        text += f"\n  python train.py {' '.join(result.winner.overrides)}"
-        text += "\n  python train.py experiment=fastest   (on this machine, with this model, batch size and data)"
+        base = "".join(f"{b} " for b in result.base)
+        text += f"\n  python train.py {base}{' '.join(result.winner.overrides)}"
+        text += f"\n  python train.py {base}experiment=fastest   (on this machine, with this model, batch size and data)"
     for n in result.notes:
         text += f"\nnote: {n}"
     return text
