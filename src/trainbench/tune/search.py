@@ -33,7 +33,9 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
     verdict: str = ""
     wrote: list[Path] = field(default_factory=list)
-    base: list[str] = field(default_factory=list)  # the tuner's own overrides (model=, data=, ...): the commands keep them
+    base: list[str] = field(
+        default_factory=list
+    )  # the tuner's own overrides (model=, data=, ...): the commands keep them
 
 
 def _ranked(cands: list[Candidate]) -> list[Candidate]:
@@ -82,7 +84,9 @@ def render(result: TuneResult) -> str:
     if result.winner is not None:
         base = "".join(f"{b} " for b in result.base)
         text += f"\n  python train.py {base}{' '.join(result.winner.overrides)}"
-        text += f"\n  python train.py {base}experiment=fastest   (on this machine, with this model, batch size and data)"
+        text += (
+            f"\n  python train.py {base}experiment=fastest   (on this machine, with this model, batch size and data)"
+        )
     for n in result.notes:
         text += f"\nnote: {n}"
     return text
