@@ -335,3 +335,44 @@ def test_device_and_subset_errors_before_any_work():
             make_plan(compose([*TINY, "device=cuda"]))
     with pytest.raises(DataError, match="data.train_size=99999999 but data=synthetic has only 50000 train images"):
         make_plan(compose([*TINY, "data.train_size=99999999"]))
+
+
+def test_data_name_errors_name_the_choices_and_close_matches():
+    cfg = compose(["data=torchvision", "data.name=cifar100"])
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    names = "cifar10, synthetic, imagefolder, CIFAR10, CIFAR100, MNIST, FashionMNIST, KMNIST, SVHN, STL10"
+    assert (
+        str(e.value)
+        == f"invalid config: data.name='cifar100'; allowed: one of {names}. did you mean: cifar10, CIFAR100"
+    )
+    cfg.data.name = "???"  # a user's own data YAML that leaves the name open
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert str(e.value) == (f"invalid config: data.name='???'; allowed: one of {names}. data=torchvision needs "
+                            "data.name=, e.g. data.name=CIFAR100")  # fmt: skip
+    cfg.data.name = "zzzz"
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert str(e.value) == f"invalid config: data.name='zzzz'; allowed: one of {names}"  # nothing close: no hint
+    for ok in ("FashionMNIST", "cifar10", "imagefolder"):
+        cfg.data.name = ok
+        validate(cfg)
+
+
+def test_model_key_checks_before_hydra_name_key_value_and_keys():
+    from trainbench.config import check_group_choices
+
+    conf = ROOT / "conf"
+    with pytest.raises(ConfigError) as e:
+        check_group_choices(["model=timm", "model.width=8"], conf)
+    assert str(e.value) == ("invalid config: model.width='8'; allowed: the keys of model=timm: _target_, name, "
+                            "pretrained, num_classes")  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        check_group_choices(["model=custom", "model.depth=3"], conf)
+    assert str(e.value) == ("invalid config: model.depth='3'; allowed: _target_, num_classes, or "
+                            "+model.<key>=<value> for a keyword argument of your class. write +model.depth=3")  # fmt: skip
+    for fine in (["model=custom", "+model.depth=3", "model._target_=a.B", "model.num_classes=4"],
+                 ["model=torchvision", "model.name=resnet50", "model.weights=null"], ["model.width=8"],
+                 ["model=resnet18,torchvision"], ["+model.x.y=1"]):  # fmt: skip
+        check_group_choices(fine, conf)

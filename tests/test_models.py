@@ -290,3 +290,13 @@ def test_tuned_preset_key_names_the_model():
     tv = key_of(compose(["model=torchvision", "model.name=resnet50"]), torch.device("cpu"))
     assert lab["model"] == {"width": 64, "norm": "batchnorm"}  # presets measured before model= still match
     assert tv["model"]["model"] == "torchvision/resnet50" and tv["model"]["args"]["name"] == "resnet50"
+
+
+def test_inspect_errors_are_one_line(capsys):
+    from trainbench.inspect import main
+
+    for args in (["model=torchvision", "model.name=resnt50"], ["data=imagefolder", "data.root=/nonexistent"]):
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--no-layers"])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("trainbench: ")

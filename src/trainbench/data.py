@@ -257,7 +257,10 @@ def class_count(cfg_data: Any) -> int:
         return tvdata.TORCHVISION[cfg_data.name].classes
     if cfg_data.name == "imagefolder":
         train = Path(str(cfg_data.root)).expanduser() / "train"
-        return sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else 0
+        n = sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else 0
+        if not n:
+            raise DataError(f"data=imagefolder needs {train}/<class>/* (no class folders there); set data.root=DIR")
+        return n
     return 10
 
 

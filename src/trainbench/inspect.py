@@ -172,7 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-layers", action="store_true", help="leave out the per-layer table")
     a = p.parse_args(argv)
-    facts = model_facts(compose(a.overrides), layers=not a.no_layers)
+    from .config import ConfigError
+    from .console import exit_with
+    from .data import DataError
+
+    try:
+        facts = model_facts(compose(a.overrides), layers=not a.no_layers)
+    except (ConfigError, DataError) as e:  # one line, as train.py prints it
+        exit_with(e)
     print(render(facts))
     if a.json is not None:
         a.json.write_text(json.dumps(facts, indent=2) + "\n")

@@ -101,6 +101,10 @@ def takes(fn: Any, arg: str) -> bool:
 
 def create(model_cfg: Mapping, norm: str, classes: int) -> Any:
     """The configured network (on the CPU, in fp32): what build_model, inspect and the tuner start from."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(model_cfg):  # plain values for the user's class (lists, dicts), not OmegaConf nodes
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
     k = kind(model_cfg)
     if k == "resnet18":
         from .model import ResNet18
