@@ -228,3 +228,27 @@ def test_every_documented_dataset_has_facts():
         import torchvision.datasets as tvd
 
         assert hasattr(tvd, name)
+
+
+def test_stl10_loads_96_pixel_images_from_its_binary_files(tmp_path, monkeypatch):
+    """stl10_binary/{train,test}_{X,y}.bin: images stored column-major (C, W, H), labels 1..10."""
+    from torchvision.datasets import STL10
+
+    d = tmp_path / "stl10_binary"
+    d.mkdir()
+    rng = np.random.default_rng(4)
+    first = {}
+    for split, n in (("train", 6), ("test", 4)):
+        hwc = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+        first[split] = hwc[0]
+        (d / f"{split}_X.bin").write_bytes(np.ascontiguousarray(hwc.transpose(0, 3, 2, 1)).tobytes())
+        (d / f"{split}_y.bin").write_bytes((np.arange(n) % 10 + 1).astype(np.uint8).tobytes())
+    (d / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+    monkeypatch.setattr(STL10, "train_list", [[f, _md5(d / f)] for f in ("train_X.bin", "train_y.bin")])
+    monkeypatch.setattr(STL10, "test_list", [[f, _md5(d / f)] for f in ("test_X.bin", "test_y.bin")])
+    cfg = compose(["data=torchvision", "data.name=STL10", f"data.root={tmp_path}"])
+    train, test = D.load_data(cfg.data)
+    assert train.images.shape == (6, 96, 96, 3) and test.images.shape == (4, 96, 96, 3)
+    np.testing.assert_array_equal(train.images[0], first["train"])  # pixel for pixel, upright
+    assert train.labels.tolist() == [0, 1, 2, 3, 4, 5] and train.flip and train.classes[2] == "c2"
+    assert augmentation(96, cfg.data.augment, train.flip) == (12, True)
