@@ -313,17 +313,22 @@ def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
-def _check_data_name(cfg: DictConfig) -> None:
+def close_matches(word: str, choices: list[str] | tuple[str, ...], n: int = 5, cutoff: float = 0.6) -> str:
+    """'did you mean: a, b' for the choices closest to word (a different capitalisation too), '' when none is."""
     import difflib
 
+    hits = difflib.get_close_matches(word, choices, n=n, cutoff=cutoff)
+    hits += [c for c in choices if c.lower() == word.lower() and c not in hits]
+    return f"did you mean: {', '.join(dict.fromkeys(hits))}" if hits else ""
+
+
+def _check_data_name(cfg: DictConfig) -> None:
     allowed = "one of " + ", ".join(DATA_NAMES)
     if OmegaConf.is_missing(cfg.data, "name"):
         raise ConfigError("data.name", "???", allowed, "data=torchvision needs data.name=, e.g. data.name=CIFAR100")
     name = cfg.data.name
     if name not in DATA_NAMES:
-        near = difflib.get_close_matches(str(name), DATA_NAMES, n=3, cutoff=0.5)
-        near += [n for n in DATA_NAMES if n.lower() == str(name).lower() and n not in near]
-        raise ConfigError("data.name", name, allowed, f"did you mean: {', '.join(near)}" if near else "")
+        raise ConfigError("data.name", name, allowed, close_matches(str(name), DATA_NAMES, n=3, cutoff=0.5))
 
 
 def validate(cfg: DictConfig) -> None:

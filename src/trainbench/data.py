@@ -236,19 +236,27 @@ def ensure_torchvision(name: str, root: Path, download: bool) -> None:
             if not tvdata.present(name, root):  # another job may have fetched it while this one waited
                 tvdata.fetch(name, root, lambda why: _missing_tv(name, root, why, download))
     except DataError:
-        tvdata.remove_if_created(root, created, lock)
+        _remove_if_created(root, created, lock)
         raise
 
 
+def _remove_if_created(root: Path, created: bool, lock: Path) -> None:
+    """Leave no empty data root (or its lock file) behind a failed download that created the root."""
+    if created:
+        lock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+
 DATA_NAMES = tvdata.DATA_NAMES
-IMAGEFOLDER_SIZE = 32  # data=imagefolder with data.image_size=null
 
 
-def native_size(cfg_data: Any) -> int:
-    """The side the data has before any data.image_size resize."""
-    if cfg_data.name in tvdata.TORCHVISION:
-        return tvdata.TORCHVISION[cfg_data.name].size
-    return IMAGEFOLDER_SIZE if cfg_data.name == "imagefolder" else 32
+def image_side(cfg_data: Any) -> int:
+    """The side the images have as the model sees them: data.image_size, else the dataset's own (a torchvision
+    class's; 32 for CIFAR-10, synthetic, and an image folder with data.image_size=null)."""
+    if cfg_data.image_size:
+        return int(cfg_data.image_size)
+    return tvdata.TORCHVISION[cfg_data.name].size if cfg_data.name in tvdata.TORCHVISION else 32
 
 
 def class_count(cfg_data: Any) -> int:
@@ -267,7 +275,7 @@ def class_count(cfg_data: Any) -> int:
 def load_data(cfg_data, test_needed: bool = True) -> tuple[ArrayDataset, ArrayDataset | None]:
     """The configured train and test splits, subset as data.train_size / data.test_size say."""
     name, root = cfg_data.name, Path(str(cfg_data.root)).expanduser()
-    size = int(cfg_data.image_size or native_size(cfg_data))
+    size = image_side(cfg_data)
     if name == "synthetic":
         train = make_synthetic(cfg_data.train_size or SYNTHETIC_SIZES["train"], "train")
         test = make_synthetic(cfg_data.test_size or SYNTHETIC_SIZES["test"], "test") if test_needed else None
@@ -320,10 +328,7 @@ def check_available(cfg_data) -> None:
         try:
             load_cifar10(root, download=True)
         except DataError:
-            if created:  # leave no empty data root (or its lock file) behind a failed download
-                (root / ".cifar10.lock").unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    root.rmdir()
+            _remove_if_created(root, created, root / ".cifar10.lock")
             raise
     if cfg_data.name in tvdata.TORCHVISION:
         ensure_torchvision(cfg_data.name, root, bool(cfg_data.download))

@@ -9,16 +9,12 @@ download leaves no half-written files behind.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import shutil
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,11 +115,3 @@ def describe(name: str) -> str:
     gray = ", grayscale expanded to 3 channels (v, v, v) for the model" if s.channels == 1 else ""
     flip = "crop + horizontal flip" if s.flip else f"crop only (no flip: {name} holds digits or characters)"
     return f"{name}: {s.size}x{s.size}, {s.classes} classes{gray}; data.augment=lab is {flip}"
-
-
-def remove_if_created(root: Path, created: bool, lock: Path) -> None:
-    """Leave no empty data root (or its lock file) behind a failed download."""
-    if created:
-        lock.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            root.rmdir()

@@ -108,15 +108,12 @@ SHORTCUT = {"shortcut", "downsample"}  # the module names the lab's and torchvis
 
 def data_shape(cfg: Any) -> tuple[int, int]:
     """(classes, image side) the model is built for: run.json's resolved numbers, else the data's (unread)."""
-    from .data import class_count, native_size
+    from .data import class_count, image_side
 
-    classes, size = _get(cfg, "model.num_classes"), _get(cfg, "data.image_size")
-    data = _get(cfg, "data")
+    classes, data = _get(cfg, "model.num_classes"), _get(cfg, "data")
     if classes is None:
         classes = class_count(data) if data is not None else 10
-    if size is None:
-        size = native_size(data) if data is not None else 32
-    return int(classes), int(size)
+    return int(classes), image_side(data) if data is not None else 32
 
 
 def compose(overrides: list[str]) -> DictConfig:

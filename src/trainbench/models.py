@@ -10,7 +10,6 @@ so that a wrong output size or an input size the model cannot take ends the comm
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import sys
@@ -18,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import MODEL_SCHEMAS, MODEL_TARGETS, ConfigError
+from .config import MODEL_SCHEMAS, MODEL_TARGETS, ConfigError, close_matches
 
 
 def kind(m: Mapping) -> str:
@@ -35,25 +34,24 @@ def label(m: Mapping) -> str:
     return f"{k}/{m.get('name')}" if k in ("torchvision", "timm") else str(m["_target_"])
 
 
-def close_matches(word: str, choices: list[str]) -> str:
-    """'did you mean: a, b' for the choices closest to word ('' when none is close)."""
-    hits = difflib.get_close_matches(word, choices, n=5, cutoff=0.6)
-    hits += [c for c in choices if c.lower() == word.lower() and c not in hits]
-    return f"did you mean: {', '.join(dict.fromkeys(hits))}" if hits else ""
-
-
 def torchvision_model(name: str, num_classes: int, weights: str | None = None) -> Any:
     """torchvision.models.get_model(name) with random weights (model.weights=null) and num_classes outputs."""
+    models = _torchvision(name)
+    try:
+        return models.get_model(name, weights=weights, num_classes=num_classes)
+    except ValueError as e:  # e.g. pretrained weights with another class count than theirs
+        raise ConfigError("model.weights", weights, "null (random init) or weights matching the data", str(e)) from e
+
+
+def _torchvision(name: str) -> Any:
+    """torchvision.models, having checked that it knows name."""
     from torchvision import models
 
     names = models.list_models()
     if name not in names:
         raise ConfigError("model.name", name, f"one of torchvision.models.list_models() ({len(names)} names, e.g. "
                           "resnet50, mobilenet_v3_small, vit_b_16)", close_matches(name, names))  # fmt: skip
-    try:
-        return models.get_model(name, weights=weights, num_classes=num_classes)
-    except ValueError as e:  # e.g. pretrained weights with another class count than theirs
-        raise ConfigError("model.weights", weights, "null (random init) or weights matching the data", str(e)) from e
+    return models
 
 
 def timm_model(name: str, num_classes: int, pretrained: bool = False) -> Any:
@@ -134,13 +132,7 @@ def check_config(model_cfg: Any) -> None:
     check_keys(model_cfg)
     k = kind(model_cfg)
     if k == "torchvision":
-        from torchvision import models
-
-        names = models.list_models()
-        if model_cfg["name"] not in names:
-            raise ConfigError("model.name", model_cfg["name"], f"one of torchvision.models.list_models() "
-                              f"({len(names)} names, e.g. resnet50, mobilenet_v3_small, vit_b_16)",
-                              close_matches(str(model_cfg["name"]), names))  # fmt: skip
+        _torchvision(str(model_cfg["name"]))
     elif k == "timm":
         _timm(str(model_cfg["name"]))
     elif k != "resnet18":
@@ -173,10 +165,10 @@ def needed_size(model: Any) -> int | None:
 
 def check_model(model_cfg: Mapping, norm: str, classes: int, size: int, data_name: str) -> Any:
     """Build the model once and push two images of the data's size through it (eval mode, no gradients): a model
-    that cannot take that size, or whose output is not one score per class, is a ConfigError naming both."""
+    that cannot take that size, or whose output is not one score per class, is a ConfigError naming both. The
+    config's keys and names are check_config's (make_plan runs it first)."""
     import torch
 
-    check_config(model_cfg)
     name = label(model_cfg)
     model = create(model_cfg, norm, classes).eval()
     try:

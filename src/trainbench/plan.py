@@ -70,11 +70,12 @@ def make_plan(cfg: DictConfig, check_data: bool = True, overrides: tuple[str, ..
 def resolve_model(cfg: DictConfig) -> DictConfig:
     """The data's class count and image side written into model.num_classes and data.image_size (where null), so
     that run.json, the fingerprint, inspect and the report state what trained; then the model is built once and
-    fed one batch (models.check_model). An explicit model.num_classes that differs from the data's is an error."""
-    from .data import class_count, native_size
+    fed one batch (models.check_model; its keys and name were checked by make_plan's models.check_config). An
+    explicit model.num_classes that differs from the data's is an error."""
+    from .data import class_count, image_side
     from .models import check_model
 
-    classes, size = class_count(cfg.data), int(cfg.data.image_size or native_size(cfg.data))
+    classes, size = class_count(cfg.data), image_side(cfg.data)
     given = cfg.model.get("num_classes")
     if given is not None and int(given) != classes:
         raise ConfigError("model.num_classes", given, f"null (the data's class count) or {classes}",

@@ -75,9 +75,8 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
     table = pd.DataFrame([run_row(r) for r in runs])
     labels = [model_label(r.info.get("config") or {}) for r in runs]
     if len(table) and "model" not in table and set(labels) != {"resnet18"}:
-        table.insert(
-            0, "model", labels
-        )  # not the lab's model: every row names it (the lab's reports stay as they were)
+        # not the lab's model: every row names it (the lab's reports stay as they were)
+        table.insert(0, "model", labels)
     if len(table):
         why = busy_reasons(table)
         table["busy"] = [bool(w) for w in why]

@@ -45,7 +45,7 @@ def machine(device: torch.device) -> str:
 
 def key_of(cfg: Any, device: torch.device) -> dict[str, Any]:
     """What a preset is valid for: machine, torch version, model, batch size, data."""
-    from ..data import native_size
+    from ..data import image_side
     from ..models import label
 
     d = cfg.data
@@ -57,7 +57,7 @@ def key_of(cfg: Any, device: torch.device) -> dict[str, Any]:
     return {"machine": machine(device), "torch": str(torch.__version__), "model": model,
             "batch_size": int(cfg.batch_size),
             "data": {"name": str(d.name), "train_size": None if d.train_size is None else int(d.train_size),
-                     "image_size": int(d.image_size or native_size(d))}}  # fmt: skip
+                     "image_size": image_side(d)}}  # fmt: skip
 
 
 def path_for(key: dict[str, Any]) -> Path:
