@@ -55,7 +55,7 @@ gpu-check: venv
 
 # Mutation testing (slow, not part of `make test`): mutmut on config/records/checkpoint/summarize with the
 # in-process tests that cover them, then the curated semantic mutants of mutation/semantic.py.
-MUTMUT_MODULES ?= "trainbench.config*" "trainbench.records*" "trainbench.checkpoint*" "trainbench.report.runs*"
+MUTMUT_MODULES ?= "trainbench.config*" "trainbench.store.records*" "trainbench.store.checkpoint*" "trainbench.report.runs*"
 mutation: venv
 	$(PY) -m pip install --quiet -e ".[mutation]"
 	rm -rf mutants

@@ -36,14 +36,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from _common import machine, median, table, write_csv
-from trainbench.inspect import compose
-from trainbench.records import EPOCH_COLUMNS, read_rows
+from trainbench.questions import compose
 from trainbench.run import run
+from trainbench.figures import epoch_columns
+from trainbench.store.records import read_rows
 
 
 def last_epoch(overrides: list[str], d: Path) -> dict:
     run(compose(overrides), d)
-    return {k: float(v) for k, v in read_rows(d / "epochs.csv", EPOCH_COLUMNS)[-1].items() if v not in ("", "sync")}
+    return {k: float(v) for k, v in read_rows(d / "epochs.csv", epoch_columns())[-1].items() if v not in ("", "sync")}
 
 
 def contended(overrides: list[str], tmp: Path) -> float:
@@ -59,7 +60,7 @@ def contended(overrides: list[str], tmp: Path) -> float:
             raise SystemExit("a contended baseline run failed")
     per_step = []
     for i in range(2):
-        e = read_rows(tmp / f"c{i}" / "epochs.csv", EPOCH_COLUMNS)[-1]
+        e = read_rows(tmp / f"c{i}" / "epochs.csv", epoch_columns())[-1]
         per_step.append(float(e["compute_time_s"]) / float(e["batches"]))
     return sum(per_step) / 2
 
@@ -68,7 +69,7 @@ def _bare(rank: int, world: int, port: int, batch: int, steps: int, threads: int
     """A bare DDP loop: random in-memory batches, SGD, no clocks; rank 0 writes its median step time."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from trainbench.model import ResNet18
+    from trainbench.models.resnet import ResNet18
 
     torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

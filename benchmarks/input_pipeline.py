@@ -14,9 +14,9 @@ import time
 import torch
 
 from _common import machine, median, table, write_csv
-from trainbench.data import STD, make_synthetic
+from trainbench.data.loaders import DeviceLoader, torch_loader
+from trainbench.data.sources import STD, make_synthetic
 from trainbench.device import synchronize
-from trainbench.loaders import DeviceLoader, torch_loader
 
 
 def epoch_seconds(loader, device: torch.device) -> float:

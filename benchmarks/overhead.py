@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 from _common import machine, median, table, write_csv
-from trainbench.build import build_optimizer
-from trainbench.data import load_data
-from trainbench.inspect import compose
-from trainbench.loaders import make_loader
-from trainbench.model import ResNet18
-from trainbench.records import EPOCH_COLUMNS, read_rows
+from trainbench.data.loaders import make_loader
+from trainbench.data.sources import load_data
+from trainbench.models.resnet import ResNet18
+from trainbench.questions import compose
+from trainbench.recipe import build_optimizer
 from trainbench.run import run
+from trainbench.figures import epoch_columns
+from trainbench.store.records import read_rows
 
 
 def bare_epoch(cfg) -> float:
@@ -61,7 +62,7 @@ def main() -> None:
             bare.append(bare_epoch(cfg))
             d = Path(tmp) / f"r{i}"
             run(cfg, d)
-            tb.append(float(read_rows(d / "epochs.csv", EPOCH_COLUMNS)[0]["epoch_time_s"]))
+            tb.append(float(read_rows(d / "epochs.csv", epoch_columns())[0]["epoch_time_s"]))
             print(f"rep {i}: bare {bare[-1]:.3f}s trainbench {tb[-1]:.3f}s", flush=True)
     rows = [{"loop": "bare PyTorch", "median_epoch_s": median(bare), "images_per_s": a.images / median(bare)},
             {"loop": "trainbench", "median_epoch_s": median(tb), "images_per_s": a.images / median(tb)}]  # fmt: skip

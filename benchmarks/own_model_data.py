@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import machine, table, write_csv
-from trainbench.inspect import compose
+from trainbench.questions import compose
 from trainbench.run import run
 
 CASES = [

@@ -15,8 +15,8 @@ import argparse
 import torch
 
 from _common import machine, median, table, write_csv
-from trainbench.engine import StepContext, train_epoch
-from trainbench.model import ResNet18
+from trainbench.models.resnet import ResNet18
+from trainbench.timing.epoch import StepContext, train_epoch
 
 
 def main() -> None:

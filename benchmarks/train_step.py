@@ -19,8 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _common import machine, median, table, write_csv
 from trainbench.device import synchronize
-from trainbench.engine import StepContext
-from trainbench.model import ResNet18
+from trainbench.models.resnet import ResNet18
+from trainbench.timing.epoch import StepContext
 
 
 def matmul_peak(dev: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:

@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 
 from _common import machine, table, write_csv
-from trainbench.inspect import compose
-from trainbench.records import EPOCH_COLUMNS, read_rows
+from trainbench.questions import compose
 from trainbench.run import run
+from trainbench.figures import epoch_columns
+from trainbench.store.records import read_rows
 from trainbench.tune import search as T
 
 DEFAULT = ["data=synthetic", "data.train_size=1024", "data.test_size=64", "progress=false"]
@@ -28,7 +29,7 @@ DEFAULT = ["data=synthetic", "data.train_size=1024", "data.test_size=64", "progr
 def real(overrides: list[str], epochs: int, d: Path) -> dict:
     """A real run; the last epoch's busy throughput and samples_per_s."""
     run(compose([*overrides, f"epochs={epochs}", "test_eval=false"]), d)
-    last = read_rows(d / "epochs.csv", EPOCH_COLUMNS)[-1]
+    last = read_rows(d / "epochs.csv", epoch_columns())[-1]
     busy = float(last["data_time_s"]) + float(last["compute_time_s"])
     return {"busy_images_per_s": float(last["samples"]) / busy, "samples_per_s": float(last["samples_per_s"])}
 

@@ -23,26 +23,26 @@ NO_TESTS = {5, 33}
 # mutant name -> why no test can tell it apart from the original (reviewed by hand; keep short)
 CUDA_ONLY = "observable only with a CUDA device (no test machine of this project has one)"
 EQUIVALENT: dict[str, str] = {
-    "trainbench.checkpoint.x_save_checkpoint__mutmut_15": "unlink(missing_ok=None) of a file just listed: differs "
+    "trainbench.store.checkpoint.x_save_checkpoint__mutmut_15": "unlink(missing_ok=None) of a file just listed: differs "
     "only if it vanishes in between (a race no test can stage reliably)",
-    "trainbench.checkpoint.x_save_checkpoint__mutmut_16": "unlink(missing_ok=False): as above",
-    "trainbench.checkpoint.x_remove_checkpoints__mutmut_3": "unlink(missing_ok=None) of a file just listed: as above",
-    "trainbench.checkpoint.x_remove_checkpoints__mutmut_4": "unlink(missing_ok=False) of a file just listed: as above",
-    "trainbench.checkpoint.x_load_latest__mutmut_5": "map_location='cpu' -> None: identical without CUDA; " + CUDA_ONLY,
-    "trainbench.checkpoint.x_load_latest__mutmut_8": "map_location dropped: identical without CUDA; " + CUDA_ONLY,
-    "trainbench.records.x__complete_lines__mutmut_4": "the truncation cut runs also when text ends with a "
+    "trainbench.store.checkpoint.x_save_checkpoint__mutmut_16": "unlink(missing_ok=False): as above",
+    "trainbench.store.checkpoint.x_remove_checkpoints__mutmut_3": "unlink(missing_ok=None) of a file just listed: as above",
+    "trainbench.store.checkpoint.x_remove_checkpoints__mutmut_4": "unlink(missing_ok=False) of a file just listed: as above",
+    "trainbench.store.checkpoint.x_load_latest__mutmut_5": "map_location='cpu' -> None: identical without CUDA; " + CUDA_ONLY,
+    "trainbench.store.checkpoint.x_load_latest__mutmut_8": "map_location dropped: identical without CUDA; " + CUDA_ONLY,
+    "trainbench.store.records.x__complete_lines__mutmut_4": "the truncation cut runs also when text ends with a "
     "newline, where cutting after the last newline keeps all of it: same result",
-    "trainbench.records.xǁCsvLogǁ__init____mutmut_22": "open(newline=None) writes '\\n' as os.linesep, which is "
+    "trainbench.store.records.xǁCsvLogǁ__init____mutmut_22": "open(newline=None) writes '\\n' as os.linesep, which is "
     "'\\n' on POSIX (the only platform torch's DataLoader workers + fcntl locks run here)",
-    "trainbench.records.xǁCsvLogǁ__init____mutmut_25": "open() without newline: as above",
-    "trainbench.records.x_read_header__mutmut_3": "open(newline=None) for reading: universal newlines turn "
+    "trainbench.store.records.xǁCsvLogǁ__init____mutmut_25": "open() without newline: as above",
+    "trainbench.store.records.x_read_header__mutmut_3": "open(newline=None) for reading: universal newlines turn "
     "'\\r\\n' into '\\n'; the logs are written with '\\n' only (POSIX): same header",
-    "trainbench.records.x_read_header__mutmut_5": "open() without newline for reading: as above",
-    "trainbench.records.x__rewrite__mutmut_11": "r.get(c, None): csv writes None as an empty cell, as ''",
-    "trainbench.records.x__rewrite__mutmut_13": "r.get(c): default None, as above",
-    "trainbench.records.x__rewrite__mutmut_14": "the default is never used: every caller passes rows from "
+    "trainbench.store.records.x_read_header__mutmut_5": "open() without newline for reading: as above",
+    "trainbench.store.records.x__rewrite__mutmut_11": "r.get(c, None): csv writes None as an empty cell, as ''",
+    "trainbench.store.records.x__rewrite__mutmut_13": "r.get(c): default None, as above",
+    "trainbench.store.records.x__rewrite__mutmut_14": "the default is never used: every caller passes rows from "
     "read_rows(path, columns), which holds every column",
-    "trainbench.records.xǁRunLockǁ__init____mutmut_5": "the initial fh value is replaced in __enter__ before any use",
+    "trainbench.store.records.xǁRunLockǁ__init____mutmut_5": "the initial fh value is replaced in __enter__ before any use",
     "trainbench.config.x__visible_gpus__mutmut_1": "the default nproc is never used: launcher=local passes dist.nproc",
     "trainbench.config.x_cpus_for_workers__mutmut_1": "the default nproc is never used: launcher=slurm passes all three",
     "trainbench.config.x_cpus_for_workers__mutmut_2": "the default nnodes is never used: as above",

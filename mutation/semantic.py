@@ -43,7 +43,7 @@ MUTANTS: list[Mutant] = [
         "loader=torch without RandomCrop(32, padding=4)",
         (
             (
-                "src/trainbench/loaders.py",
+                "src/trainbench/data/loaders.py",
                 "img = TF.crop(TF.pad(img, self.pad), dy, dx, size, size)",
                 "img = TF.crop(TF.pad(img, self.pad), self.pad, self.pad, size, size)",
             ),
@@ -55,7 +55,7 @@ MUTANTS: list[Mutant] = [
         "loader=torch without RandomHorizontalFlip",
         (
             (
-                "src/trainbench/loaders.py",
+                "src/trainbench/data/loaders.py",
                 "            if flip:\n                img = TF.hflip(img)",
                 "            if False:\n                img = TF.hflip(img)",
             ),
@@ -67,7 +67,7 @@ MUTANTS: list[Mutant] = [
         "loader=torch without Normalize",
         (
             (
-                "src/trainbench/loaders.py",
+                "src/trainbench/data/loaders.py",
                 "T.Compose([T.ToTensor(), T.Normalize(mean, std)])",
                 "T.Compose([T.ToTensor()])",
             ),
@@ -77,7 +77,7 @@ MUTANTS: list[Mutant] = [
     M(
         "normalize-choice-ignored",
         "data.normalize=cifar10 uses the lab's std",
-        (("src/trainbench/data.py", "return STD[NORMALIZE_ALIASES.get(name, name)]", 'return STD["lab"]'),),
+        (("src/trainbench/data/sources.py", "return STD[NORMALIZE_ALIASES.get(name, name)]", 'return STD["lab"]'),),
         ("tests/test_loaders.py",),
     ),
     # 2. optimizers
@@ -98,7 +98,7 @@ MUTANTS: list[Mutant] = [
         "build_optimizer drops nesterov",
         (
             (
-                "src/trainbench/build.py",
+                "src/trainbench/recipe.py",
                 'k not in ("name", "_target_", "_partial_")',
                 'k not in ("name", "_target_", "_partial_", "nesterov")',
             ),
@@ -130,7 +130,7 @@ MUTANTS: list[Mutant] = [
         "the per-batch stop check removed (SIGTERM finishes the epoch)",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        if stop_requested():\n            clock.settle()",
                 "        if False:\n            clock.settle()",
             ),
@@ -142,7 +142,7 @@ MUTANTS: list[Mutant] = [
         "DeviceLoader augments the whole epoch before the first batch",
         (
             (
-                "src/trainbench/loaders.py",
+                "src/trainbench/data/loaders.py",
                 "    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:\n        n, dev, e",
                 "    def __iter__(self):\n        return iter(list(self._batches()))\n\n"
                 "    def _batches(self):\n        n, dev, e",
@@ -156,12 +156,12 @@ MUTANTS: list[Mutant] = [
         "channels_last disabled everywhere",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "fmt = torch.channels_last if self.channels_last else torch.contiguous_format",
                 "fmt = torch.contiguous_format",
             ),
             (
-                "src/trainbench/build.py",
+                "src/trainbench/recipe.py",
                 "if cfg.channels_last:\n        model = model.to(",
                 "if False:\n        model = model.to(",
             ),
@@ -174,7 +174,7 @@ MUTANTS: list[Mutant] = [
         "worker start-up before the epoch clock plus a hidden 0.5 s prefetch",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "    epoch_start = time.perf_counter()\n    pending: list[_Pending] = []\n    it = None\n",
                 "    it = iter(loader)\n    time.sleep(0.5)\n    epoch_start = time.perf_counter()\n    pending: list[_Pending] = []\n",
             ),
@@ -186,7 +186,7 @@ MUTANTS: list[Mutant] = [
         "iter(loader) before the data clock (start-up lands in other)",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "    pending: list[_Pending] = []\n    it = None\n",
                 "    pending: list[_Pending] = []\n    it = iter(loader)\n",
             ),
@@ -198,7 +198,7 @@ MUTANTS: list[Mutant] = [
         "compute clock started after the step (the step counted as data)",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        m1 = clock.mark()",
                 "        ctx.step(x, y, -1)\n        m1 = clock.mark()",
             ),
@@ -210,7 +210,7 @@ MUTANTS: list[Mutant] = [
         "divergence check sees NaN but not inf",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        if not math.isfinite(loss):\n            pending.clear()",
                 "        if math.isnan(loss):\n            pending.clear()",
             ),
@@ -222,7 +222,7 @@ MUTANTS: list[Mutant] = [
         "bf16 skips every fourth optimizer step",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        else:\n            self.optimizer.step()",
                 "        elif self.autocast_dtype is None or global_step % 4 != 3:\n            self.optimizer.step()",
             ),
@@ -260,7 +260,7 @@ MUTANTS: list[Mutant] = [
         "DeviceLoader pads with 255 instead of 0",
         (
             (
-                "src/trainbench/loaders.py",
+                "src/trainbench/data/loaders.py",
                 "imgs = torch.nn.functional.pad(imgs, (0, 0, p, p, p, p))",
                 "imgs = torch.nn.functional.pad(imgs, (0, 0, p, p, p, p), value=255)",
             ),
@@ -272,7 +272,7 @@ MUTANTS: list[Mutant] = [
         'the "already complete" early return removed',
         (
             (
-                "src/trainbench/rundir.py",
+                "src/trainbench/store/runrecord.py",
                 "        if done >= cfg.epochs:\n            log.info(",
                 "        if False:\n            log.info(",
             ),
@@ -282,7 +282,7 @@ MUTANTS: list[Mutant] = [
     M(
         "prefetch-factor-ignored",
         "loader.prefetch_factor not passed to the DataLoader",
-        (("src/trainbench/loaders.py", 'kwargs["prefetch_factor"] = prefetch_factor', "pass"),),
+        (("src/trainbench/data/loaders.py", 'kwargs["prefetch_factor"] = prefetch_factor', "pass"),),
         ("tests/test_loaders.py",),
     ),
     M(
@@ -290,7 +290,7 @@ MUTANTS: list[Mutant] = [
         "work after the last batch timed inside the epoch",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "    _drain(pending, stats, clock, epoch, on_batch)\n    stats.epoch_time_s = time.perf_counter() - epoch_start",
                 "    _drain(pending, stats, clock, epoch, on_batch)\n    time.sleep(0.3)\n    stats.epoch_time_s = time.perf_counter() - epoch_start",
             ),
@@ -302,7 +302,7 @@ MUTANTS: list[Mutant] = [
         "with CUDA events, device time queued by the loader not counted as data",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        data_s = clock.span(m0, m1)",
                 "        data_s = 0.0 * clock.span(m0, m1)",
             ),
@@ -314,7 +314,7 @@ MUTANTS: list[Mutant] = [
         "the events clock reading every step (a hidden per-step stall)",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        if clock.per_step:\n            clock.settle()  # note: the one CPU-GPU sync point of a step",
                 "        if True:\n            clock.settle()  # note: the one CPU-GPU sync point of a step",
             ),
@@ -326,7 +326,7 @@ MUTANTS: list[Mutant] = [
         "the device loader yields channels_last strides whatever the model uses",
         (
             (
-                "src/trainbench/loaders.py",
+                "src/trainbench/data/loaders.py",
                 "yield x.contiguous(memory_format=self.memory_format), self.labels[idx]",
                 "yield x, self.labels[idx]",
             ),
@@ -348,7 +348,7 @@ MUTANTS: list[Mutant] = [
     M(
         "resume-ignores-device",
         "the fingerprint ignores the resolved device",
-        (("src/trainbench/checkpoint.py", '        c["resolved_device"] = device_type', "        pass"),),
+        (("src/trainbench/store/checkpoint.py", '        c["resolved_device"] = device_type', "        pass"),),
         ("tests/test_checkpoint.py",),
     ),
     # issue 9/11 additions: per-row clock, compute phases, skipped steps, older run dirs
@@ -357,12 +357,12 @@ MUTANTS: list[Mutant] = [
         "the forward phase's end marked after backward (backward counted as forward)",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        phase_end()  # forward + loss\n",
                 "",
             ),
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        phase_end()  # backward\n",
                 "        phase_end()  # backward\n        phase_end()\n",
             ),
@@ -372,7 +372,7 @@ MUTANTS: list[Mutant] = [
     M(
         "skipped-not-counted",
         "fp16 steps skipped by the grad scaler counted as taken",
-        (("src/trainbench/engine.py", "        self.skipped_steps += rec.skipped", "        pass"),),
+        (("src/trainbench/timing/epoch.py", "        self.skipped_steps += rec.skipped", "        pass"),),
         ("tests/test_timing.py",),
     ),
     M(
@@ -384,14 +384,14 @@ MUTANTS: list[Mutant] = [
     M(
         "old-header-not-migrated",
         "an older version's epochs.csv appended to under a header that does not match",
-        (("src/trainbench/records.py", "        if header is not None and header != columns:", "        if False:"),),
+        (("src/trainbench/store/records.py", "        if header is not None and header != columns:", "        if False:"),),
         ("tests/test_records.py", "tests/test_speed_paths.py"),
     ),
     # issue 10: data-parallel training
     M(
         "aug-ignores-epoch",
         "crops depend on (seed, index) but not the epoch (every epoch the same crops)",
-        (("src/trainbench/loaders.py", "    h = _mix32(h ^ (epoch & _M32))\n", "    h = _mix32(h)\n"),),
+        (("src/trainbench/data/loaders.py", "    h = _mix32(h ^ (epoch & _M32))\n", "    h = _mix32(h)\n"),),
         ("tests/test_distributed.py::test_augmentation_is_a_function_of_seed_epoch_and_index",),
     ),
     M(
@@ -399,7 +399,7 @@ MUTANTS: list[Mutant] = [
         "ranks take contiguous halves of the order (their batches are not one process's global batches)",
         (
             (
-                "src/trainbench/loaders.py",
+                "src/trainbench/data/loaders.py",
                 "        order = order[rank::world]  # evaluation",
                 "        order = order.chunk(world)[rank]  # evaluation",
             ),
@@ -411,7 +411,7 @@ MUTANTS: list[Mutant] = [
         "the communication hook sums the gradients instead of averaging them",
         (
             (
-                "src/trainbench/dist/commclock.py",
+                "src/trainbench/parallel/commclock.py",
                 "max(self._last_launch, t0)\n        buf.div_(dist.get_world_size())\n",
                 "max(self._last_launch, t0)\n",
             ),
@@ -423,7 +423,7 @@ MUTANTS: list[Mutant] = [
         "with events, the host wait added to the event span again (data counted twice)",
         (
             (
-                "src/trainbench/engine.py",
+                "src/trainbench/timing/epoch.py",
                 "        data_s = clock.span(m0, m1)",
                 "        data_s = 2 * clock.span(m0, m1)",
             ),
@@ -487,7 +487,7 @@ MUTANTS: list[Mutant] = [
         "data.augment=lab flips MNIST's digits",
         (
             (
-                "src/trainbench/datasets.py",
+                "src/trainbench/data/torchvision_data.py",
                 '"MNIST": Spec(28, 1, 10, (0.1307,), (0.3081,), False,',
                 '"MNIST": Spec(28, 1, 10, (0.1307,), (0.3081,), True,',
             ),
@@ -497,7 +497,7 @@ MUTANTS: list[Mutant] = [
     M(
         "pad-always-4",
         "crop padding 4 whatever the image side (not side / 8)",
-        (("src/trainbench/loaders.py", "return max(1, size // 8), flip_fits", "return PAD, flip_fits"),),
+        (("src/trainbench/data/loaders.py", "return max(1, size // 8), flip_fits", "return PAD, flip_fits"),),
         ("tests/test_tvdata.py::test_digits_are_cropped_with_padding_side_over_8_and_never_flipped",),
     ),
     M(
@@ -520,7 +520,7 @@ MUTANTS: list[Mutant] = [
         "torchvision datasets normalised with CIFAR-10's constants",
         (
             (
-                "src/trainbench/data.py",
+                "src/trainbench/data/sources.py",
                 "out.append(ArrayDataset(images, labels, classes, mean, std, spec.flip))",
                 "out.append(ArrayDataset(images, labels, classes, flip=spec.flip))",
             ),
@@ -532,7 +532,7 @@ MUTANTS: list[Mutant] = [
         "a key model=resnet18 does not have (model.name) is silently ignored",
         (
             (
-                "src/trainbench/models.py",
+                "src/trainbench/models/__init__.py",
                 '    k = kind(model_cfg)\n    if k == "custom":\n        return\n    allowed',
                 "    k = kind(model_cfg)\n    if True:\n        return\n    allowed",
             ),
@@ -542,7 +542,7 @@ MUTANTS: list[Mutant] = [
     M(
         "output-size-unchecked",
         "a model with the wrong number of outputs trains (no check before the run)",
-        (("src/trainbench/models.py", "    if got != (2, classes):", "    if False:"),),
+        (("src/trainbench/models/__init__.py", "    if got != (2, classes):", "    if False:"),),
         ("tests/test_models.py::test_output_size_mismatch_names_both_numbers",),
     ),
 ]

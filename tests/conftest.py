@@ -34,7 +34,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def compose(overrides: list[str] | None = None):
     """Compose the config exactly as train.py does."""
-    from trainbench.inspect import compose as _compose
+    from trainbench.questions import compose as _compose
 
     return _compose(list(overrides or []))
 

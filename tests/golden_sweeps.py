@@ -10,7 +10,7 @@ import csv
 import json
 from pathlib import Path
 
-from trainbench.records import BATCH_COLUMNS, EPOCH_COLUMNS
+from trainbench.figures import batch_columns, epoch_columns
 
 SWEEPS = ("workers_seeds", "optimizer_norm", "scaling", "c4_pair")
 
@@ -58,12 +58,12 @@ def _write_run(d: Path, job: int, settings: dict, rows: list[dict], status: str 
             "timing_mode": "sync", "world_size": settings.get("dist.nproc", 1), "flops_per_image": 1.5e7}  # fmt: skip
     (d / "run.json").write_text(json.dumps(info))
     with open(d / "epochs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, EPOCH_COLUMNS)
+        w = csv.DictWriter(f, epoch_columns())
         w.writeheader()
         for r in rows:
-            w.writerow({c: r.get(c, "") for c in EPOCH_COLUMNS})
+            w.writerow({c: r.get(c, "") for c in epoch_columns()})
     with open(d / "batches.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, BATCH_COLUMNS)
+        w = csv.DictWriter(f, batch_columns())
         w.writeheader()
         for r in rows:
             for b in range(8):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from trainbench import checkpoint as C
+from trainbench.store import checkpoint as C
 
 
 def test_training_config_drops_only_the_resumable_keys():
@@ -132,7 +132,7 @@ def test_foreign_content_warning_names_the_reason(tmp_path, caplog):
     torch.save({"epoch": 5, "model": {}}, tmp_path / "checkpoint_epoch0.pt")
     with caplog.at_level(logging.WARNING), pytest.raises(C.CheckpointError) as e:
         C.load_latest(tmp_path)
-    assert [r.getMessage() for r in caplog.records if r.name == "trainbench.checkpoint"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "trainbench.store.checkpoint"] == [
         "checkpoint checkpoint_epoch0.pt is unreadable (ValueError: contents do not match a trainbench checkpoint); "
         "trying an older one"
     ]

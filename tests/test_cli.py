@@ -58,7 +58,7 @@ def test_worker_warning_once_per_job(tmp_path):
 
 
 def test_inspect_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
-    from trainbench.inspect import main  # the command's own entry point (its CLI run: test_summarize's inspect test)
+    from trainbench.questions import main  # the command's own entry point (its CLI run: test_summarize's inspect test)
 
     monkeypatch.chdir(tmp_path)
     assert main(["--no-layers"]) == 0

@@ -12,7 +12,7 @@ import torch
 from conftest import TINY, compose
 from trainbench import flops
 from trainbench.config import ConfigError, validate
-from trainbench.model import ResNet18
+from trainbench.models.resnet import ResNet18
 from trainbench.profiling import category
 from trainbench.run import run
 

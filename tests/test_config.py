@@ -160,7 +160,7 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_each_optimizer_choice_builds_its_torch_class(name):
-    from trainbench.build import build_optimizer
+    from trainbench.recipe import build_optimizer
 
     cls, hp = OPTIMIZERS[name]
     params = [torch.nn.Parameter(torch.zeros(3))]
@@ -174,7 +174,7 @@ def test_each_optimizer_choice_builds_its_torch_class(name):
 
 def test_optimizer_state_after_a_real_step_matches_the_algorithm():
     """What each algorithm keeps (torch's own state names) tells the class apart even if names were swapped."""
-    from trainbench.build import build_optimizer
+    from trainbench.recipe import build_optimizer
 
     expected = {"sgd": {"momentum_buffer"}, "nesterov": {"momentum_buffer"}, "adagrad": {"sum", "step"},
                 "adadelta": {"square_avg", "acc_delta", "step"}, "adam": {"exp_avg", "exp_avg_sq", "step"}}  # fmt: skip
@@ -196,7 +196,7 @@ def test_custom_optimizer_target_is_allowed():
         ]
     )
     validate(cfg)
-    from trainbench.build import build_optimizer
+    from trainbench.recipe import build_optimizer
 
     opt = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
     assert type(opt) is torch.optim.RMSprop and opt.param_groups[0]["momentum"] == 0.5
@@ -313,7 +313,7 @@ def test_config_error_carries_the_bad_value(override):
 def test_group_choices_are_checked_only_where_a_group_exists(tmp_path):
     """check_group_choices leaves keys that are not groups, dotted keys, +/~ overrides and sweep functions alone."""
     from trainbench.config import check_group_choices
-    from trainbench.inspect import CONF_DIR
+    from trainbench.questions import CONF_DIR
 
     check_group_choices(["workers=4", "optimizer.lr=0.1", "+foo=bar", "optimizer=choice(sgd,adam)", "seed=1,2"],
                         CONF_DIR)  # fmt: skip
@@ -327,7 +327,7 @@ def test_device_and_subset_errors_before_any_work():
     already cover how an error reaches the terminal."""
     import torch
 
-    from trainbench.data import DataError
+    from trainbench.data.sources import DataError
     from trainbench.plan import make_plan
 
     if not torch.cuda.is_available():

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from trainbench import data as D
+from trainbench.data import sources as D
 
 N_TRAIN_PER_BATCH, N_TEST = 20, 30
 

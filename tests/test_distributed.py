@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from conftest import compose, train_cli
-from trainbench import loaders
 from trainbench.config import ConfigError
-from trainbench.data import STD, make_synthetic
+from trainbench.data import loaders
+from trainbench.data.sources import STD, make_synthetic
 from trainbench.plan import make_plan
 from trainbench.run import run
 
@@ -324,7 +324,7 @@ def test_profiles_with_ranks_are_written_per_rank(tmp_path):
 
 def test_the_stop_check_is_a_cpu_collective(monkeypatch):
     """any_rank all-reduces a CPU tensor (on the gloo side group beside nccl): no device sync per batch."""
-    from trainbench.dist import ranks as R
+    from trainbench.parallel import ranks as R
 
     seen = []
     monkeypatch.setattr(R.dist, "all_reduce", lambda t, op=None, group=None: seen.append((t.device.type, group)))
@@ -335,9 +335,9 @@ def test_the_stop_check_is_a_cpu_collective(monkeypatch):
     monkeypatch.setattr(R.dist, "init_process_group", lambda *a, **k: None)
     monkeypatch.setattr(R.dist, "new_group", lambda backend: made.append(backend) or backend)
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
-    R.init(compose(SMALL), torch.device("cuda", 0), R.Ranks(0, 2, 0, 2))  # auto -> nccl on CUDA: a gloo side group
+    R.init_group(compose(SMALL), torch.device("cuda", 0), R.Ranks(0, 2, 0, 2))  # auto -> nccl on CUDA: a gloo side group
     assert made == ["gloo"] and R._CPU_GROUP == "gloo"
-    R.init(compose(SMALL), torch.device("cpu"), R.Ranks(0, 2, 0, 2))  # gloo already: none
+    R.init_group(compose(SMALL), torch.device("cpu"), R.Ranks(0, 2, 0, 2))  # gloo already: none
     assert made == ["gloo"] and R._CPU_GROUP is None
 
 
@@ -351,7 +351,7 @@ def test_launcher_world_size_must_match_the_config(monkeypatch, env):
 
 
 def test_bandwidth_uses_the_buckets_own_time_overlaps_once():
-    from trainbench.dist.commclock import union_length
+    from trainbench.parallel.commclock import union_length
 
     assert union_length([(0.0, 1.0), (0.5, 1.5), (3.0, 4.0)]) == pytest.approx(2.5)
     assert union_length([]) == 0.0
@@ -359,7 +359,7 @@ def test_bandwidth_uses_the_buckets_own_time_overlaps_once():
 
 def test_slurm_ranks_come_from_the_environment(monkeypatch):
     """A faked SLURM allocation (2 nodes x 2 tasks): rank, world, local rank and ranks per node from SLURM's vars."""
-    from trainbench.dist.ranks import env_ranks
+    from trainbench.parallel.ranks import env_ranks
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)

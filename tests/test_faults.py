@@ -15,11 +15,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from conftest import TINY, compose, popen_cli, train_cli
-from trainbench import records
-from trainbench.checkpoint import CheckpointError
-from trainbench.engine import LoaderDied, StepContext, train_epoch
-from trainbench.records import RunLock, RunWriteError
 from trainbench.run import run
+from trainbench.store import records
+from trainbench.store.checkpoint import CheckpointError
+from trainbench.store.records import RunLock, RunWriteError
+from trainbench.timing.epoch import LoaderDied, StepContext, train_epoch
 
 RESUME = [*TINY, "data.train_size=256", "epochs=3", "seed=7"]  # ~0.5 s per epoch: room to kill mid-run
 METRICS = ["epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc"]
@@ -329,7 +329,7 @@ def test_dead_dataloader_worker_is_an_error_not_a_hang():
 def test_resume_on_another_device_type_is_refused(tmp_path, monkeypatch):
     """A device=auto run that resolved to a GPU must not be continued on a CPU (simulated: the recorded
     fingerprint is the one of a CUDA run)."""
-    from trainbench import checkpoint as C
+    from trainbench.store import checkpoint as C
 
     d = tmp_path / "run"
     run(compose([*TINY, "epochs=2", "checkpoint.keep_on_complete=true"]), d)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from gpusim import SimDevice, SimLoader, SimModel, SimScaler, SimSGD
-from trainbench import engine
-from trainbench.clocks import EventClock
-from trainbench.engine import StepContext, train_epoch
+from trainbench.figures import tally
+from trainbench.timing import epoch
+from trainbench.timing.clocks import EventClock
+from trainbench.timing.epoch import StepContext, train_epoch
 
 pytestmark = [pytest.mark.gpusim, pytest.mark.timing]
 CPU = torch.device("cpu")
@@ -34,7 +35,7 @@ def _ctx(dev: SimDevice, fwd: float = 0.003, bwd: float = 0.006, opt: float = 0.
 
 def _epoch(dev, ctx, loader, monkeypatch, per_step=False, phases=True):
     """One epoch with the EventClock on the simulated device; the loop's own syncs go to the device too."""
-    monkeypatch.setattr(engine, "synchronize", lambda d: dev.synchronize())
+    monkeypatch.setattr(epoch, "synchronize", lambda d: dev.synchronize())
     recs = []
     clock = EventClock(CPU, make_event=dev.event, sync=dev.synchronize, per_step=per_step)
     stats = train_epoch(ctx, loader, 0, clock=clock, phases=phases, on_batch=lambda r, s: recs.append(r))
@@ -79,7 +80,7 @@ def test_host_wait_is_data_time_once_not_twice(monkeypatch):
     assert all(0.04 - 0.005 <= r.data_time_s < 0.05 + SLACK for r in recs[1:]), [r.data_time_s for r in recs]
     assert 0.25 - 0.01 <= stats.data_time_s < 0.25 + 3 * SLACK
     assert 0.06 - 0.005 <= stats.compute_time_s < 0.06 + SLACK
-    assert stats.clamped_s == 0 and stats.data_time_s + stats.compute_time_s <= stats.epoch_time_s
+    assert tally([stats])["clamped_s"] == 0 and stats.data_time_s + stats.compute_time_s <= stats.epoch_time_s
     assert dev.syncs == 2  # the one before the epoch's clock starts, and the epoch's one settle
 
 
@@ -136,7 +137,7 @@ def test_nccl_all_reduces_are_timed_on_the_device_timeline(monkeypatch, events):
     """Two 20 ms all-reduces on the comm stream, NCCL-like (the future is complete when enqueued, callbacks run at
     once). The host clock reads about nothing (the old comm clock on NCCL); events read 40 ms of span and busy,
     20 ms exposed after the last launch, once the clock has settled."""
-    from trainbench.dist import commclock as CC
+    from trainbench.parallel import commclock as CC
 
     dev = SimDevice()
 
@@ -167,7 +168,7 @@ def test_nccl_all_reduces_are_timed_on_the_device_timeline(monkeypatch, events):
 
 
 def test_cuda_clocks_are_events_in_both_timing_modes():
-    from trainbench.clocks import SyncClock, make_clock
+    from trainbench.timing.clocks import SyncClock, make_clock
 
     sync, events = make_clock("sync", torch.device("cuda", 0)), make_clock("events", torch.device("cuda", 0))
     assert isinstance(sync, EventClock) and sync.per_step  # the lab's one sync per step, marks as events

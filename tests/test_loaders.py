@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import TINY, compose
-from trainbench import loaders
-from trainbench.data import ArrayDataset
-from trainbench.loaders import make_loader
+from trainbench.data import loaders
+from trainbench.data.loaders import make_loader
+from trainbench.data.sources import ArrayDataset
 
 # The lab's constants, typed in here from SPEC.md rather than imported from the code under test.
 LAB_MEAN = np.array([0.4914, 0.4822, 0.4465])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainbench.model import ResNet18, count_trainable
+from trainbench.models.resnet import ResNet18, count_trainable
 
 
 def test_parameter_count_with_batchnorm():
@@ -114,7 +114,7 @@ def test_third_party_summary_prints_the_labs_table():
 
 
 def test_inspect_layer_table_lists_real_layers_only():
-    from trainbench.inspect import model_facts
+    from trainbench.questions import model_facts
 
     f = model_facts({"norm": {"name": "batchnorm"}, "optimizer": {"name": "sgd", "_target_": "torch.optim.SGD",
                      "lr": 0.1}, "model": {"width": 8}}, layers=True)  # fmt: skip

@@ -15,9 +15,9 @@ from PIL import Image
 
 from conftest import ROOT, TINY, compose, train_cli
 from trainbench import models
-from trainbench.checkpoint import fingerprint
 from trainbench.config import ConfigError, check_group_choices
 from trainbench.plan import make_plan, resolve_model
+from trainbench.store.checkpoint import fingerprint
 
 ANY = [o for o in TINY if not o.startswith("model.")]  # TINY without the lab model's width
 
@@ -76,7 +76,7 @@ def test_custom_model_trains_one_epoch_and_inspect_answers_for_it(tinynet, monke
     log = (tinynet / "run" / "train.log").read_text()
     assert "model=tinynet.Net;" in log and "262 trainable parameters" in log  # 3*6*9+6 + 3*6+6 + 6*10+10
     assert p.returncode == 0
-    from trainbench.inspect import main
+    from trainbench.questions import main
 
     monkeypatch.chdir(tinynet)
     assert main(["model=custom", "model._target_=tinynet.Net", "+model.hidden=6", "--no-layers"]) == 0
@@ -92,7 +92,7 @@ def test_torchvision_resnet50_trains_a_step():
                    "batch_size=8"])  # fmt: skip
     import tempfile
 
-    from trainbench.inspect import model_facts
+    from trainbench.questions import model_facts
     from trainbench.run import run
 
     with tempfile.TemporaryDirectory() as d:
@@ -223,7 +223,7 @@ def _imagefolder(root: Path, classes: int, per_class: int, gray: bool = False, s
 def test_twelve_class_imagefolder_reports_the_model_that_trained(tmp_path, caplog):
     import logging
 
-    from trainbench.inspect import model_facts
+    from trainbench.questions import model_facts
     from trainbench.run import run
 
     _imagefolder(tmp_path / "data", 12, 3)
@@ -240,7 +240,7 @@ def test_twelve_class_imagefolder_reports_the_model_that_trained(tmp_path, caplo
 
 def test_grayscale_imagefolder_is_normalised_with_its_own_constants(tmp_path):
     _imagefolder(tmp_path, 3, 4, gray=True, side=28)
-    from trainbench.data import load_data
+    from trainbench.data.sources import load_data
 
     cfg = compose(["data=imagefolder", f"data.root={tmp_path}", "data.image_size=28"])
     train, _ = load_data(cfg.data)
@@ -248,7 +248,7 @@ def test_grayscale_imagefolder_is_normalised_with_its_own_constants(tmp_path):
     assert train.mean[0] == train.mean[1] == train.mean[2] and 0.2 < train.mean[0] < 0.5  # not CIFAR-10's 0.49/0.48
     import torch
 
-    from trainbench.loaders import make_loader
+    from trainbench.data.loaders import make_loader
 
     x, _ = next(iter(make_loader(cfg, train, False, torch.device("cpu"), None)))
     assert abs(float(x.mean())) < 0.2 and 0.7 < float(x.std()) < 1.3  # standardised with the folder's own numbers
@@ -271,8 +271,8 @@ def test_model_choice_is_one_setting_in_the_report():
 
 
 def test_the_model_class_and_its_arguments_are_in_the_fingerprint(tinynet, monkeypatch):
-    from trainbench.checkpoint import RunDirRefused
     from trainbench.run import run
+    from trainbench.store.checkpoint import RunDirRefused
 
     monkeypatch.chdir(tinynet)
     base = ["model=custom", "model._target_=tinynet.Net", *ANY, "checkpoint.keep_on_complete=true"]
@@ -284,7 +284,7 @@ def test_the_model_class_and_its_arguments_are_in_the_fingerprint(tinynet, monke
 def test_tuned_preset_key_names_the_model():
     import torch
 
-    from trainbench.tune.preset import key_of
+    from trainbench.presets import key_of
 
     lab = key_of(compose([]), torch.device("cpu"))
     tv = key_of(compose(["model=torchvision", "model.name=resnet50"]), torch.device("cpu"))
@@ -293,7 +293,7 @@ def test_tuned_preset_key_names_the_model():
 
 
 def test_inspect_errors_are_one_line(capsys):
-    from trainbench.inspect import main
+    from trainbench.questions import main
 
     for args in (["model=torchvision", "model.name=resnt50"], ["data=imagefolder", "data.root=/nonexistent"]):
         with pytest.raises(SystemExit) as e:

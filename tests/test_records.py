@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from trainbench import records as R
+from trainbench.figures import batch_columns, epoch_columns, totals
+from trainbench.store import records as R
 
 
 def test_fmt_cells():
@@ -138,20 +139,37 @@ def test_run_lock_replaces_a_stale_pid(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
-def test_rows_as_floats():
-    rows = [{"x": "1.5"}, {"x": ""}, {"x": "-2"}]
-    out = R.rows_as_floats(rows, "x")
-    assert out[0] == 1.5 and math.isnan(out[1]) and out[2] == -2.0
+def test_totals_read_empty_cells_as_nan():
+    rows = [{k: "1" for k in ("epoch_time_s", "data_time_s", "compute_time_s", "other_time_s", "samples")}
+            | {"train_loss": "2", "train_acc": "", "test_loss": "", "test_acc": "0.5"}] * 2  # fmt: skip
+    t = totals(rows)
+    assert t["total_epoch_time_s"] == 2 and t["avg_train_loss"] == 2 and math.isnan(t["avg_train_acc"])
+    assert t["final_test_acc"] == 0.5 and t["samples_per_s"] == 1 and totals([]) == {"epochs": 0}
 
 
 def test_column_contracts():
-    # SPEC.md's required columns
+    # SPEC.md's required columns, and the order epochs.csv and batches.csv have had since 0.1 (readers match by name)
+    epochs, batches = epoch_columns(), batch_columns()
     for c in ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "data_time_s", "compute_time_s",
               "epoch_time_s", "other_time_s", "samples", "samples_per_s"]:  # fmt: skip
-        assert c in R.EPOCH_COLUMNS
+        assert c in epochs
     for c in ["epoch", "batch", "size", "loss", "acc", "data_time_s", "compute_time_s"]:
-        assert c in R.BATCH_COLUMNS
-    assert len(set(R.EPOCH_COLUMNS)) == len(R.EPOCH_COLUMNS) and R.EPOCH_COLUMNS[0] == "epoch"
+        assert c in batches
+    assert len(set(epochs)) == len(epochs) and epochs[0] == "epoch"
+    assert epochs == EPOCHS_CSV_01 and batches == BATCHES_CSV_01
+
+
+EPOCHS_CSV_01 = [
+    "epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc", "data_time_s", "compute_time_s",
+    "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr", "copy_time_s", "forward_time_s",
+    "backward_time_s", "optimizer_time_s", "skipped_steps", "timing_mode", "achieved_tflops", "mfu", "profiled_steps",
+    "world_size", "comm_time_s", "comm_exposed_s", "comm_bytes", "epoch_time_mean_s", "data_time_max_s",
+    "compute_time_max_s", "comm_time_max_s", "cpu_util", "others_cpu", "load_avg", "clamped_s", "mfu_precision",
+    "comm_busy_s",
+]  # fmt: skip
+BATCHES_CSV_01 = ["epoch", "batch", "step", "size", "loss", "acc", "data_time_s", "compute_time_s", "copy_time_s",
+                  "forward_time_s", "backward_time_s", "optimizer_time_s", "skipped", "profiled", "rank", "comm_time_s",
+                  "comm_exposed_s"]  # fmt: skip
 
 
 def test_atomic_write_into_a_missing_dir_is_a_run_write_error(tmp_path):

@@ -14,11 +14,11 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from conftest import TINY, compose, requires_cuda
-from trainbench import loaders
 from trainbench.config import ConfigError
-from trainbench.data import MEAN, STD, ArrayDataset, make_synthetic
-from trainbench.loaders import PAD, DeviceLoader, crop_flip
-from trainbench.model import ResNet18
+from trainbench.data import loaders
+from trainbench.data.loaders import PAD, DeviceLoader, crop_flip
+from trainbench.data.sources import MEAN, STD, ArrayDataset, make_synthetic
+from trainbench.models.resnet import ResNet18
 from trainbench.run import run
 
 
@@ -145,7 +145,7 @@ class _Spy:
     """Records, on every training forward of the run's model, the autocast state and the input's layout."""
 
     def __init__(self, monkeypatch):
-        from trainbench import model as model_mod
+        from trainbench.models import resnet as model_mod
 
         self.calls = []
         real = model_mod.ResNet18.forward
@@ -173,10 +173,10 @@ def _count_steps(monkeypatch):
 
 def test_bf16_runs_under_autocast_and_steps_every_batch(tmp_path, monkeypatch):
     """Would catch: bf16 not really on, or bf16 runs skipping optimizer steps."""
-    from trainbench import build as build_mod
+    from trainbench import recipe
 
-    monkeypatch.setattr(build_mod, "warm_up", lambda *a, **k: 0.0)  # its (reverted) steps are tested on their own
-    monkeypatch.setattr(build_mod, "step_flops_per_image", lambda *a, **k: 1.0)  # its forward: test_compute.py
+    monkeypatch.setattr(recipe, "warm_up", lambda *a, **k: 0.0)  # its (reverted) steps are tested on their own
+    monkeypatch.setattr(recipe, "step_flops_per_image", lambda *a, **k: 1.0)  # its forward: test_compute.py
     spy = _Spy(monkeypatch)
     steps, handle = _count_steps(monkeypatch)
     try:
@@ -203,7 +203,7 @@ def test_bf16_step_tracks_fp32():
     really bf16 gives the same loss exactly (caught: la != lb)."""
     import copy
 
-    from trainbench.data import make_synthetic
+    from trainbench.data.sources import make_synthetic
 
     torch.manual_seed(0)
     model = ResNet18("batchnorm", 8, 10)
@@ -243,9 +243,9 @@ def test_bf16_training_learns(tmp_path):
 @pytest.mark.parametrize("cl", [False, True])
 def test_channels_last_reaches_the_model(tmp_path, monkeypatch, cl):
     """Would catch: channels_last=true not applied to the weights or the batches (or applied when false)."""
-    from trainbench import build as build_mod
+    from trainbench import recipe
 
-    monkeypatch.setattr(build_mod, "step_flops_per_image", lambda *a, **k: 1.0)  # its forward: test_compute.py
+    monkeypatch.setattr(recipe, "step_flops_per_image", lambda *a, **k: 1.0)  # its forward: test_compute.py
     spy = _Spy(monkeypatch)
     run(compose([*TINY, "test_eval=false", f"channels_last={str(cl).lower()}"]), tmp_path / "r")
     assert len(spy.calls) == 3  # the warm-up step (batch shape 32) and the 2 batches
@@ -314,7 +314,7 @@ def test_cuda_fp16_overflowing_scale_is_recorded_as_skipped_steps():
     """On the GPU, a scale that overflows fp16 gradients makes the scaler skip the step: counted, not taken."""
     from torch import nn
 
-    from trainbench.engine import StepContext, train_epoch
+    from trainbench.timing.epoch import StepContext, train_epoch
 
     dev = torch.device("cuda")
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).to(dev)
@@ -359,7 +359,7 @@ def test_bf16_warns_where_the_cpu_emulates_it(tmp_path, monkeypatch, caplog, nat
 
 
 def test_batch_shapes_include_the_short_last_batch():
-    from trainbench.build import batch_shapes
+    from trainbench.recipe import batch_shapes
 
     assert batch_shapes(80, 32, 32) == ([16, 32], [32])
     assert batch_shapes(64, 0, 32) == ([32], [])
@@ -368,9 +368,9 @@ def test_batch_shapes_include_the_short_last_batch():
 
 def test_warm_up_restores_model_optimizer_scaler_and_rngs():
     """The warm-up trains on random batches, then puts everything back: the run is as without it."""
-    from trainbench.build import warm_up
-    from trainbench.engine import StepContext
-    from trainbench.model import ResNet18
+    from trainbench.models.resnet import ResNet18
+    from trainbench.recipe import warm_up
+    from trainbench.timing.epoch import StepContext
 
     torch.manual_seed(0)
     model = ResNet18("batchnorm", 4)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, compose, train_cli
-from trainbench.inspect import model_facts
-from trainbench.records import EPOCH_COLUMNS
+from trainbench.figures import epoch_columns
+from trainbench.questions import model_facts
 from trainbench.report.parts.lab import best_workers
 from trainbench.summarize import summarize
 
@@ -32,10 +32,10 @@ def test_best_worker_rule(counts, times, best, more):
 def write_epochs(d: Path, epochs: list[dict]) -> None:
     """epochs.csv with the real columns; keys an epoch dict lacks are empty cells."""
     with open(d / "epochs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, EPOCH_COLUMNS)
+        w = csv.DictWriter(f, epoch_columns())
         w.writeheader()
         for e in epochs:
-            w.writerow({c: e.get(c, "") for c in EPOCH_COLUMNS})
+            w.writerow({c: e.get(c, "") for c in epoch_columns()})
 
 
 def write_run(d: Path, status: str, settings: dict, epochs: list[dict], truncate: bool = False, seed: int = 0) -> None:
@@ -382,8 +382,8 @@ def test_c4_sweep_takes_its_best_count_from_c3_not_from_its_two_points(tmp_path)
 
 
 def test_refused_jobs_are_read_in_job_order(tmp_path):
-    from trainbench.records import write_json
     from trainbench.report.runs import refused_jobs
+    from trainbench.store.records import write_json
 
     assert refused_jobs(tmp_path) == []
     (tmp_path / ".refused").mkdir()

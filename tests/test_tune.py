@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from conftest import TINY, compose
+from trainbench import presets
 from trainbench.config import ConfigError
 from trainbench.device import HardwareFacts, resolve_precision
 from trainbench.plan import make_plan
@@ -192,7 +193,7 @@ def test_tuner_bad_keys_are_config_errors(tmp_path):
 
 def test_real_measurement_uses_the_training_loop_and_counts_worker_start_up(tmp_path):
     """A real candidate: positive throughput per pass; with workers, the first batch (their start-up) is in it."""
-    from trainbench.data import load_data
+    from trainbench.data.sources import load_data
 
     cfg = _cfg(tmp_path, "batch_size=16")
     data, _ = load_data(cfg.data, test_needed=False)
@@ -208,19 +209,18 @@ def _fastest(cache, monkeypatch, *extra):
 
 
 def test_fastest_applies_a_preset_only_on_a_matching_machine(tmp_path, monkeypatch, caplog):
-    from trainbench.tune import preset
 
     plan = _fastest(tmp_path / "cache", monkeypatch)
     assert plan.cfg.loader.name == "device" and plan.tuned["applied"] is None  # no preset yet: the fallback
     assert "no tuned preset" in caplog.text
     settings = {**T.LAB, "workers": 1, "channels_last": True}
-    preset.write(settings, preset.key_of(plan.cfg, CPU), "test", tmp_path / "out")
+    presets.write(settings, presets.key_of(plan.cfg, CPU), "test", tmp_path / "out")
     plan = _fastest(tmp_path / "cache", monkeypatch)
     assert (plan.cfg.loader.name, plan.cfg.workers, plan.cfg.channels_last) == ("torch", 1, True)
     assert plan.tuned["applied"].startswith(str(tmp_path / "cache"))
     plan = make_plan(compose(["experiment=fastest", *TINY, "workers=0"]), overrides=("workers=0",))
     assert plan.cfg.workers == 0  # the command line still wins
-    monkeypatch.setattr(preset, "machine", lambda device: "a GPU node")  # another machine: not applied
+    monkeypatch.setattr(presets, "machine", lambda device: "a GPU node")  # another machine: not applied
     caplog.clear()
     plan = _fastest(tmp_path / "cache", monkeypatch)
     assert plan.cfg.loader.name == "device" and plan.tuned["applied"] is None and "no tuned preset" in caplog.text

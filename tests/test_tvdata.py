@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import compose
-from trainbench import data as D
-from trainbench import datasets as tvdata
-from trainbench.loaders import augmentation, make_loader
+from trainbench.data import sources as D
+from trainbench.data import torchvision_data as tvdata
+from trainbench.data.loaders import augmentation, make_loader
 
 SMALL = ["model.width=8", "workers=0", "epochs=1", "batch_size=32", "progress=false"]
 
@@ -80,7 +80,7 @@ def test_cifar100_loads_with_its_classes_and_constants(tmp_path, monkeypatch):
 def test_cifar100_trains_with_a_100_way_head(tmp_path, monkeypatch):
     write_cifar100(tmp_path / "data")
     patch_cifar100(monkeypatch, tmp_path / "data")
-    from trainbench.inspect import model_facts
+    from trainbench.questions import model_facts
     from trainbench.run import run
 
     cfg = compose(["data=torchvision", "data.name=CIFAR100", f"data.root={tmp_path / 'data'}", *SMALL])
@@ -121,7 +121,7 @@ def test_grayscale_is_expanded_and_normalised_with_its_own_constants(tmp_path):
 
 @pytest.mark.parametrize("loader", ["torch", "device"])
 def test_digits_are_cropped_with_padding_side_over_8_and_never_flipped(tmp_path, loader):
-    from trainbench.loaders import aug_params, epoch_order
+    from trainbench.data.loaders import aug_params, epoch_order
 
     write_mnist_family(tmp_path, "MNIST")
     cfg = compose(["data=torchvision", "data.name=MNIST", f"data.root={tmp_path}", f"loader={loader}",

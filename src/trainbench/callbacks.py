@@ -18,7 +18,7 @@ class SummarizeOnMultirunEnd(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import shutil
 
-        from .rundir import REFUSED_DIR
+        from .store.runrecord import REFUSED_DIR
 
         shutil.rmtree(Path(config.hydra.sweep.dir) / REFUSED_DIR, ignore_errors=True)  # refusals of earlier runs
 

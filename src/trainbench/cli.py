@@ -11,16 +11,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointError, RunDirRefused
 from .config import ConfigError
 from .console import exit_with
-from .data import DataError
-from .dist.ranks import RankFailed
-from .engine import Diverged, Interrupted, LoaderDied
+from .data.sources import DataError
+from .parallel.ranks import RankFailed
 from .plan import make_plan
-from .records import RunDirLocked, RunWriteError, read_json, write_json
 from .run import hydra_info, run
-from .rundir import REFUSED_DIR, discard_if_untouched, now
+from .store.checkpoint import CheckpointError, RunDirRefused
+from .store.records import RunDirLocked, RunWriteError, read_json, write_json
+from .store.runrecord import REFUSED_DIR, discard_if_untouched, now
+from .timing.epoch import Diverged, Interrupted, LoaderDied
 
 log = logging.getLogger("trainbench")
 

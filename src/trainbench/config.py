@@ -10,7 +10,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .datasets import DATA_NAMES, NORMALIZE_ALIASES  # no torch import: train.py checks the command line first
+from .data.torchvision_data import (  # no torch import: train.py checks the command line first
+    DATA_NAMES,
+    NORMALIZE_ALIASES,
+)
 
 
 class ConfigError(ValueError):
@@ -56,7 +59,7 @@ class NormConfig:
 
 @dataclass
 class ResNet18Model:
-    """model=resnet18: the lab's CIFAR ResNet-18 (it has no _target_; trainbench.model.ResNet18)."""
+    """model=resnet18: the lab's CIFAR ResNet-18 (it has no _target_; trainbench.models.resnet.ResNet18)."""
 
     width: int = 64  # channels of the first stage; 64 is ResNet-18 (11,173,962 parameters)
     num_classes: int | None = None  # null: the data's class count (run.json records the number that trained)

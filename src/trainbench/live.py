@@ -6,8 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-BATCH_SCALARS = ("loss", "acc", "data_time_s", "compute_time_s", "copy_time_s", "forward_time_s",
-                 "backward_time_s", "optimizer_time_s")  # fmt: skip
+from .figures import tensorboard_batch_keys
 
 
 class TensorBoardLog:
@@ -20,8 +19,8 @@ class TensorBoardLog:
 
     def batch(self, rec: Any) -> None:
         """One training batch's figures (written in the epoch's bookkeeping: other time)."""
-        for k in BATCH_SCALARS:
-            v = getattr(rec, k)
+        for k in tensorboard_batch_keys():  # the catalogue's figures with the tensorboard output
+            v = rec[k]
             if not math.isnan(v):
                 self.writer.add_scalar(f"batch/{k}", v, rec.step)
 

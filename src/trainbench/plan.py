@@ -16,11 +16,11 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from .config import ConfigError, validate, world_size
-from .data import check_available
+from .data.sources import check_available
 from .device import check_device_options, resolve_device, resolve_precision
-from .dist.ranks import check_dist, env_ranks
 from .models import check_config
-from .tune.preset import apply_fastest
+from .parallel.ranks import check_dist, env_ranks
+from .presets import apply_fastest
 
 log = logging.getLogger("trainbench")
 
@@ -72,7 +72,7 @@ def resolve_model(cfg: DictConfig) -> DictConfig:
     that run.json, the fingerprint, inspect and the report state what trained; then the model is built once and
     fed one batch (models.check_model; its keys and name were checked by make_plan's models.check_config). An
     explicit model.num_classes that differs from the data's is an error."""
-    from .data import class_count, image_side
+    from .data.sources import class_count, image_side
     from .models import check_model
 
     classes, size = class_count(cfg.data), image_side(cfg.data)

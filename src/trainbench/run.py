@@ -1,7 +1,7 @@
 """One training run: a single process, or the ranks of a data-parallel run (started here or by torchrun/SLURM).
 
 run(plan, run_dir) takes a checked Plan (plan.py) and trains in run_dir through the Trainer (trainer.py), under
-the run dir's lock. With dist.nproc > 1 it starts the ranks through the elastic launcher (dist/launch.py), or,
+the run dir's lock. With dist.nproc > 1 it starts the ranks through the elastic launcher (parallel/launch.py), or,
 when torchrun/SLURM started this process, joins them.
 """
 
@@ -20,10 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import world_size
 from .device import resolve_device
-from .dist import ranks as D
-from .dist.launch import launch
+from .parallel.launch import launch
+from .parallel.ranks import SINGLE, Ranks, broadcast, env_ranks, init_group, rank_device, threads_per_rank
 from .plan import Plan, make_plan
-from .rundir import RunLock, discard_if_untouched
+from .store.runrecord import RunLock, discard_if_untouched
 from .trainer import Trainer
 
 log = logging.getLogger("trainbench")
@@ -67,7 +67,7 @@ def run(cfg: DictConfig | Plan, run_dir: Path | None = None) -> dict[str, Any]:
     plan = cfg if isinstance(cfg, Plan) else make_plan(cfg)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     if world_size(plan.cfg) > 1:
-        ranks = D.env_ranks()
+        ranks = env_ranks()
         if ranks is None:
             run_dir.mkdir(parents=True, exist_ok=True)
             return launch(_rank_entry, plan.cfg, str(run_dir), plan.precision, _meta(plan))
@@ -96,18 +96,18 @@ def _rank_entry(cfg_dict: dict, run_dir: str, precision_note: dict | None, meta:
 
 
 def run_rank(cfg: DictConfig, run_dir: str, precision_note: dict | None, meta: dict,
-             ranks: D.Ranks | None = None) -> dict[str, Any] | None:  # fmt: skip
+             ranks: Ranks | None = None) -> dict[str, Any] | None:  # fmt: skip
     """One rank of a data-parallel run: join the process group, agree on rank 0's run dir, train.
 
     Returns run.json's content on rank 0 (None on the others)."""
-    r = ranks or D.env_ranks() or D.SINGLE
-    torch.set_num_threads(D.threads_per_rank(cfg, r.local_world))  # the node's cores shared among its ranks
+    r = ranks or env_ranks() or SINGLE
+    torch.set_num_threads(threads_per_rank(cfg, r.local_world))  # the node's cores shared among its ranks
     _rank_logging(r, Path(run_dir))
-    device = D.rank_device(resolve_device(cfg.device.name), r)
-    D.init(cfg, device, r)
+    device = rank_device(resolve_device(cfg.device.name), r)
+    init_group(cfg, device, r)
     rd: Path | None = None
     try:
-        rd = Path(D.broadcast(run_dir))  # torchrun: each process's Hydra made its own dir; rank 0's is the run's
+        rd = Path(broadcast(run_dir))  # torchrun: each process's Hydra made its own dir; rank 0's is the run's
         rd.mkdir(parents=True, exist_ok=True)
         with RunLock(rd) if r.main else contextlib.nullcontext():
             t = Trainer(cfg, device, rd, r, meta)
@@ -132,7 +132,7 @@ def _discard_own_hydra_dir(used: Path | None) -> None:
         discard_if_untouched(own)
 
 
-def _rank_logging(r: D.Ranks, run_dir: Path) -> None:
+def _rank_logging(r: Ranks, run_dir: Path) -> None:
     """Rank 0 logs as a single run does (and into the run dir's train.log); the others warnings only."""
     lg = logging.getLogger("trainbench")
     if lg.handlers or logging.getLogger().handlers:

@@ -2,12 +2,12 @@
 
 Ranks are a parameter: with several, every rank trains its shard and rank 0 alone writes the run dir (one
 epoch row over all ranks, every rank's batch rows after the epoch). What is built (model, loaders, warm-up)
-comes from build.py; what the run dir already holds is decided in rundir.py.
+comes from recipe.py; what the run dir already holds is decided in store/runrecord.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import math
 import os
@@ -20,18 +20,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from . import checkpoint as ckpt_mod
 from . import profiling
-from .build import Built, attach_ranks, batchnorm_note, build, compile_and_warm_up, count_flops, restore, timing_mode
+from .data.loaders import set_epoch
 from .device import environment, set_precision_flags, synchronize
-from .dist.ranks import SINGLE, Ranks, any_rank, barrier, gather
-from .engine import Diverged, EpochStats, Interrupted, evaluate_sums, train_epoch
-from .loaders import set_epoch
-from .machine import LoadMeter
-from .records import BATCH_COLUMNS, EPOCH_COLUMNS, CsvLog
-from .rundir import RunRecord, drop_rows_after, now, start_epoch
+from .figures import EpochStats, Record, batch_columns, epoch_columns, log_line, tally
+from .parallel.ranks import SINGLE, Ranks, any_rank, barrier, gather
+from .recipe import Built, attach_ranks, batchnorm_note, build, compile_and_warm_up, count_flops, restore, timing_mode
 from .stopflag import StopFlag
-from .tally import epoch_row, totals
+from .store import checkpoint
+from .store.records import CsvLog
+from .store.runrecord import RunRecord, drop_rows_after, now, start_epoch
+from .timing.epoch import Diverged, Interrupted, evaluate_sums, train_epoch
+from .timing.machine import LoadMeter
 
 log = logging.getLogger("trainbench")
 
@@ -53,8 +53,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train cfg.epochs epochs (continuing from a checkpoint), keeping run.json's status true throughout."""
         cfg, dev = self.cfg, self.device
-        fp = ckpt_mod.fingerprint(cfg, dev.type)
-        ckpt = ckpt_mod.load_latest(self.run_dir) if cfg.resume.enabled else None
+        fp = checkpoint.fingerprint(cfg, dev.type)
+        ckpt = checkpoint.load_latest(self.run_dir) if cfg.resume.enabled else None
         start = start_epoch(self.record, ckpt, fp, cfg, dev.type)
         if start is None:
             return self.info
@@ -98,8 +98,8 @@ class Trainer:
     def _fit(self, ckpt: dict | None, start: int) -> dict[str, Any]:
         """build -> epoch loop (train, evaluate and record, checkpoint) -> complete."""
         b = self._build(ckpt, start)
-        epochs_log = CsvLog(self.run_dir / "epochs.csv", EPOCH_COLUMNS) if self.main else None
-        batches_log = CsvLog(self.run_dir / "batches.csv", BATCH_COLUMNS) if self.main else None
+        epochs_log = CsvLog(self.run_dir / "epochs.csv", epoch_columns()) if self.main else None
+        batches_log = CsvLog(self.run_dir / "batches.csv", batch_columns()) if self.main else None
         self.tb = _tensorboard(self.run_dir) if self.cfg.logger == "tensorboard" and self.main else None
         try:
             with StopFlag() as stop:
@@ -128,13 +128,13 @@ class Trainer:
         # With several ranks, a stop must land at the same batch on all of them: a collective per batch (other time)
         stop_requested = (lambda: any_rank(stop())) if r.active else stop  # a CPU collective: no device sync
         try:  # the load meter brackets the epoch outside its clock: cpu_util, others_cpu, load_avg
-            with LoadMeter(whole_run_root=r.active) as meter, prof if prof is not None else _nothing():
+            with LoadMeter(whole_run_root=r.active) as meter, prof if prof is not None else contextlib.nullcontext():
                 stats = train_epoch(b.ctx, b.train_loader, epoch, first_step=b.global_step, on_batch=sink,
                                     stop_requested=stop_requested, timing=b.timing, phases=self.cfg.phase_clocks,
                                     after_step=prof.step if prof is not None else None)  # fmt: skip
         finally:
             bar.close()
-        stats.__dict__.update(meter.figures)
+        stats.update(meter.figures)  # the catalogue's SET figures of the epoch
         b.global_step += stats.batches
         return stats, sink.kept
 
@@ -143,17 +143,17 @@ class Trainer:
         """Test loss/accuracy (after the epoch clock stopped: in no timed figure), then the epoch's row.
 
         With several ranks, every rank evaluates its share of the test split, and rank 0 writes one row over all
-        ranks (tally.epoch_row) and every rank's batch rows."""
+        ranks (figures.tally) and every rank's batch rows."""
         sums, eval_s = _test_sums(b, epoch, self.cfg.epochs, self.bars_off if self.main else True)
-        per_rank = [dataclasses.asdict(stats)]
+        per_rank = [dict(stats)]
         if self.ranks.active:
-            got = gather((dataclasses.asdict(stats), sums, rank_rows))
+            got = gather((dict(stats), sums, rank_rows))
             per_rank = [g[0] for g in got]
             sums = tuple(sum(g[1][i] for g in got) for i in range(3))  # type: ignore[assignment]
             for row in (row for g in got for row in g[2]) if batches_log is not None else ():
                 batches_log.write(row)
         test_loss, test_acc = (sums[0] / sums[2], sums[1] / sums[2]) if sums[2] else (math.nan, math.nan)
-        row = epoch_row(per_rank, self.cfg.phase_clocks)
+        row = tally(per_rank)  # every figure combined across ranks by its catalogue rule
         row.update(epoch=epoch, test_loss=test_loss, test_acc=test_acc, eval_time_s=eval_s,
                    lr=b.ctx.optimizer.param_groups[0]["lr"], timing_mode=b.timing, world_size=self.ranks.world,
                    **_rates(b, row, self.ranks.world))  # fmt: skip
@@ -174,27 +174,16 @@ class Trainer:
         """Mark the run complete with its totals; drop its checkpoints unless checkpoint.keep_on_complete."""
         if not self.main:
             return self.info
-        rows = self.record.rows()
-        tot = totals(rows)
-        self.record.save(status="complete", finished_at=now(), epochs_done=len(rows), totals=tot)
+        self.record.finish("complete")
+        tot, rows = self.record.info["totals"], self.record.info["epochs_done"]
         if not self.cfg.checkpoint.keep_on_complete:
-            removed = ckpt_mod.remove_checkpoints(self.run_dir)
+            removed = checkpoint.remove_checkpoints(self.run_dir)
             if removed:
                 log.info("removed %d checkpoint(s) of the complete run (checkpoint.keep_on_complete=false)", removed)
         log.info("done: %d epochs | total epoch %.2fs (avg %.2fs) = data %.2fs + compute %.2fs + other %.2fs | "
-                 "run dir %s", len(rows), *(tot.get(f"{k}_time_s", 0) for k in ("total_epoch", "avg_epoch",
+                 "run dir %s", rows, *(tot.get(f"{k}_time_s", 0) for k in ("total_epoch", "avg_epoch",
                  "total_data", "total_compute", "total_other")), self.run_dir)  # fmt: skip
         return self.info
-
-
-class _nothing:
-    """A context manager that does nothing (the epoch without a profiler)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class _BatchSink:
@@ -204,10 +193,11 @@ class _BatchSink:
         self.ranks, self.live_log, self.tb, self.bar, self.prof, self.faults = ranks, live_log, tb, bar, prof, faults
         self.kept: list[dict] = []  # several ranks: rank 0 writes every rank's rows after the epoch
 
-    def __call__(self, rec: Any, stats: EpochStats) -> None:
-        profiled = int(self.prof is not None and self.prof.profiled(rec.batch))
-        stats.profiled_steps += profiled
-        row = {**dataclasses.asdict(rec), "profiled": profiled, "rank": self.ranks.rank}
+    def __call__(self, rec: Record, stats: EpochStats) -> None:
+        # two batch figures only the run knows: whether the profiler traced this step, and the rank
+        rec.profiled, rec.rank = int(self.prof is not None and self.prof.profiled(rec.batch)), self.ranks.rank
+        stats.profiled_steps += rec.profiled  # (the epoch added the batch up before this sink saw it)
+        row = dict(rec)
         if self.live_log is not None:
             self.live_log.write(row)  # one process: live, flushed per row
         elif self.ranks.active:
@@ -238,23 +228,24 @@ def _test_sums(b: Built, epoch: int, epochs: int, bar_off: bool | None) -> tuple
 
 def _log_epoch(row: dict[str, Any], cfg: DictConfig, ranks: Ranks) -> None:
     """The epoch's one line on the console and in train.log."""
-    log.info(
-        "epoch %d/%d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | data %.2fs compute %.2fs "
-        "other %.2fs epoch %.2fs | %.0f img/s%s",
-        row["epoch"] + 1, cfg.epochs, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
-        row["data_time_s"], row["compute_time_s"], row["other_time_s"], row["epoch_time_s"], row["samples_per_s"],
+    comm = (
         f" | comm exposed {row['comm_exposed_s']:.2f}s (all-reduce span {row['comm_time_s']:.2f}s, inside compute; "
-        f"{ranks.world} ranks)" if ranks.active else "",
-    )  # fmt: skip
+        f"{ranks.world} ranks)"
+    )
+    log.info("%s%s", log_line(row, cfg.epochs), comm if ranks.active else "")  # the catalogue's log figures
     if row.get("clamped_s", 0) > 0:
-        log.warning("epoch %d: data + compute exceeded the epoch by %.3gs (clocks that overlap); other_time_s was "
-                    "clamped to 0 and clamped_s records it", row["epoch"] + 1, row["clamped_s"])  # fmt: skip
+        log.warning(
+            "epoch %d: data + compute exceeded the epoch by %.3gs (clocks that overlap); other_time_s was "
+            "clamped to 0 and clamped_s records it",
+            row["epoch"] + 1,
+            row["clamped_s"],
+        )
 
 
 def _running(cfg: DictConfig, dev: torch.device, fp: str, timing: str, ranks: Ranks) -> dict[str, Any]:
     """run.json's keys as a run starts (or resumes): status, config, environment, clock, ranks."""
     return {"status": "running", "error": None, "fingerprint": fp, "config": OmegaConf.to_container(cfg, resolve=True),
-            "train_config": ckpt_mod.training_config(cfg, dev.type), "environment": environment(dev),
+            "train_config": checkpoint.training_config(cfg, dev.type), "environment": environment(dev),
             "timing_mode": timing, "world_size": ranks.world, "global_batch": cfg.batch_size * ranks.world,
             "batchnorm": batchnorm_note(cfg, ranks)}  # fmt: skip
 
@@ -271,7 +262,7 @@ def _state(b: Built, info: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's content: model, optimizer, scaler, RNGs, the sampler's generator, the step, the config."""
     return {"model": b.model.state_dict(), "optimizer": b.ctx.optimizer.state_dict(),
             "scaler": b.ctx.scaler.state_dict() if b.ctx.scaler is not None else None,
-            "rng": ckpt_mod.rng_state(b.ctx.device), "loader_generator": b.loader_gen.get_state(),
+            "rng": checkpoint.rng_state(b.ctx.device), "loader_generator": b.loader_gen.get_state(),
             "global_step": b.global_step, "fingerprint": info["fingerprint"], "train_config": info["train_config"]}  # fmt: skip
 
 
@@ -290,5 +281,5 @@ def _save(b: Built, epoch: int, cfg: DictConfig, record: RunRecord, main: bool) 
     """Rank 0's checkpoint of this epoch, then run.json's progress."""
     if cfg.checkpoint.enabled and main:
         time.sleep(cfg.faults.checkpoint_delay_s)  # injected fault: a slow disk (tests)
-        ckpt_mod.save_checkpoint(record.run_dir, epoch, _state(b, record.info), cfg.checkpoint.keep)
+        checkpoint.save_checkpoint(record.run_dir, epoch, _state(b, record.info), cfg.checkpoint.keep)
     record.save(epochs_done=epoch + 1)

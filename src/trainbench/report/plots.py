@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import PHASE_COLUMNS
+from ..figures import phase_columns
 from .runs import Run
 
-PHASE_NAMES = [c.removesuffix("_time_s") for c in PHASE_COLUMNS]
+PHASE_NAMES = [c.removesuffix("_time_s") for c in phase_columns()]
 
 
 def stacked_bars(

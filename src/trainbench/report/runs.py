@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..records import BATCH_COLUMNS, EPOCH_COLUMNS, PHASE_COLUMNS, read_json, read_rows
+from ..figures import batch_columns, epoch_columns, in_summary_order, summary_figures
+from ..store.records import read_json, read_rows
 from .stats import Finding
 
 SHORT = {"device.name": "device", "optimizer.name": "optimizer", "norm.name": "norm", "data.name": "data",
@@ -45,8 +46,9 @@ class Run:
     def batches(self) -> pd.DataFrame:
         """batches.csv as numbers (read on first use)."""
         if self._batches is None:
-            rows = read_rows(self.path / "batches.csv", BATCH_COLUMNS)
-            self._batches = pd.DataFrame(rows, columns=BATCH_COLUMNS).apply(pd.to_numeric, errors="coerce")
+            cols = batch_columns()
+            rows = read_rows(self.path / "batches.csv", cols)
+            self._batches = pd.DataFrame(rows, columns=cols).apply(pd.to_numeric, errors="coerce")
         return self._batches
 
     def label(self) -> str:
@@ -140,8 +142,9 @@ def find_runs(root: Path) -> list[Run]:
     runs = []
     for rj in sorted(root.rglob("run.json"), key=lambda p: key(p.parent)):
         info = read_json(rj) or {"status": "unreadable", "error": "run.json could not be parsed"}
-        rows = read_rows(rj.parent / "epochs.csv", EPOCH_COLUMNS)  # tolerates a truncated last line
-        df = pd.DataFrame(rows, columns=EPOCH_COLUMNS)
+        cols = epoch_columns()
+        rows = read_rows(rj.parent / "epochs.csv", cols)  # tolerates a truncated last line
+        df = pd.DataFrame(rows, columns=cols)
         text = df[TEXT_COLUMNS].replace("", None)
         df = df.apply(pd.to_numeric, errors="coerce")
         df[TEXT_COLUMNS] = text
@@ -178,40 +181,23 @@ def varying_keys(runs: list[Run]) -> list[str]:
 
 
 def run_row(r: Run) -> dict[str, Any]:
-    """summary.csv's figures for one run."""
+    """summary.csv's figures for one run: the catalogue's (figures.summary_figures) and the run's own facts."""
     e, env = r.epochs, r.info.get("environment") or {}
-    row: dict[str, Any] = {**r.settings, "run": r.name, "status": r.status,
-                           "device_name": env.get("device_name"), "epochs": len(e)}  # fmt: skip
-    for c in TIME_COLS:
-        row[f"total_{c}"] = e[c].sum() if len(e) else math.nan
-        row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
-    for c in ("train_loss", "train_acc"):
-        row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
-        row[f"final_{c}"] = e[c].iloc[-1] if len(e) else math.nan
-    row["final_test_acc"] = e["test_acc"].iloc[-1] if len(e) else math.nan
+    row: dict[str, Any] = {**r.settings, "run": r.name, "status": r.status, "device_name": env.get("device_name"),
+                           "epochs": len(e), **summary_figures(e)}  # fmt: skip
     total = e["epoch_time_s"].sum() if len(e) else 0
     row["data_share"] = e["data_time_s"].sum() / total if total else math.nan
-    row["samples_per_s"] = e["samples"].sum() / total if total else math.nan
-    for c in PHASE_COLUMNS + ["achieved_tflops", "mfu"]:
-        row[f"avg_{c}"] = e[c].mean() if len(e) else math.nan
+    row["samples_per_s"] = e["samples"].sum() / total if total else math.nan  # the run's, over all its epochs
     row["flops_per_image"] = r.info.get("flops_per_image")
     row["world_size"] = int(r.info.get("world_size") or 1)
     row["batch_size"] = (r.info.get("config") or {}).get("batch_size")
-    row["avg_comm_time_s"] = e["comm_time_s"].fillna(0).mean() if len(e) else math.nan
-    row["avg_comm_exposed_s"] = e["comm_exposed_s"].fillna(0).mean() if len(e) else math.nan
-    row["avg_comm_busy_s"] = e["comm_busy_s"].fillna(0).mean() if "comm_busy_s" in e and len(e) else math.nan
     steps = e["batches"].sum() if len(e) else 0
     row["comm_bytes_per_step"] = e["comm_bytes"].fillna(0).sum() / steps if steps else math.nan
     row["steps_per_epoch"] = e["batches"].mean() if len(e) else math.nan
-    row["profiled_steps"] = e["profiled_steps"].sum() if len(e) else 0
     row["timing_mode"] = "+".join(timing_modes(r)) or r.info.get("timing_mode")
     row["torch_threads"] = env.get("torch_threads")
-    row["clamped_s"] = e["clamped_s"].fillna(0).sum() if "clamped_s" in e and len(e) else 0.0
-    for c, how in (("cpu_util", "mean"), ("others_cpu", "max"), ("load_avg", "max")):
-        vals = e[c].dropna() if c in e and len(e) else pd.Series(dtype=float)
-        row[f"{how}_{c}"] = getattr(vals, how)() if len(vals) else math.nan
     row["error"] = r.error
-    return row
+    return in_summary_order(row, first=r.settings)
 
 
 BUSY_OTHERS = 0.25  # other processes used more than a quarter of the machine's CPU while an epoch ran
@@ -221,7 +207,7 @@ BUSY_UTIL_RATIO = 0.6  # the run's CPU utilisation below 0.6x the best of runs w
 def busy_reasons(table: pd.DataFrame) -> list[str]:
     """Per summary row: why its run was measured on a busy machine ('' when it was not).
 
-    Two signs, from each run's epoch rows (machine.py): other processes' CPU use during the epochs (immediate),
+    Two signs, from each run's epoch rows (timing/machine.py): other processes' CPU use during the epochs (immediate),
     and CPU utilisation far below what runs of the same threads and world size got elsewhere in the sweep. The
     1-minute load average is recorded but not used: it lags by about a minute, so it would blame a run for the
     previous job of its own sweep."""

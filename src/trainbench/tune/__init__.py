@@ -14,6 +14,6 @@ for the rest). A setting is named the winner only when it beats the lab config b
 the repeats); among settings tied with the fastest, the one with the fewest changes from the lab config wins.
 Otherwise: "no setting beats the lab config here", and the preset is the lab config.
 Writes tune.csv and preset.yaml to tune.out (default outputs/tune/<date>_<time>) and the preset to the user's
-cache (see trainbench.tune.preset), keyed by machine, torch, model, batch size and data:
+cache (see trainbench.presets), keyed by machine, torch, model, batch size and data:
 `python train.py experiment=fastest` applies it only where all of them match.
 """

@@ -7,8 +7,8 @@ import sys
 
 from ..config import ConfigError
 from ..console import exit_with
-from ..data import DataError
-from ..inspect import compose
+from ..data.sources import DataError
+from ..questions import compose
 from . import __doc__ as tune_doc
 from .search import render, tune
 

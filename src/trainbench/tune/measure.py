@@ -100,9 +100,9 @@ class Prepared:
     tuner lands in every candidate's spread, not in one candidate's mean."""
 
     def __init__(self, cfg: DictConfig, device: torch.device, data: Any, cand: Candidate) -> None:
-        from ..build import batch_shapes, build_model, seed_everything, step_context, timing_mode, warm_up
+        from ..data.loaders import DeviceLoader, make_loader
         from ..device import set_precision_flags
-        from ..loaders import DeviceLoader, make_loader
+        from ..recipe import batch_shapes, build_model, seed_everything, step_context, timing_mode, warm_up
 
         self.cand, self.device = cand, device
         self.cfg = c = _variant(cfg, cand.settings)
@@ -128,7 +128,7 @@ class Prepared:
         """Train `steps` batches from a fresh iterator (DataLoader workers start, as in every epoch); appends and
         returns images/s projected over one real epoch: the first batch (worker start-up included) once, the
         later batches' mean for the rest of the epoch's batches."""
-        from ..engine import train_epoch
+        from ..timing.epoch import train_epoch
 
         t0 = time.perf_counter()
         recs: list = []

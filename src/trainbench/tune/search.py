@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from .. import presets
 from ..config import ConfigError
-from ..data import load_data
+from ..data.sources import load_data
 from ..device import device_name
 from ..plan import make_plan, resolve_model
 from ..report.stats import differ
-from . import preset
 from .measure import LAB, Candidate, _variant, precisions, prepare, worker_counts
 
 
@@ -247,5 +247,5 @@ def _write(result: TuneResult, cfg: DictConfig, device: torch.device) -> None:
         settings = {k: result.winner.settings[k] for k in LAB}
         note = (f"Written by python -m trainbench.tune on {datetime.now().isoformat(timespec='seconds')} for "
                 f"{device_name(device)}: {result.verdict}.")  # fmt: skip
-        result.wrote += preset.write(settings, preset.key_of(cfg, device), note, result.out_dir,
+        result.wrote += presets.write(settings, presets.key_of(cfg, device), note, result.out_dir,
                                      to_cache=bool(cfg.tune.write_preset))  # fmt: skip

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from ...records import PHASE_COLUMNS
+from ...figures import phase_columns
 from ..plots import PHASE_NAMES, plot_phases
 from ..render import md_table
 from ..runs import Context, PartOutput, Run
@@ -62,7 +62,7 @@ def implausible(key: str, per_phase: dict[str, list[Estimate]]) -> Finding | Non
 def part_compute(ctx: Context) -> PartOutput:
     """Where compute goes: the phase split per run, achieved TFLOP/s and utilisation, the top operator categories
     of profiled runs, and per varying setting the phase that changes most (a finding only past the noise)."""
-    phase_cols = [f"avg_{c}" for c in PHASE_COLUMNS]
+    phase_cols = [f"avg_{c}" for c in phase_columns()]
     ok = ctx.ok
     if not len(ok) or not all(c in ok for c in phase_cols) or ok[phase_cols].isna().all().all():
         return PartOutput()

@@ -15,7 +15,7 @@ def part_q(ctx: Context) -> PartOutput:
     the lab's)."""
     if not ctx.inspect_models or not ctx.done:
         return PartOutput()
-    from ...inspect import model_facts
+    from ...questions import model_facts
     from ..runs import model_label
 
     seen, facts = set(), []

@@ -90,7 +90,7 @@ def rank_device(device: torch.device, r: Ranks) -> torch.device:
     return torch.device("cuda", r.local_rank) if device.type == "cuda" else device
 
 
-def init(cfg: Any, device: torch.device, r: Ranks) -> None:
+def init_group(cfg: Any, device: torch.device, r: Ranks) -> None:
     """Join the process group (env:// rendezvous from the launcher)."""
     backend = resolve_backend(cfg.dist.backend, device)
     if device.type == "cuda":

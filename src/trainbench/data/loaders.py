@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from .data import MEAN, ArrayDataset, normalize_std
+from .sources import MEAN, ArrayDataset, normalize_std
 
 PAD = 4  # random crop padding (lab: RandomCrop(32, padding=4)); other sides: side // 8
 _M32 = 0xFFFFFFFF

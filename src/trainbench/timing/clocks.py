@@ -1,4 +1,4 @@
-"""How a reading is taken. The epoch loop (engine.py) takes either clock.
+"""How a reading is taken. The epoch loop (timing/epoch.py) takes either clock.
 
 On CUDA every mark is an event recorded on the stream (never a sync): a timing=sync run settles (synchronizes)
 once per step, at the step's end, as the lab's loop does, and reads that step's events; timing=events settles
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .device import synchronize
+from ..device import synchronize
 
 
 class SyncClock:

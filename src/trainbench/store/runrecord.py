@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint as ckpt_mod
-from .records import BATCH_COLUMNS, EPOCH_COLUMNS, RunLock, keep_rows, read_json, read_rows, write_json
-from .tally import totals
+from ..figures import batch_columns, epoch_columns, totals
+from . import checkpoint
+from .records import RunLock, keep_rows, read_json, read_rows, write_json
 
 log = logging.getLogger("trainbench")
 
@@ -41,7 +41,7 @@ class RunRecord:
 
     def rows(self) -> list[dict[str, str]]:
         """epochs.csv's rows."""
-        return read_rows(self.run_dir / "epochs.csv", EPOCH_COLUMNS)
+        return read_rows(self.run_dir / "epochs.csv", epoch_columns())
 
     def finish(self, status: str, **extra: Any) -> None:
         """Record the run's end (status, totals over its rows); a disk that fails here is logged, not raised."""
@@ -60,14 +60,14 @@ def _check_existing(rec: RunRecord, ckpt: dict | None, fp: str, cfg: Any, device
         {"fingerprint": info.get("fingerprint"), "train_config": info.get("train_config")} if rows else None
     )
     if saved and saved.get("fingerprint") and saved["fingerprint"] != fp:
-        diff = ckpt_mod.config_diff(saved.get("train_config") or {}, ckpt_mod.training_config(cfg, device_type))
-        raise ckpt_mod.RunDirRefused(
+        diff = checkpoint.config_diff(saved.get("train_config") or {}, checkpoint.training_config(cfg, device_type))
+        raise checkpoint.RunDirRefused(
             f"run dir {rec.run_dir} holds a run of a different config ({'; '.join(diff) or 'fingerprint differs'}); "
             "refusing to resume it. Use the original settings, or another hydra.run.dir"
         )
     if rows and ckpt is None and not (cfg.resume.enabled and info.get("fingerprint") == fp):
         why = "resume.enabled=false" if not cfg.resume.enabled else "no checkpoint or record of its config"
-        raise ckpt_mod.RunDirRefused(
+        raise checkpoint.RunDirRefused(
             f"run dir {rec.run_dir} already holds {len(rows)} epoch rows and {why}; nothing was overwritten. "
             "Choose another hydra.run.dir"
         )
@@ -84,7 +84,7 @@ def start_epoch(rec: RunRecord, ckpt: dict | None, fp: str, cfg: Any, device_typ
             log.info("run dir %s is already complete (%d epochs); nothing to do", rec.run_dir, done)
             return None
         if ckpt is None:
-            raise ckpt_mod.RunDirRefused(
+            raise checkpoint.RunDirRefused(
                 f"run dir {rec.run_dir} holds a complete run of {done} epochs whose checkpoints were removed "
                 "(checkpoint.keep_on_complete=false), so it cannot be extended to "
                 f"epochs={cfg.epochs}; nothing was changed. Train epochs={cfg.epochs} in another hydra.run.dir, "
@@ -95,8 +95,8 @@ def start_epoch(rec: RunRecord, ckpt: dict | None, fp: str, cfg: Any, device_typ
 
 def drop_rows_after(run_dir: Path, start: int, ckpt: dict | None) -> None:
     """Rows written after the checkpoint (killed between an epoch row and its checkpoint) are redone: drop them."""
-    dropped = keep_rows(run_dir / "epochs.csv", EPOCH_COLUMNS, lambda r: int(r["epoch"]) < start)
-    dropped_b = keep_rows(run_dir / "batches.csv", BATCH_COLUMNS, lambda r: int(r["epoch"]) < start)
+    dropped = keep_rows(run_dir / "epochs.csv", epoch_columns(), lambda r: int(r["epoch"]) < start)
+    dropped_b = keep_rows(run_dir / "batches.csv", batch_columns(), lambda r: int(r["epoch"]) < start)
     if ckpt is not None or dropped or dropped_b:
         log.info(
             "resuming %s: epochs 0..%d done; dropped %d epoch and %d batch rows written after it",

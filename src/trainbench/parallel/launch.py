@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..engine import Interrupted
+from ..timing.epoch import Interrupted
 from .ranks import RankFailed, resolve_backend
 
 log = logging.getLogger("trainbench")

@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..device import synchronize
+from ..figures import EpochStats, Record, batch_record
 from .clocks import EventClock, SyncClock, make_clock
-from .device import synchronize
 
 
 class Diverged(RuntimeError):
@@ -41,88 +42,6 @@ class Interrupted(RuntimeError):
     """A stop was requested (SIGTERM/SIGINT); the run stopped at a safe point."""
 
 
-@dataclass
-class BatchRecord:
-    epoch: int
-    batch: int
-    step: int
-    size: int
-    loss: float
-    acc: float
-    data_time_s: float
-    compute_time_s: float
-    # compute's phases (sum = compute_time_s); NaN when the phase split is off (phase_clocks=false)
-    copy_time_s: float = math.nan
-    forward_time_s: float = math.nan
-    backward_time_s: float = math.nan
-    optimizer_time_s: float = math.nan
-    skipped: int = 0  # 1 when fp16's grad scaler skipped this optimizer step (inf/NaN gradients)
-    comm_time_s: float = 0.0  # data-parallel: span of the step's gradient all-reduces (inside backward)
-    comm_exposed_s: float = 0.0  # the part of it backward waited for (after the last bucket's launch)
-    comm_bytes: int = 0
-    comm_busy_s: float = 0.0  # the buckets' own launch-to-completion times, overlaps counted once
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    batches: int = 0
-    samples: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    data_time_s: float = 0.0
-    compute_time_s: float = 0.0
-    epoch_time_s: float = 0.0
-    copy_time_s: float = 0.0
-    forward_time_s: float = 0.0
-    backward_time_s: float = 0.0
-    optimizer_time_s: float = 0.0
-    skipped_steps: int = 0
-    comm_time_s: float = 0.0
-    comm_exposed_s: float = 0.0
-    comm_bytes: int = 0
-    comm_busy_s: float = 0.0
-    profiled_steps: int = 0  # steps run under torch.profiler (slower; counted by the run, profile=true)
-    # what the machine gave the epoch (machine.LoadMeter, read outside every clock by the trainer)
-    cpu_util: float = math.nan
-    others_cpu: float = math.nan
-    load_avg: float = math.nan
-
-    def add(self, rec: BatchRecord, correct: int) -> None:
-        """Count one finished batch into the epoch's totals."""
-        self.batches += 1
-        self.samples += rec.size
-        self.loss_sum += rec.loss * rec.size
-        self.correct += correct
-        self.data_time_s += rec.data_time_s
-        self.compute_time_s += rec.compute_time_s
-        for ph in PHASES:
-            setattr(self, f"{ph}_time_s", getattr(self, f"{ph}_time_s") + getattr(rec, f"{ph}_time_s"))
-        self.skipped_steps += rec.skipped
-        self.comm_time_s += rec.comm_time_s
-        self.comm_exposed_s += rec.comm_exposed_s
-        self.comm_bytes += rec.comm_bytes
-        self.comm_busy_s += rec.comm_busy_s
-
-    @property
-    def other_time_s(self) -> float:
-        """Epoch time not spent waiting for data or computing, floored at 0 (clamped_s says by how much)."""
-        return max(0.0, self.epoch_time_s - self.data_time_s - self.compute_time_s)
-
-    @property
-    def clamped_s(self) -> float:
-        """How far data + compute exceeded the epoch (overlapping clocks): recorded and flagged, never silent."""
-        return max(0.0, self.data_time_s + self.compute_time_s - self.epoch_time_s)
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / max(1, self.samples)
-
-    @property
-    def acc(self) -> float:
-        return self.correct / max(1, self.samples)
-
-
 class StepResult(NamedTuple):
     """What one step leaves on the device: read back later, so that no step waits for the host."""
 
@@ -131,9 +50,6 @@ class StepResult(NamedTuple):
     y: torch.Tensor  # the labels on the device
     skipped: torch.Tensor | None  # fp16: True when the grad scaler skipped the optimizer step
     marks: tuple  # (after copy, after forward + loss, after backward) when phases are marked, else ()
-
-
-PHASES = ("copy", "forward", "backward", "optimizer")
 
 
 @dataclass
@@ -223,7 +139,7 @@ def train_epoch(
     epoch: int,
     *,
     first_step: int = 0,
-    on_batch: Callable[[BatchRecord, EpochStats], None] | None = None,
+    on_batch: Callable[[Record, EpochStats], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     timing: str = "sync",
     clock: SyncClock | EventClock | None = None,
@@ -335,10 +251,11 @@ def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_bat
         split = [clock.span(a, b) for a, b in zip(p.marks[1:-1], p.marks[2:])] if len(p.marks) > 3 else []
         skipped = int(bool(p.skipped.item())) if p.skipped is not None else 0
         comm = p.comm.resolve() if hasattr(p.comm, "resolve") else p.comm  # nccl: bucket events, readable now
-        rec = BatchRecord(epoch, p.batch, p.step, p.size, loss, correct / p.size, data_s, clock.span(m1, m2),
-                          *split, skipped=skipped, comm_time_s=comm[0], comm_exposed_s=comm[1],
-                          comm_bytes=comm[2], comm_busy_s=comm[3])  # fmt: skip
-        stats.add(rec, correct)
+        phases = dict(zip(("copy_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s"), split))
+        rec = batch_record(epoch=epoch, batch=p.batch, step=p.step, size=p.size, loss=loss, acc=correct / p.size,
+                           data_time_s=data_s, compute_time_s=clock.span(m1, m2), skipped=skipped, comm_time_s=comm[0],
+                           comm_exposed_s=comm[1], comm_bytes=comm[2], comm_busy_s=comm[3], **phases)
+        stats.add(rec)
         if on_batch is not None:
             on_batch(rec, stats)
     pending.clear()
@@ -360,8 +277,3 @@ def evaluate_sums(ctx: StepContext, loader: Iterable) -> tuple[float, int, int]:
     model.train()
     return loss_sum, correct, n
 
-
-def evaluate(ctx: StepContext, loader: Iterable) -> tuple[float, float]:
-    """Average loss and top-1 accuracy over loader, in eval mode; not part of any timed region."""
-    loss_sum, correct, n = evaluate_sums(ctx, loader)
-    return loss_sum / max(1, n), correct / max(1, n)

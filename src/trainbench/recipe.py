@@ -16,16 +16,16 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from . import checkpoint as ckpt_mod
 from . import models
-from .data import load_data
-from .datasets import TORCHVISION, describe
+from .data.loaders import DeviceLoader, make_loader
+from .data.sources import load_data
+from .data.torchvision_data import TORCHVISION, describe
 from .device import synchronize
-from .dist.ranks import SINGLE, Ranks
-from .engine import StepContext
 from .flops import device_peak, precision_peak, step_flops_per_image
-from .loaders import DeviceLoader, make_loader
-from .model import count_trainable
+from .models.resnet import count_trainable
+from .parallel.ranks import SINGLE, Ranks
+from .store import checkpoint
+from .timing.epoch import StepContext
 
 log = logging.getLogger("trainbench")
 
@@ -89,7 +89,7 @@ def warm_up(ctx: StepContext, model: torch.nn.Module, gen: torch.Generator, trai
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     opt_state = copy.deepcopy(ctx.optimizer.state_dict())
     scaler_state = copy.deepcopy(ctx.scaler.state_dict()) if ctx.scaler is not None else None
-    rng, gen_state = ckpt_mod.rng_state(dev), gen.get_state()
+    rng, gen_state = checkpoint.rng_state(dev), gen.get_state()
     synchronize(dev)
     t = time.perf_counter()
     for b in train_sizes:
@@ -110,7 +110,7 @@ def warm_up(ctx: StepContext, model: torch.nn.Module, gen: torch.Generator, trai
     ctx.optimizer.zero_grad(set_to_none=True)
     if scaler_state is not None:
         ctx.scaler.load_state_dict(scaler_state)
-    ckpt_mod.set_rng_state(rng, dev)
+    checkpoint.set_rng_state(rng, dev)
     gen.set_state(gen_state)
     return elapsed
 
@@ -203,7 +203,7 @@ def restore(b: Built, ckpt: dict, restore_rng: bool, device: torch.device) -> No
         b.ctx.scaler.load_state_dict(ckpt["scaler"])
     if restore_rng:
         b.loader_gen.set_state(ckpt["loader_generator"])
-        ckpt_mod.set_rng_state(ckpt["rng"], device)
+        checkpoint.set_rng_state(ckpt["rng"], device)
     else:
         log.warning("resume.restore_rng=false: RNG and sampler state NOT restored (results will differ)")
     b.global_step = ckpt["global_step"]
@@ -215,7 +215,7 @@ def attach_ranks(b: Built, cfg: DictConfig, ranks: Ranks) -> None:
         return
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .dist.commclock import CommClock
+    from .parallel.commclock import CommClock
 
     dev = b.ctx.device
     # DDP broadcasts rank 0's parameters and buffers here, so every rank starts from the same model

@@ -1,6 +1,6 @@
 """Which network a run trains (model=): the lab's ResNet-18, any torchvision or timm model, or the user's own class.
 
-model=resnet18 (the default) has no `_target_`: trainbench.model.ResNet18 with model.width. Every other choice
+model=resnet18 (the default) has no `_target_`: trainbench.models.resnet.ResNet18 with model.width. Every other choice
 names a callable in model._target_: torchvision and timm name trainbench's factories below (they check
 model.name and list close matches), model=custom the user's class, importable from the working directory or
 PYTHONPATH. The other keys are keyword arguments; num_classes is the data's class count (passed where the class
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import MODEL_SCHEMAS, MODEL_TARGETS, ConfigError, close_matches
+from ..config import MODEL_SCHEMAS, MODEL_TARGETS, ConfigError, close_matches
 
 
 def kind(m: Mapping) -> str:
@@ -105,7 +105,7 @@ def create(model_cfg: Mapping, norm: str, classes: int) -> Any:
         model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
     k = kind(model_cfg)
     if k == "resnet18":
-        from .model import ResNet18
+        from .resnet import ResNet18
 
         return ResNet18(norm, int(model_cfg.get("width", 64)), classes)
     kwargs = {key: v for key, v in model_cfg.items() if key not in ("_target_", "num_classes")}

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import datasets as tvdata
+from . import torchvision_data
 
 log = logging.getLogger(__name__)
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = {"lab": (0.2023, 0.1994, 0.2010), "cifar10": (0.2470, 0.2435, 0.2616)}
-NORMALIZE_ALIASES = tvdata.NORMALIZE_ALIASES
+NORMALIZE_ALIASES = torchvision_data.NORMALIZE_ALIASES
 
 
 def normalize_std(name: str) -> tuple[float, float, float]:
@@ -204,13 +204,13 @@ def load_torchvision(cfg_data: Any, root: Path) -> tuple[ArrayDataset, ArrayData
     """data=torchvision: the class data.name names (downloaded first when missing and data.download=true)."""
     name = str(cfg_data.name)
     ensure_torchvision(name, root, bool(cfg_data.download))
-    spec = tvdata.TORCHVISION[name]
+    spec = torchvision_data.TORCHVISION[name]
     mean, std = spec.mean * (3 // spec.channels), spec.std * (3 // spec.channels)  # grayscale: repeated
     if name == "CIFAR10":
         std = None  # data.normalize picks CIFAR-10's std, as for data=cifar10
     out = []
     for train in (True, False):
-        images, labels, classes = tvdata.load(name, root, train)
+        images, labels, classes = torchvision_data.load(name, root, train)
         out.append(ArrayDataset(images, labels, classes, mean, std, spec.flip))
     return out[0], out[1]
 
@@ -219,13 +219,13 @@ def _missing_tv(name: str, root: Path, why: str, download: bool) -> DataError:
     way = "check the network (data.download=true is already set)" if download else "set data.download=true"
     return DataError(
         f"data.name={name} not available under {root} ({why}). Ways out: point data.root=DIR at a "
-        f"folder holding {', '.join(tvdata.TORCHVISION[name].needs)}, {way}, or use data=synthetic"
+        f"folder holding {', '.join(torchvision_data.TORCHVISION[name].needs)}, {way}, or use data=synthetic"
     )
 
 
 def ensure_torchvision(name: str, root: Path, download: bool) -> None:
     """Download data.name=name when it is missing and allowed (under the root's lock); DataError otherwise."""
-    if tvdata.present(name, root):
+    if torchvision_data.present(name, root):
         return
     if not download:
         raise _missing_tv(name, root, "not found and data.download=false", download)
@@ -233,8 +233,8 @@ def ensure_torchvision(name: str, root: Path, download: bool) -> None:
     lock = root / f".{name}.lock"
     try:
         with _locked(lock):
-            if not tvdata.present(name, root):  # another job may have fetched it while this one waited
-                tvdata.fetch(name, root, lambda why: _missing_tv(name, root, why, download))
+            if not torchvision_data.present(name, root):  # another job may have fetched it while this one waited
+                torchvision_data.fetch(name, root, lambda why: _missing_tv(name, root, why, download))
     except DataError:
         _remove_if_created(root, created, lock)
         raise
@@ -248,7 +248,7 @@ def _remove_if_created(root: Path, created: bool, lock: Path) -> None:
             root.rmdir()
 
 
-DATA_NAMES = tvdata.DATA_NAMES
+DATA_NAMES = torchvision_data.DATA_NAMES
 
 
 def image_side(cfg_data: Any) -> int:
@@ -256,13 +256,13 @@ def image_side(cfg_data: Any) -> int:
     class's; 32 for CIFAR-10, synthetic, and an image folder with data.image_size=null)."""
     if cfg_data.image_size:
         return int(cfg_data.image_size)
-    return tvdata.TORCHVISION[cfg_data.name].size if cfg_data.name in tvdata.TORCHVISION else 32
+    return torchvision_data.TORCHVISION[cfg_data.name].size if cfg_data.name in torchvision_data.TORCHVISION else 32
 
 
 def class_count(cfg_data: Any) -> int:
     """The data's class count, known without reading an image (imagefolder: its class folders)."""
-    if cfg_data.name in tvdata.TORCHVISION:
-        return tvdata.TORCHVISION[cfg_data.name].classes
+    if cfg_data.name in torchvision_data.TORCHVISION:
+        return torchvision_data.TORCHVISION[cfg_data.name].classes
     if cfg_data.name == "imagefolder":
         train = Path(str(cfg_data.root)).expanduser() / "train"
         n = sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else 0
@@ -284,7 +284,7 @@ def load_data(cfg_data, test_needed: bool = True) -> tuple[ArrayDataset, ArrayDa
         train, test = load_cifar10(root, bool(cfg_data.download))
     elif name == "imagefolder":
         train, test = load_imagefolder(root, size)
-    elif name in tvdata.TORCHVISION:
+    elif name in torchvision_data.TORCHVISION:
         train, test = load_torchvision(cfg_data, root)
     else:
         raise DataError(f"data.name={name!r}; allowed: {', '.join(DATA_NAMES)}")
@@ -306,8 +306,8 @@ def _split_sizes(cfg_data, root: Path) -> dict[str, int]:
     """Images per split, as far as known without reading the images."""
     if cfg_data.name in ("synthetic", "cifar10"):
         return dict(SYNTHETIC_SIZES)  # synthetic has CIFAR-10's sizes
-    if cfg_data.name in tvdata.TORCHVISION:
-        return dict(zip(("train", "test"), tvdata.TORCHVISION[cfg_data.name].sizes))
+    if cfg_data.name in torchvision_data.TORCHVISION:
+        return dict(zip(("train", "test"), torchvision_data.TORCHVISION[cfg_data.name].sizes))
     sizes = {}
     for split in ("train", "test"):
         files = [f for f in (root / split).glob("*/*") if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -330,7 +330,7 @@ def check_available(cfg_data) -> None:
         except DataError:
             _remove_if_created(root, created, root / ".cifar10.lock")
             raise
-    if cfg_data.name in tvdata.TORCHVISION:
+    if cfg_data.name in torchvision_data.TORCHVISION:
         ensure_torchvision(cfg_data.name, root, bool(cfg_data.download))
     if cfg_data.name == "imagefolder" and not ((root / "train").is_dir() and (root / "test").is_dir()):
         raise DataError(f"data=imagefolder needs {root}/train/<class>/* and {root}/test/<class>/*; set data.root=DIR")

@@ -1,4 +1,6 @@
-"""Run-dir files: flushed CSV logs, atomic JSON, the run-dir lock. Every write error names the file."""
+"""Run-dir files: flushed CSV logs, atomic JSON, the run-dir lock. Every write error names the file.
+
+Which columns a log has is the catalogue's (figures.py); this module only writes and reads them."""
 
 from __future__ import annotations
 
@@ -8,21 +10,9 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-PHASE_COLUMNS = ["copy_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s"]  # sum = compute_time_s
-EPOCH_COLUMNS = [
-    "epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc",
-    "data_time_s", "compute_time_s", "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr",
-    *PHASE_COLUMNS, "skipped_steps", "timing_mode", "achieved_tflops", "mfu", "profiled_steps",
-    "world_size", "comm_time_s", "comm_exposed_s", "comm_bytes", "epoch_time_mean_s", "data_time_max_s", "compute_time_max_s",
-    "comm_time_max_s", "cpu_util", "others_cpu", "load_avg", "clamped_s",
-    "mfu_precision", "comm_busy_s",
-]  # fmt: skip
-BATCH_COLUMNS = ["epoch", "batch", "step", "size", "loss", "acc", "data_time_s", "compute_time_s",
-                 *PHASE_COLUMNS, "skipped", "profiled", "rank", "comm_time_s", "comm_exposed_s"]  # fmt: skip
 
 
 class RunWriteError(OSError):
@@ -195,7 +185,3 @@ class RunLock:
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
 
-
-def rows_as_floats(rows: Iterable[dict[str, str]], key: str) -> list[float]:
-    """Column key of rows as floats (empty cells become NaN)."""
-    return [float(r[key]) if r[key] != "" else math.nan for r in rows]

@@ -35,7 +35,7 @@ def cache_dir() -> Path:
 
 def machine(device: torch.device) -> str:
     """The machine part of the key: the GPU's name, or the CPU's model and its speed-deciding flags."""
-    from ..device import cpu_flags, cpu_model, device_name
+    from .device import cpu_flags, cpu_model, device_name
 
     if device.type != "cpu":
         return device_name(device)
@@ -45,8 +45,8 @@ def machine(device: torch.device) -> str:
 
 def key_of(cfg: Any, device: torch.device) -> dict[str, Any]:
     """What a preset is valid for: machine, torch version, model, batch size, data."""
-    from ..data import image_side
-    from ..models import label
+    from .data.sources import image_side
+    from .models import label
 
     d = cfg.data
     model = (
