@@ -20,11 +20,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from trainbench.config import ConfigError, check_group_choices
+    from trainbench.config import ConfigError, check_command_line
     from trainbench.console import exit_with
 
     try:  # a typo'd group choice or key: one line, before Hydra starts and before torch is imported
-        check_group_choices(
+        check_command_line(
             [a for a in sys.argv[1:] if not a.startswith("-")], Path(__file__).resolve().parent / "conf"
         )
     except ConfigError as e:

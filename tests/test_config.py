@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from omegaconf import OmegaConf
 
@@ -230,7 +232,7 @@ def test_boundary_values_are_accepted(override):
      ("faults.nan_at_step=-1", "faults.nan_at_step", "null or an integer >= 0"),
      ("epochs=-1", "epochs", "an integer >= 1"),
      ("data.normalize=foo", "data.normalize", "one of lab, cifar10"),
-     ("timing=cuda", "timing", "one of sync, events"), ("loader.name=fast", "loader.name", "one of torch, device"),
+     ("timing=cuda", "timing", "one of sync, events"), ("loader.name=fast", "loader.name", "one of device, torch"),
      ("device.name=tpu", "device.name", "one of auto, cpu, cuda, mps"),
      ("data.name=imagenet", "data.name", "one of cifar10, synthetic, imagefolder, CIFAR10, CIFAR100, MNIST, "
       "FashionMNIST, KMNIST, SVHN, STL10"),
@@ -311,14 +313,13 @@ def test_config_error_carries_the_bad_value(override):
 
 
 def test_group_choices_are_checked_only_where_a_group_exists(tmp_path):
-    """check_group_choices leaves keys that are not groups, dotted keys, +/~ overrides and sweep functions alone."""
-    from trainbench.config import check_group_choices
-    from trainbench.questions import CONF_DIR
+    """check_command_line leaves keys that are not groups, dotted keys, +/~ overrides and sweep functions alone."""
+    from trainbench.config import CONF_DIR, check_command_line
 
-    check_group_choices(["workers=4", "optimizer.lr=0.1", "+foo=bar", "optimizer=choice(sgd,adam)", "seed=1,2"],
+    check_command_line(["workers=4", "optimizer.lr=0.1", "+foo=bar", "optimizer=choice(sgd,adam)", "seed=1,2"],
                         CONF_DIR)  # fmt: skip
     with pytest.raises(ConfigError) as e:
-        check_group_choices(["experiment=c9"], CONF_DIR)
+        check_command_line(["experiment=c9"], CONF_DIR)
     assert e.value.key == "experiment" and "c1" in e.value.allowed and "fastest" in e.value.allowed
 
 
@@ -361,18 +362,53 @@ def test_data_name_errors_name_the_choices_and_close_matches():
 
 
 def test_model_key_checks_before_hydra_name_key_value_and_keys():
-    from trainbench.config import check_group_choices
+    from trainbench.config import check_command_line
 
     conf = ROOT / "conf"
     with pytest.raises(ConfigError) as e:
-        check_group_choices(["model=timm", "model.width=8"], conf)
+        check_command_line(["model=timm", "model.width=8"], conf)
     assert str(e.value) == ("invalid config: model.width='8'; allowed: the keys of model=timm: _target_, name, "
                             "pretrained, num_classes")  # fmt: skip
     with pytest.raises(ConfigError) as e:
-        check_group_choices(["model=custom", "model.depth=3"], conf)
+        check_command_line(["model=custom", "model.depth=3"], conf)
     assert str(e.value) == ("invalid config: model.depth='3'; allowed: _target_, num_classes, or "
                             "+model.<key>=<value> for a keyword argument of your class. write +model.depth=3")  # fmt: skip
     for fine in (["model=custom", "+model.depth=3", "model._target_=a.B", "model.num_classes=4"],
                  ["model=torchvision", "model.name=resnet50", "model.weights=null"], ["model.width=8"],
                  ["model=resnet18,torchvision"], ["+model.x.y=1"]):  # fmt: skip
-        check_group_choices(fine, conf)
+        check_command_line(fine, conf)
+
+
+@pytest.mark.parametrize(
+    "override, key, closest",
+    [("data.train_sise=500", "data.train_sise", "data.train_size"), ("optimizer.lr_=0.1", "optimizer.lr_", "optimizer.lr"),
+     ("epoch=3", "epoch", "epochs"), ("dist.nprocs=2", "dist.nprocs", "dist.nproc"), ("dat.name=x", "dat.name", "data"),
+     ("loader.pin_mem=true", "loader.pin_mem", "loader.pin_memory"), ("model.widht=8", "model.widht", "width")],
+)  # fmt: skip
+def test_an_unknown_key_is_one_line_with_the_sections_keys_and_the_closest(override, key, closest):
+    """Before Hydra: the key, the section's keys and the closest match; never Hydra's 'use +key' for a typo."""
+    from trainbench.config import check_command_line
+
+    with pytest.raises(ConfigError) as e:
+        check_command_line([override])
+    msg = str(e.value)
+    assert e.value.key == key and closest in msg and "+" + key not in msg and "\n" not in msg
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["data", "optimizer", "loader", "dist", "checkpoint", "profiler"]), st.data())
+def test_any_one_letter_typo_of_a_section_key_is_caught_with_that_key_suggested(section, data):
+    """Generated typos (one letter dropped) of every section's keys: refused before Hydra, the real key suggested."""
+    from omegaconf import OmegaConf
+
+    from trainbench.config import TrainConfig, check_command_line
+
+    keys = [str(k) for k in OmegaConf.structured(TrainConfig)[section]]
+    real = data.draw(st.sampled_from([k for k in keys if len(k) > 4]))
+    i = data.draw(st.integers(0, len(real) - 1))
+    typo = real[:i] + real[i + 1 :]
+    if typo in keys:
+        return
+    with pytest.raises(ConfigError) as e:
+        check_command_line([f"{section}.{typo}=1"])
+    assert f"{section}.{real}" in str(e.value) or real in str(e.value)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY, compose, train_cli
 from trainbench import models
-from trainbench.config import ConfigError, check_group_choices
+from trainbench.config import ConfigError, check_command_line
 from trainbench.plan import make_plan, resolve_model
 from trainbench.store.checkpoint import fingerprint
 
@@ -140,7 +140,7 @@ def test_lab_default_keeps_its_fingerprint_and_facts():
 )  # fmt: skip
 def test_unknown_model_keys_are_refused_before_hydra(overrides, key, text):
     with pytest.raises(ConfigError) as e:
-        check_group_choices([o for o in overrides if not o.startswith("-")], ROOT / "conf")
+        check_command_line([o for o in overrides if not o.startswith("-")], ROOT / "conf")
     assert e.value.key == key and text in str(e.value)
 
 

@@ -19,8 +19,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
 
 def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
     node = cfg
@@ -121,9 +119,9 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from .config import check_group_choices, register_configs
+    from .config import CONF_DIR, check_command_line, register_configs
 
-    check_group_choices(overrides, CONF_DIR)
+    check_command_line(overrides, CONF_DIR)
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import MODEL_SCHEMAS, MODEL_TARGETS, ConfigError, close_matches
+from ..config import MODEL_TARGETS, ConfigError, close_matches, model_key_error
 
 
 def kind(m: Mapping) -> str:
@@ -140,16 +140,12 @@ def check_config(model_cfg: Any) -> None:
 
 
 def check_keys(model_cfg: Mapping) -> None:
-    """Unknown keys under model. are refused (never ignored): only model=custom passes extra keys to its class."""
+    """Unknown keys under model. are refused (never ignored): the command line's rule (config.model_key_error) applied
+    to the composed config; only model=custom passes extra keys to its class."""
     k = kind(model_cfg)
-    if k == "custom":
-        return
-    allowed = [f for f in MODEL_SCHEMAS[k].__dataclass_fields__]
-    for key in model_cfg:
-        if key not in allowed:
-            hint = (f"for a torchvision model: model=torchvision model.{key}={model_cfg[key]}"
-                    if k == "resnet18" and key == "name" else close_matches(str(key), allowed))  # fmt: skip
-            raise ConfigError(f"model.{key}", model_cfg[key], f"the keys of model={k}: {', '.join(allowed)}", hint)
+    if k != "custom":
+        for key in model_cfg:
+            model_key_error(k, str(key), model_cfg[key])
 
 
 def needed_size(model: Any) -> int | None:

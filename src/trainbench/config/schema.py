@@ -1,19 +1,21 @@
-"""Typed config schema (registered in Hydra's ConfigStore) and the range checks run before any work."""
+"""The typed config schema (registered in Hydra's ConfigStore): each section owns its fields, its allowed values and
+its check (`check(cfg)`, a static method), and `validate` runs them in SECTIONS' order before any work.
+
+Group choices (device, loader, norm, ...) are the files of conf/<group>/ (group_choices); values fixed in code
+(precision, timing, ...) are the section's CHOICES beside its fields. str fields, not Enums: run.json, the
+fingerprint and every report keep the plain strings they have always had."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .data.torchvision_data import (  # no torch import: train.py checks the command line first
-    DATA_NAMES,
-    NORMALIZE_ALIASES,
-)
+from ..data.torchvision_data import DATA_NAMES, NORMALIZE_ALIASES  # no torch import: train.py checks first
 
 
 class ConfigError(ValueError):
@@ -27,17 +29,56 @@ class ConfigError(ValueError):
         super().__init__(msg)
 
 
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
+def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The choices of a config group: the YAML files of conf/<group>/ (the one source of a group's choices)."""
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(key, value, allowed)
+
+
+def _one_of(cfg: DictConfig, key: str, allowed: list[str] | tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    _check(value in allowed, key, value, "one of " + ", ".join(allowed))
+
+
+def close_matches(word: str, choices: list[str] | tuple[str, ...], n: int = 5, cutoff: float = 0.6) -> str:
+    """'did you mean: a, b' for the choices closest to word (a different capitalisation too), '' when none is."""
+    import difflib
+
+    hits = difflib.get_close_matches(word, choices, n=n, cutoff=cutoff)
+    hits += [c for c in choices if c.lower() == word.lower() and c not in hits]
+    return f"did you mean: {', '.join(dict.fromkeys(hits))}" if hits else ""
+
+
 @dataclass
 class DeviceConfig:
-    name: str = "auto"  # auto | cpu | cuda | mps
+    name: str = "auto"  # a file of conf/device/
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """device.name is a choice of conf/device/ (whether this machine has it is the plan's device check)."""
+        _one_of(cfg, "device.name", group_choices("device"))
 
 
 @dataclass
 class LoaderConfig:
-    name: str = "torch"  # torch: the lab's DataLoader; device: dataset on the device, batch augmentation
+    name: str = "torch"  # a file of conf/loader/ (torch: the lab's DataLoader; device: batches on the device)
     pin_memory: bool | None = None  # null: on when the device is CUDA
     persistent_workers: bool = False
     prefetch_factor: int | None = None  # null: PyTorch's default (2) when workers > 0
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """loader.name a choice of conf/loader/, prefetch_factor null or >= 1."""
+        _one_of(cfg, "loader.name", group_choices("loader"))
+        pf = cfg.loader.prefetch_factor
+        _check(pf is None or pf >= 1, "loader.prefetch_factor", pf, "null or an integer >= 1")
 
 
 @dataclass
@@ -50,11 +91,30 @@ class DataConfig:
     normalize: str = "lab"  # CIFAR-10 only: lab: std (0.2023, 0.1994, 0.2010) as the lab; cifar10: its real std
     image_size: int | None = None  # null: the dataset's own side (imagefolder: 32); N: images resized to N x N
     augment: str = "lab"  # lab: random crop (padding = side / 8) + horizontal flip (not for digits); none
+    CHOICES: ClassVar[dict] = {"data.augment": ("lab", "none"), "data.normalize": ("lab", "cifar10")}
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """data.name known, augment and normalize among their values, subset sizes and image side in range."""
+        for key, allowed in DataConfig.CHOICES.items():
+            if not (key == "data.normalize" and OmegaConf.select(cfg, key) in NORMALIZE_ALIASES):  # old spelling
+                _one_of(cfg, key, allowed)
+        for key in ("data.train_size", "data.test_size"):
+            v = OmegaConf.select(cfg, key)
+            _check(v is None or v >= 1, key, v, "null (all images) or an integer >= 1")
+        _check_data_name(cfg)
+        size = cfg.data.image_size
+        _check(size is None or size >= 8, "data.image_size", size, "null (the dataset's own side) or an integer >= 8")
 
 
 @dataclass
 class NormConfig:
-    name: str = "batchnorm"  # batchnorm | none
+    name: str = "batchnorm"  # a file of conf/norm/
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """norm.name is a choice of conf/norm/."""
+        _one_of(cfg, "norm.name", group_choices("norm"))
 
 
 @dataclass
@@ -99,12 +159,26 @@ class OptimizerConfig:
     momentum: float | None = 0.9  # null where the optimizer has none
     nesterov: bool | None = None
 
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """lr > 0, weight decay >= 0, momentum in [0, 1); optimizer.name is free (optimizer._target_ decides)."""
+        o = cfg.optimizer
+        _check(math.isfinite(o.lr) and o.lr > 0, "optimizer.lr", o.lr, "a finite number > 0")
+        wd = o.weight_decay
+        _check(math.isfinite(wd) and wd >= 0, "optimizer.weight_decay", wd, "a finite number >= 0")
+        _check(o.momentum is None or 0 <= o.momentum < 1, "optimizer.momentum", o.momentum, "null or 0 <= momentum < 1")
+
 
 @dataclass
 class CheckpointConfig:
     enabled: bool = True
     keep: int = 1  # how many epoch checkpoints to keep (the newest)
     keep_on_complete: bool = False  # false: a complete run's checkpoints are removed (a full model's is 89 MB)
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """checkpoint.keep >= 1."""
+        _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
 
 
 @dataclass
@@ -120,6 +194,12 @@ class FaultsConfig:
     kill_at_step: int | None = None
     checkpoint_delay_s: float = 0.0  # rank 0's end-of-epoch checkpoint takes this much longer (tests)
 
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """faults.nan_at_step null or a step."""
+        nan = cfg.faults.nan_at_step
+        _check(nan is None or nan >= 0, "faults.nan_at_step", nan, "null or an integer >= 0")
+
 
 @dataclass
 class ProfilerConfig:
@@ -130,6 +210,16 @@ class ProfilerConfig:
     warmup: int = 1  # steps traced and discarded (the profiler's own start-up cost)
     active: int = 3  # steps recorded into profile/trace.json and profile/ops.csv
     record_shapes: bool = False
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """The schedule's steps in range, and (profile=true) the epoch one the run has."""
+        pr = cfg.profiler
+        ok = not cfg.profile or 0 <= pr.epoch < cfg.epochs
+        _check(ok, "profiler.epoch", pr.epoch, f"0 <= epoch < epochs ({cfg.epochs}), 0-based")
+        _check(pr.wait >= 0, "profiler.wait", pr.wait, "an integer >= 0")
+        _check(pr.warmup >= 0, "profiler.warmup", pr.warmup, "an integer >= 0")
+        _check(pr.active >= 1, "profiler.active", pr.active, "an integer >= 1")
 
 
 @dataclass
@@ -142,6 +232,20 @@ class DistConfig:
     sync_bn: bool = False  # SyncBatchNorm: batch statistics over all ranks (default: each rank's own)
     timeout_s: int = 120  # a collective that waits longer fails the run (a rank that died or hangs)
     threads: int | None = None  # torch threads per rank; null: the cores divided among the node's ranks
+    CHOICES: ClassVar[dict] = {"dist.backend": ("auto", "gloo", "nccl")}
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """Counts and timeout in range, the backend known; compile with several ranks refused (not supported)."""
+        d = cfg.dist
+        _one_of(cfg, "dist.backend", DistConfig.CHOICES["dist.backend"])
+        _check(d.nproc >= 1, "dist.nproc", d.nproc, "an integer >= 1 (processes per node)")
+        _check(d.nnodes >= 1, "dist.nnodes", d.nnodes, "an integer >= 1")
+        _check(d.timeout_s >= 1, "dist.timeout_s", d.timeout_s, "an integer >= 1 (seconds)")
+        _check(d.threads is None or d.threads >= 1, "dist.threads", d.threads, "null or an integer >= 1")
+        if world_size(cfg) > 1:
+            allowed = "false with dist.nproc > 1 (compile + DDP is not supported yet)"
+            _check(not cfg.compile, "compile", cfg.compile, allowed)
 
 
 @dataclass
@@ -192,21 +296,26 @@ class TrainConfig:
     tf32: bool = False  # false: fp32 really is fp32 on Ampere+ GPUs (cuDNN/cuBLAS TF32 off); true allows TF32
     progress: bool | None = None  # null: a progress bar on a terminal only; true/false: always/never
     tuned_preset: str = "none"  # none | auto (experiment=fastest: this machine's tuned preset, else the fallback)
+    CHOICES: ClassVar[dict] = {
+        "precision": ("fp32", "bf16", "fp16", "auto"),
+        "timing": ("sync", "events"),
+        "logger": ("none", "tensorboard"),
+        "tuned_preset": ("none", "auto"),
+    }
 
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """The top-level keys: fixed values among their choices, counts in range, tensorboard installed if asked."""
+        for key, allowed in TrainConfig.CHOICES.items():
+            _one_of(cfg, key, allowed)
+        _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
+        _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
+        _check(cfg.workers >= 0, "workers", cfg.workers, ">= 0")
+        if cfg.logger == "tensorboard":
+            import importlib.util
 
-CHOICES = {
-    "device.name": ("auto", "cpu", "cuda", "mps"),
-    "loader.name": ("torch", "device"),
-    "data.augment": ("lab", "none"),
-    "data.normalize": ("lab", "cifar10"),
-    "norm.name": ("batchnorm", "none"),
-    "optimizer.name": ("sgd", "nesterov", "adagrad", "adadelta", "adam"),
-    "precision": ("fp32", "bf16", "fp16", "auto"),
-    "timing": ("sync", "events"),
-    "logger": ("none", "tensorboard"),
-    "dist.backend": ("auto", "gloo", "nccl"),
-    "tuned_preset": ("none", "auto"),
-}
+            hint = "none, or install the tensorboard extra: pip install 'trainbench[tensorboard]'"
+            _check(importlib.util.find_spec("tensorboard") is not None, "logger", "tensorboard", hint)
 
 
 def _visible_gpus(nproc: Any = 1) -> int:
@@ -240,89 +349,9 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("tb.tasks", _tasks_per_node, replace=True)
 
 
-def check_group_choices(overrides: list[str], conf_dir: Path) -> None:
-    """Command-line mistakes Hydra would report in many lines, as one ConfigError naming the key, the value and the
-    choices, before Hydra composes anything: a group choice that names no YAML file (`optimizer=sgdd`), and a
-    value of the wrong type for a typed key (`batch_size=abc`).
-
-    Only plain values and comma-separated sweeps are checked; Hydra's sweep functions (`choice(...)`, `glob(...)`),
-    `+`/`~` overrides and unknown keys are left to Hydra."""
-    import yaml
-    from omegaconf.errors import OmegaConfBaseException
-
-    schema = OmegaConf.structured(TrainConfig)
-    _check_model_keys(overrides)
-    for o in overrides:
-        key, eq, value = o.partition("=")
-        if not eq or key.startswith(("+", "~", "hydra")) or "(" in value or "[" in value:
-            continue
-        values = [v.strip() for v in value.split(",")]
-        group = conf_dir / key
-        if group.is_dir():
-            choices = sorted(p.stem for p in group.glob("*.yaml"))
-            for v in values:
-                if v and v not in choices:
-                    raise ConfigError(key, v, ", ".join(choices), f"{key}= names a file in conf/{key}/")
-            continue
-        node = OmegaConf.select(schema, key, throw_on_missing=False, default=KeyError)
-        if node is KeyError or OmegaConf.is_config(node):
-            continue  # not a typed leaf of the schema: Hydra decides
-        for v in values:
-            try:
-                OmegaConf.update(OmegaConf.structured(TrainConfig), key, yaml.safe_load(v), merge=True)
-            except (OmegaConfBaseException, yaml.YAMLError, ValueError):
-                kind = type(node).__name__ if node is not None else "a value of this key's type"
-                raise ConfigError(key, v, f"a value of type {kind}" if node is not None else kind) from None
-
-
-def _check_model_keys(overrides: list[str]) -> None:
-    """model.<key>=... on the command line: a key the chosen model (every choice of a model= sweep) does not take is
-    refused here, in one line; model=custom takes extra keys as its class's keyword arguments (+model.key=v)."""
-    choices = ["resnet18"]
-    for o in overrides:
-        if o.startswith("model="):
-            choices = [v.strip() for v in o.partition("=")[2].split(",")]
-    for o in overrides:
-        key, eq, value = o.partition("=")
-        plus = key.startswith("+")
-        if not eq or not key.lstrip("+").startswith("model.") or "." in key.lstrip("+")[6:]:
-            continue
-        sub = key.lstrip("+")[6:]
-        for c in choices:
-            if c == "custom":
-                if not plus and sub not in ("_target_", "num_classes"):
-                    raise ConfigError(key, value, "_target_, num_classes, or +model.<key>=<value> for a keyword "
-                                      "argument of your class", f"write +{key}={value}")  # fmt: skip
-                continue
-            fields = list(MODEL_SCHEMAS[c].__dataclass_fields__) if c in MODEL_SCHEMAS else None
-            if fields is not None and sub not in fields:
-                hint = (f"for torchvision's {value}: model=torchvision model.name={value}"
-                        if c == "resnet18" and sub == "name" else "")  # fmt: skip
-                if len(choices) > 1:
-                    hint += (
-                        f"{'; ' if hint else ''}this sweep also runs model={c}, which has no {sub}: compare "
-                        f"models with -m model=torchvision model.name=a,b or -m model={','.join(choices)}"
-                    )
-                raise ConfigError(key.lstrip("+"), value, f"the keys of model={c}: {', '.join(fields)}", hint)
-
-
 def world_size(cfg: DictConfig) -> int:
     """Ranks of the run: dist.nproc per node times dist.nnodes (1: no process group)."""
     return int(cfg.dist.nproc) * int(cfg.dist.nnodes)
-
-
-def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
-    if not cond:
-        raise ConfigError(key, value, allowed)
-
-
-def close_matches(word: str, choices: list[str] | tuple[str, ...], n: int = 5, cutoff: float = 0.6) -> str:
-    """'did you mean: a, b' for the choices closest to word (a different capitalisation too), '' when none is."""
-    import difflib
-
-    hits = difflib.get_close_matches(word, choices, n=n, cutoff=cutoff)
-    hits += [c for c in choices if c.lower() == word.lower() and c not in hits]
-    return f"did you mean: {', '.join(dict.fromkeys(hits))}" if hits else ""
 
 
 def _check_data_name(cfg: DictConfig) -> None:
@@ -334,60 +363,23 @@ def _check_data_name(cfg: DictConfig) -> None:
         raise ConfigError("data.name", name, allowed, close_matches(str(name), DATA_NAMES, n=3, cutoff=0.5))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Range-check a composed config; raises ConfigError before any data is touched."""
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if key == "optimizer.name" and value not in allowed:
-            continue  # custom optimizers via optimizer._target_ are allowed
-        if key == "data.normalize" and value in NORMALIZE_ALIASES:
-            continue  # the old spelling data.normalize=true (read by Hydra as a boolean)
-        _check(value in allowed, key, value, "one of " + ", ".join(allowed))
-    _check(cfg.epochs >= 1, "epochs", cfg.epochs, "an integer >= 1")
-    _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "an integer >= 1")
-    _check(cfg.workers >= 0, "workers", cfg.workers, ">= 0")
-    pf = cfg.loader.prefetch_factor
-    _check(pf is None or pf >= 1, "loader.prefetch_factor", pf, "null or an integer >= 1")
-    lr = cfg.optimizer.lr
-    _check(math.isfinite(lr) and lr > 0, "optimizer.lr", lr, "a finite number > 0")
-    wd = cfg.optimizer.weight_decay
-    _check(math.isfinite(wd) and wd >= 0, "optimizer.weight_decay", wd, "a finite number >= 0")
-    mom = cfg.optimizer.momentum
-    _check(mom is None or 0 <= mom < 1, "optimizer.momentum", mom, "null or 0 <= momentum < 1")
-    for key in ("data.train_size", "data.test_size"):
-        v = OmegaConf.select(cfg, key)
-        _check(v is None or v >= 1, key, v, "null (all images) or an integer >= 1")
-    _check_data_name(cfg)
-    size = cfg.data.image_size
-    _check(size is None or size >= 8, "data.image_size", size, "null (the dataset's own side) or an integer >= 8")
+def _check_model_ranges(cfg: DictConfig) -> None:
+    """The lab model's width and any model's class count in range (its keys and name: models.check_config)."""
     width = cfg.model.get("width", 1)
     _check(width >= 1, "model.width", width, "an integer >= 1")
     nc = cfg.model.get("num_classes")
     _check(nc is None or nc >= 1, "model.num_classes", nc, "null (the data's class count) or an integer >= 1")
-    _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
-    pr = cfg.profiler
-    _check(
-        not cfg.profile or 0 <= pr.epoch < cfg.epochs,
-        "profiler.epoch",
-        pr.epoch,
-        f"0 <= epoch < epochs ({cfg.epochs}), 0-based",
-    )
-    _check(pr.wait >= 0, "profiler.wait", pr.wait, "an integer >= 0")
-    _check(pr.warmup >= 0, "profiler.warmup", pr.warmup, "an integer >= 0")
-    _check(pr.active >= 1, "profiler.active", pr.active, "an integer >= 1")
-    if cfg.logger == "tensorboard":
-        import importlib.util
 
-        _check(importlib.util.find_spec("tensorboard") is not None, "logger", "tensorboard",
-               "none, or install the tensorboard extra: pip install 'trainbench[tensorboard]'")  # fmt: skip
-    d = cfg.dist
-    _check(d.nproc >= 1, "dist.nproc", d.nproc, "an integer >= 1 (processes per node)")
-    _check(d.nnodes >= 1, "dist.nnodes", d.nnodes, "an integer >= 1")
-    _check(d.timeout_s >= 1, "dist.timeout_s", d.timeout_s, "an integer >= 1 (seconds)")
-    _check(d.threads is None or d.threads >= 1, "dist.threads", d.threads, "null or an integer >= 1")
-    if world_size(cfg) > 1:
-        _check(
-            not cfg.compile, "compile", cfg.compile, "false with dist.nproc > 1 (compile + DDP is not supported yet)"
-        )
-    nan = cfg.faults.nan_at_step
-    _check(nan is None or nan >= 0, "faults.nan_at_step", nan, "null or an integer >= 0")
+
+# The section checks in the order a user reads errors: the top-level keys, then each section as config.yaml lists it.
+SECTIONS = (
+    TrainConfig.check, DeviceConfig.check, LoaderConfig.check, NormConfig.check, OptimizerConfig.check,
+    DataConfig.check, _check_model_ranges, CheckpointConfig.check, ProfilerConfig.check, DistConfig.check,
+    FaultsConfig.check,
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range-check a composed config, section by section; raises ConfigError before any data is touched."""
+    for check in SECTIONS:
+        check(cfg)
