@@ -19,7 +19,7 @@ from .plan import make_plan
 from .run import hydra_info, run
 from .store.checkpoint import CheckpointError, RunDirRefused
 from .store.records import RunDirLocked, RunWriteError, read_json, write_json
-from .store.runrecord import REFUSED_DIR, discard_if_untouched, now
+from .store.runrecord import REFUSED_DIR, RunRecord, discard_if_untouched, now
 from .timing.epoch import Diverged, Interrupted, LoaderDied
 
 log = logging.getLogger("trainbench")
@@ -118,12 +118,12 @@ def _rank_failure(run_dir: Path, e: Exception) -> Exception:
     """run.json after a rank failed: `diverged` stays diverged (rank 0 recorded it: the loss is NaN on every rank),
     anything else is failed, naming the rank that failed (rank 0 may have recorded only what it saw: a peer
     gone). Returns the error to report."""
-    info = read_json(run_dir / "run.json") or {}
+    record = RunRecord(run_dir)
+    info = record.info
     if info.get("status") == "diverged":
         return RankDiverged(str(info.get("error") or e))
     extra = {"rank0_error": info["error"]} if info.get("error") else {}
-    write_json(run_dir / "run.json", {**info, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                                      "finished_at": now(), **extra})  # fmt: skip
+    record.save(status="failed", error=f"{type(e).__name__}: {e}", finished_at=now(), **extra)
     return e
 
 
@@ -133,13 +133,5 @@ def _record_failure(cfg: DictConfig, run_dir: Path, e: Exception, status: str = 
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an unresolvable value may be the failure itself
         config = None
-    write_json(
-        run_dir / "run.json",
-        {
-            "status": status,
-            "error": f"{type(e).__name__}: {e}",
-            "config": config,
-            "finished_at": now(),
-            **hydra_info(),
-        },
-    )
+    error = f"{type(e).__name__}: {e}"
+    RunRecord(run_dir).replace(status=status, error=error, config=config, finished_at=now(), **hydra_info())

@@ -35,6 +35,71 @@ class Plan:
     tuned: dict | None = None  # experiment=fastest: which preset was applied, or the fallback (run.json's tuned_preset)
 
 
+@dataclasses.dataclass
+class _Draft:
+    """A plan being made: each step reads and may replace cfg (a resolution), or raises (a check)."""
+
+    cfg: DictConfig
+    overrides: tuple[str, ...]
+    check_data: bool
+    device: torch.device | None = None
+    precision: dict | None = None
+    tuned: dict | None = None
+
+
+def _sections(d: _Draft) -> None:
+    validate(d.cfg)  # each config section's own check, in config/schema.SECTIONS' order
+
+
+def _model_keys(d: _Draft) -> None:
+    check_config(d.cfg.model)  # keys, model.name, model._target_ importable: before the data, which may download
+
+
+def _device(d: _Draft) -> None:
+    d.device = resolve_device(d.cfg.device.name)
+
+
+def _ranks(d: _Draft) -> None:
+    cfg = d.cfg
+    check_dist(cfg, d.device)
+    _check_launcher_env(cfg)
+    if world_size(cfg) > 1 and cfg.dist.nnodes > 1 and env_ranks() is None:
+        raise ConfigError("dist.nnodes", cfg.dist.nnodes, "1, or start the ranks with torchrun / SLURM",
+                          "trainbench starts the ranks of one node itself")  # fmt: skip
+
+
+def _preset(d: _Draft) -> None:
+    if d.cfg.tuned_preset == "auto":  # experiment=fastest: this machine's tuned preset, the command line winning
+        d.cfg, d.tuned = apply_fastest(d.cfg, d.device, d.overrides)
+
+
+def _precision(d: _Draft) -> None:
+    if d.cfg.precision == "auto":
+        resolved, why = resolve_precision("auto", d.device)
+        d.cfg = copy.deepcopy(d.cfg)
+        d.cfg.precision = resolved
+        d.precision = {"requested": "auto", "resolved": resolved, "why": why}
+        log.info("precision=auto -> %s: %s", resolved, why)
+
+
+def _device_options(d: _Draft) -> None:
+    check_device_options(d.cfg, d.device)
+
+
+def _data(d: _Draft) -> None:
+    if d.check_data:
+        check_available(d.cfg.data)
+
+
+def _model(d: _Draft) -> None:
+    d.cfg = resolve_model(d.cfg)
+
+
+# make_plan's steps in the order a user reads the errors: the config's own checks, the device, the ranks, the
+# resolutions (preset, precision) and the checks that depend on them, the data, then the model on the data's shape.
+STEPS = (_sections, _model_keys, _device, _ranks, _preset, _precision, _device_options, _data, _model)
+
+
 def make_plan(cfg: DictConfig, check_data: bool = True, overrides: tuple[str, ...] = ()) -> Plan:
     """Check cfg (ConfigError/DataError name the key, the value and the choices) and resolve device and precision.
 
@@ -42,29 +107,10 @@ def make_plan(cfg: DictConfig, check_data: bool = True, overrides: tuple[str, ..
     say what really ran; run.json's precision_auto says why. tuned_preset=auto (experiment=fastest) applies this
     machine's tuned preset, except the keys in `overrides` (the command line's). check_data=False leaves the data
     alone (the tuner and inspect read it themselves)."""
-    validate(cfg)
-    check_config(cfg.model)  # keys, model.name, model._target_ importable: before the data, which may download
-    device = resolve_device(cfg.device.name)
-    check_dist(cfg, device)
-    _check_launcher_env(cfg)
-    if world_size(cfg) > 1 and cfg.dist.nnodes > 1 and env_ranks() is None:
-        raise ConfigError("dist.nnodes", cfg.dist.nnodes, "1, or start the ranks with torchrun / SLURM",
-                          "trainbench starts the ranks of one node itself")  # fmt: skip
-    tuned = None
-    if cfg.tuned_preset == "auto":
-        cfg, tuned = apply_fastest(cfg, device, tuple(overrides))
-    note = None
-    if cfg.precision == "auto":
-        resolved, why = resolve_precision("auto", device)
-        cfg = copy.deepcopy(cfg)
-        cfg.precision = resolved
-        note = {"requested": "auto", "resolved": resolved, "why": why}
-        log.info("precision=auto -> %s: %s", resolved, why)
-    check_device_options(cfg, device)
-    if check_data:
-        check_available(cfg.data)
-    cfg = resolve_model(cfg)
-    return Plan(cfg, device, note, tuned)
+    d = _Draft(cfg, tuple(overrides), check_data)
+    for step in STEPS:
+        step(d)
+    return Plan(d.cfg, d.device, d.precision, d.tuned)
 
 
 def resolve_model(cfg: DictConfig) -> DictConfig:

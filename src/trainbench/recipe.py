@@ -20,7 +20,7 @@ from . import models
 from .data.loaders import DeviceLoader, make_loader
 from .data.sources import load_data
 from .data.torchvision_data import TORCHVISION, describe
-from .device import synchronize
+from .device import set_precision_flags, synchronize
 from .flops import device_peak, precision_peak, step_flops_per_image
 from .models.resnet import count_trainable
 from .parallel.ranks import SINGLE, Ranks
@@ -160,11 +160,17 @@ def timing_mode(cfg: DictConfig, device: torch.device) -> str:
     return cfg.timing if device.type == "cuda" else "sync"
 
 
-def build(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) -> Built:
-    """Data, model, optimizer, scaler, loaders and the loader's generator for one rank, seeded from the config."""
+def build(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE, data: tuple | None = None) -> Built:
+    """Precision flags, seed, data, model, optimizer, scaler, loaders and the loader's generator for one rank.
+
+    data=(train, test) uses data already loaded (the tuner measures many candidates on one copy); test may be None.
+    The run and the tuner both build here, so a candidate is measured with exactly the run's recipe."""
+    set_precision_flags(cfg, device)  # TF32 off unless tf32=true (the trainer sets it earlier too, for run.json)
     seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+    if data is not None:
+        return _assemble(cfg, device, ranks, *data)
     t = time.perf_counter()
     train_data, test_data = load_data(cfg.data, test_needed=cfg.test_eval)
     log.info(
@@ -172,6 +178,23 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) -> Built
         cfg.data.name, len(train_data), len(test_data) if test_data is not None else "no", cfg.data.train_size,
         cfg.data.test_size, time.perf_counter() - t,
     )  # fmt: skip
+    b = _assemble(cfg, device, ranks, train_data, test_data)
+    log.info(
+        "model=%s; device=%s -> %s; loader=%s workers=%d; optimizer=%s lr=%g; norm=%s; precision=%s "
+        "channels_last=%s compile=%s timing=%s; %d trainable parameters",
+        models.label(cfg.model), cfg.device.name, device, cfg.loader.name, cfg.workers, cfg.optimizer.name,
+        cfg.optimizer.lr, cfg.norm.name, cfg.precision, cfg.channels_last, cfg.compile, b.timing,
+        count_trainable(b.model),
+    )  # fmt: skip
+    if cfg.data.name in TORCHVISION:
+        log.info("data.name=%s", describe(cfg.data.name))
+    if cfg.loader.name == "device" and cfg.workers:
+        log.info("loader=device uses no worker processes; workers is ignored")
+    return b
+
+
+def _assemble(cfg: DictConfig, device: torch.device, ranks: Ranks, train_data: Any, test_data: Any) -> Built:
+    """Model, step context, loaders and generator on loaded data (seeded by build)."""
     model = build_model(cfg, len(train_data.classes), device, sync_bn=ranks.active and cfg.dist.sync_bn)
     ctx = step_context(cfg, model, device)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -179,18 +202,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) -> Built
     test_loader = (make_loader(cfg, test_data, False, device, None, ranks.rank, ranks.world)
                    if test_data is not None else None)  # fmt: skip
     loader_gen = train_loader.generator if isinstance(train_loader, DeviceLoader) else shuffle_gen
-    timing = timing_mode(cfg, device)
-    log.info(
-        "model=%s; device=%s -> %s; loader=%s workers=%d; optimizer=%s lr=%g; norm=%s; precision=%s "
-        "channels_last=%s compile=%s timing=%s; %d trainable parameters",
-        models.label(cfg.model), cfg.device.name, device, cfg.loader.name, cfg.workers, cfg.optimizer.name,
-        cfg.optimizer.lr, cfg.norm.name, cfg.precision, cfg.channels_last, cfg.compile, timing, count_trainable(model),
-    )  # fmt: skip
-    if cfg.data.name in TORCHVISION:
-        log.info("data.name=%s", describe(cfg.data.name))
-    if cfg.loader.name == "device" and cfg.workers:
-        log.info("loader=device uses no worker processes; workers is ignored")
-    b = Built(ctx, model, train_loader, test_loader, loader_gen, timing, global_step=0)
+    b = Built(ctx, model, train_loader, test_loader, loader_gen, timing_mode(cfg, device), global_step=0)
     b.image_size, b.classes = int(train_data.images.shape[1]), len(train_data.classes)
     return b
 
@@ -228,7 +240,7 @@ def attach_ranks(b: Built, cfg: DictConfig, ranks: Ranks) -> None:
              cfg.batch_size, cfg.batch_size * ranks.world, batchnorm_note(cfg, ranks))  # fmt: skip
 
 
-def compile_and_warm_up(b: Built, cfg: DictConfig, ranks: Ranks) -> float:
+def compile_and_warm_up(b: Built, cfg: DictConfig, ranks: Ranks = SINGLE) -> float:
     """compile=true: compile the model; then the untimed warm-up of every batch shape (returns its seconds)."""
     if cfg.compile:
         b.ctx.model = torch.compile(b.model)

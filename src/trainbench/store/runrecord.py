@@ -39,6 +39,12 @@ class RunRecord:
         if self.main:
             write_json(self.path, self.info)
 
+    def replace(self, **content: Any) -> None:
+        """Write run.json as exactly this content (a job that failed before its run began: nothing of it to keep)."""
+        self.info = dict(content)
+        if self.main:
+            write_json(self.path, self.info)
+
     def rows(self) -> list[dict[str, str]]:
         """epochs.csv's rows."""
         return read_rows(self.run_dir / "epochs.csv", epoch_columns())

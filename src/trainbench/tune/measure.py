@@ -100,29 +100,17 @@ class Prepared:
     tuner lands in every candidate's spread, not in one candidate's mean."""
 
     def __init__(self, cfg: DictConfig, device: torch.device, data: Any, cand: Candidate) -> None:
-        from ..data.loaders import DeviceLoader, make_loader
-        from ..device import set_precision_flags
-        from ..recipe import batch_shapes, build_model, seed_everything, step_context, timing_mode, warm_up
+        from ..recipe import build, compile_and_warm_up
 
         self.cand, self.device = cand, device
         self.cfg = c = _variant(cfg, cand.settings)
-        set_precision_flags(c, device)  # as a run: TF32 off unless tf32=true
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = bool(c.cudnn_benchmark)
-        seed_everything(c.seed)
-        self.model = build_model(c, len(data.classes), device)
-        self.ctx = step_context(c, self.model, device)  # the run's own step: optimizer, scaler, autocast, layout
-        gen = torch.Generator().manual_seed(c.seed)
-        self.loader = make_loader(c, data, True, device, gen)
-        gen = self.loader.generator if isinstance(self.loader, DeviceLoader) else gen
-        if c.compile:
-            self.ctx.model = torch.compile(self.model)
-        train_sizes, _ = batch_shapes(len(data), 0, c.batch_size)
-        warm_s = warm_up(self.ctx, self.model, gen, train_sizes, [], image_size=int(data.images.shape[1]),
-                         classes=len(data.classes))  # fmt: skip
+        # the run's own recipe (recipe.build): precision flags, cuDNN, seed, model, step context, loader, generator;
+        # then the run's compile and untimed warm-up of every batch shape
+        b = build(c, device, data=(data, None))
+        warm_s = compile_and_warm_up(b, c)
         if c.compile:
             cand.compile_s = warm_s
-        self.timing = timing_mode(c, device)
+        self.model, self.ctx, self.loader, self.timing = b.model, b.ctx, b.train_loader, b.timing
 
     def one_pass(self, steps: int) -> float:
         """Train `steps` batches from a fresh iterator (DataLoader workers start, as in every epoch); appends and
