@@ -24,9 +24,7 @@ if __name__ == "__main__":
     from trainbench.console import exit_with
 
     try:  # a typo'd group choice or key: one line, before Hydra starts and before torch is imported
-        check_command_line(
-            [a for a in sys.argv[1:] if not a.startswith("-")], Path(__file__).resolve().parent / "conf"
-        )
+        check_command_line([a for a in sys.argv[1:] if not a.startswith("-")], Path(__file__).resolve().parent / "conf")
     except ConfigError as e:
         exit_with(e)
     main()

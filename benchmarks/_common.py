@@ -31,8 +31,10 @@ def machine(device: str = "cpu") -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return (f"{cpu_model()}, {os.cpu_count()} cores, {flags()}, {torch.get_num_threads()} torch threads "
-            f"(torch {torch.__version__})")  # fmt: skip
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores, {flags()}, {torch.get_num_threads()} torch threads "
+        f"(torch {torch.__version__})"
+    )
 
 
 def median(xs: list[float]) -> float:
@@ -48,8 +50,12 @@ def table(rows: list[dict], title: str) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     widths = {c: max(len(c), *(len(fmt(r[c])) for r in rows)) for c in cols}
-    lines = [f"### {title}", "", "| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |",
-             "|" + "|".join("-" * (widths[c] + 2) for c in cols) + "|"]  # fmt: skip
+    lines = [
+        f"### {title}",
+        "",
+        "| " + " | ".join(c.ljust(widths[c]) for c in cols) + " |",
+        "|" + "|".join("-" * (widths[c] + 2) for c in cols) + "|",
+    ]
     lines += ["| " + " | ".join(fmt(r[c]).ljust(widths[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -36,9 +36,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from _common import machine, median, table, write_csv
+from trainbench.figures import epoch_columns
 from trainbench.questions import compose
 from trainbench.run import run
-from trainbench.figures import epoch_columns
 from trainbench.store.records import read_rows
 
 
@@ -53,8 +53,14 @@ def contended(overrides: list[str], tmp: Path) -> float:
     import sys
 
     train = Path(__file__).resolve().parents[1] / "train.py"
-    procs = [subprocess.Popen([sys.executable, str(train), *overrides, f"hydra.run.dir={tmp / f'c{i}'}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(train), *overrides, f"hydra.run.dir={tmp / f'c{i}'}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         if p.wait() != 0:
             raise SystemExit("a contended baseline run failed")
@@ -113,8 +119,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3, help="overhead: alternating repeats")
     a = p.parse_args()
-    base = ["data=synthetic", f"data.train_size={a.images}", "data.test_size=64", "loader=device", "progress=false",
-            f"epochs={a.epochs}", "test_eval=false", f"dist.threads={a.threads}"]  # fmt: skip
+    base = [
+        "data=synthetic",
+        f"data.train_size={a.images}",
+        "data.test_size=64",
+        "loader=device",
+        "progress=false",
+        f"epochs={a.epochs}",
+        "test_eval=false",
+        f"dist.threads={a.threads}",
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for bs in a.batch_sizes:
@@ -127,39 +141,53 @@ def main() -> None:
             busy = (two.get("comm_busy_s") or 0.0) / two["batches"]  # the buckets' own all-reduce times
             grad_bytes = two["comm_bytes"] / two["batches"]
             for n, e, c in ((1, one, c1), (2, two, c2)):
-                rows.append({
-                    "ranks": n, "batch_per_rank": bs, "steps": int(e["batches"]), "epoch_s": e["epoch_time_s"],
-                    "speedup": one["epoch_time_s"] / e["epoch_time_s"], "compute_per_step_s": c,
-                    "comm_per_step_s": comm if n == 2 else 0.0, "exposed_per_step_s": exposed if n == 2 else 0.0,
-                    "bucket_busy_per_step_s": busy if n == 2 else 0.0,
-                    "estimate_per_step_s": c2 - c1 if n == 2 else 0.0,
-                    "estimate_vs_exposed": (c2 - c1) / exposed if n == 2 and exposed else float("nan"),
-                    "estimate_vs_span": (c2 - c1) / comm if n == 2 and comm else float("nan"),
-                    "contended_1rank_step_s": c1x if n == 2 else float("nan"),
-                    "contended_estimate_s": c2 - c1x if n == 2 else float("nan"),
-                    "contended_vs_exposed": (c2 - c1x) / exposed if n == 2 and exposed else float("nan"),
-                    # where the extra time goes: per-step phases (communication overlaps backward)
-                    "forward_per_step_s": e["forward_time_s"] / e["batches"],
-                    "backward_per_step_s": e["backward_time_s"] / e["batches"],
-                    "optimizer_per_step_s": e["optimizer_time_s"] / e["batches"],
-                    "bandwidth_gb_s": (grad_bytes * 2 * (n - 1) / n / busy / 1e9) if n == 2 and busy else float("nan"),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "ranks": n,
+                        "batch_per_rank": bs,
+                        "steps": int(e["batches"]),
+                        "epoch_s": e["epoch_time_s"],
+                        "speedup": one["epoch_time_s"] / e["epoch_time_s"],
+                        "compute_per_step_s": c,
+                        "comm_per_step_s": comm if n == 2 else 0.0,
+                        "exposed_per_step_s": exposed if n == 2 else 0.0,
+                        "bucket_busy_per_step_s": busy if n == 2 else 0.0,
+                        "estimate_per_step_s": c2 - c1 if n == 2 else 0.0,
+                        "estimate_vs_exposed": (c2 - c1) / exposed if n == 2 and exposed else float("nan"),
+                        "estimate_vs_span": (c2 - c1) / comm if n == 2 and comm else float("nan"),
+                        "contended_1rank_step_s": c1x if n == 2 else float("nan"),
+                        "contended_estimate_s": c2 - c1x if n == 2 else float("nan"),
+                        "contended_vs_exposed": (c2 - c1x) / exposed if n == 2 and exposed else float("nan"),
+                        # where the extra time goes: per-step phases (communication overlaps backward)
+                        "forward_per_step_s": e["forward_time_s"] / e["batches"],
+                        "backward_per_step_s": e["backward_time_s"] / e["batches"],
+                        "optimizer_per_step_s": e["optimizer_time_s"] / e["batches"],
+                        "bandwidth_gb_s": (grad_bytes * 2 * (n - 1) / n / busy / 1e9)
+                        if n == 2 and busy
+                        else float("nan"),
+                    }
+                )
                 print(rows[-1], flush=True)
         # overhead: trainbench's 2-rank epoch (its own epoch clock) against the bare loop over the same steps
         bs = a.batch_sizes[0]
         steps = a.images // (2 * bs)
         tb, bare = [], []
         for r in range(a.reps):
-            e = last_epoch([*base, f"batch_size={bs}", "dist.nproc=2", "epochs=1", "phase_clocks=false"],
-                           Path(tmp) / f"ovh{r}")  # fmt: skip
+            e = last_epoch(
+                [*base, f"batch_size={bs}", "dist.nproc=2", "epochs=1", "phase_clocks=false"], Path(tmp) / f"ovh{r}"
+            )
             tb.append(e["epoch_time_s"])
             bare.append(bare_ddp(2, bs, steps, a.threads))
             print(f"overhead rep {r + 1}: trainbench {tb[-1]:.3f} s, bare DDP {bare[-1]:.3f} s", flush=True)
-    title = (f"Data-parallel, ResNet-18, {a.images} images, gloo, {a.threads} torch thread(s) per rank, last of "
-             f"{a.epochs} epochs — {machine()}")  # fmt: skip
+    title = (
+        f"Data-parallel, ResNet-18, {a.images} images, gloo, {a.threads} torch thread(s) per rank, last of "
+        f"{a.epochs} epochs — {machine()}"
+    )
     print(table(rows, title))
-    ovh = [{"loop": "bare DDP", "median_epoch_s": median(bare), "ratio_vs_bare": 1.0},
-           {"loop": "trainbench dist.nproc=2", "median_epoch_s": median(tb), "ratio_vs_bare": median(tb) / median(bare)}]  # fmt: skip
+    ovh = [
+        {"loop": "bare DDP", "median_epoch_s": median(bare), "ratio_vs_bare": 1.0},
+        {"loop": "trainbench dist.nproc=2", "median_epoch_s": median(tb), "ratio_vs_bare": median(tb) / median(bare)},
+    ]
     print(table(ovh, f"Overhead, 2 ranks, batch {bs} per rank, {steps} steps, median of {a.reps}"))
     print(f"wrote {write_csv('ddp', rows)} and {write_csv('ddp_overhead', ovh)}")
 

@@ -27,8 +27,9 @@ COLUMNS = ["stage", "status", "seconds", "figure", "value", "note"]
 
 
 def _train(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, str(ROOT / "train.py"), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [PY, str(ROOT / "train.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def _epochs(run_dir: Path) -> list[dict]:
@@ -42,8 +43,13 @@ def _mean(rows: list[dict], key: str, skip_first: bool = True) -> float:
 
 
 def stage_tests(out: Path) -> list[tuple]:
-    p = subprocess.run([PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"], capture_output=True,
-                       text=True, timeout=150, cwd=ROOT)  # fmt: skip
+    p = subprocess.run(
+        [PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=ROOT,
+    )
     (out / "gpu_tests.log").write_text(p.stdout + p.stderr)
     last = (p.stdout.strip().splitlines() or [""])[-1]
     return [("gpu-marked tests", p.returncode, last)]
@@ -75,16 +81,31 @@ def stage_clocks(out: Path) -> list[tuple]:
     res.append(("compute events / sync (must be within 0.95-1.05)", ratio, "ok" if 0.95 <= ratio <= 1.05 else "FAIL"))
     for phases in ("true", "false"):
         d = out / f"phases_{phases}"
-        _train(["device=cuda", *SMALL, "epochs=3", "timing=sync", f"phase_clocks={phases}", f"hydra.run.dir={d}"],
-               timeout=120)  # fmt: skip
+        _train(
+            ["device=cuda", *SMALL, "epochs=3", "timing=sync", f"phase_clocks={phases}", f"hydra.run.dir={d}"],
+            timeout=120,
+        )
         res.append((f"epoch time, timing=sync phase_clocks={phases}", _mean(_epochs(d), "epoch_time_s"), "s"))
     return res
 
 
 def stage_tuner(out: Path) -> list[tuple]:
-    p = subprocess.run([PY, "-m", "trainbench.tune", "data=synthetic", "data.train_size=2048", "tune.budget_s=90",
-                        f"tune.out={out / 'tune'}", "tune.write_preset=false"], capture_output=True, text=True,
-                       timeout=200, cwd=ROOT)  # fmt: skip
+    p = subprocess.run(
+        [
+            PY,
+            "-m",
+            "trainbench.tune",
+            "data=synthetic",
+            "data.train_size=2048",
+            "tune.budget_s=90",
+            f"tune.out={out / 'tune'}",
+            "tune.write_preset=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=ROOT,
+    )
     (out / "tune.log").write_text(p.stdout + p.stderr)
     rows = list(csv.DictReader(open(out / "tune" / "tune.csv"))) if (out / "tune" / "tune.csv").exists() else []
     res = [(f"tuner #{r['rank']}: {r['setting']}", float(r["images_per_s"]), "images/s") for r in rows[:5] if r["rank"]]
@@ -97,11 +118,27 @@ def stage_tuner(out: Path) -> list[tuple]:
 
 def stage_full_epoch(out: Path) -> list[tuple]:
     d = out / "full"
-    _train(["device=cuda", "experiment=fastest", "data=synthetic", "epochs=2", "test_eval=false", "progress=false",
-            f"hydra.run.dir={d}"], timeout=180)  # fmt: skip
+    _train(
+        [
+            "device=cuda",
+            "experiment=fastest",
+            "data=synthetic",
+            "epochs=2",
+            "test_eval=false",
+            "progress=false",
+            f"hydra.run.dir={d}",
+        ],
+        timeout=180,
+    )
     rows = _epochs(d)
-    return [("full CIFAR-shaped epoch (50,000 images), experiment=fastest, 2nd epoch", float(rows[-1]["epoch_time_s"]), "s"),
-            ("images/s", float(rows[-1]["samples_per_s"]), "")]  # fmt: skip
+    return [
+        (
+            "full CIFAR-shaped epoch (50,000 images), experiment=fastest, 2nd epoch",
+            float(rows[-1]["epoch_time_s"]),
+            "s",
+        ),
+        ("images/s", float(rows[-1]["samples_per_s"]), ""),
+    ]
 
 
 def stage_ddp(out: Path) -> list[tuple]:
@@ -113,12 +150,24 @@ def stage_ddp(out: Path) -> list[tuple]:
     _train(["-m", "device=cuda", "dist.nproc=1,2", *SMALL, "epochs=3", f"hydra.sweep.dir={sweep}"], timeout=240)
     with open(sweep / "tables" / "scaling.csv") as f:
         rows = list(csv.DictReader(f))
-    return [(f"{r['world_size']} ranks ({r['scaling']}): speedup", float(r["speedup"] or "nan"), f"comm {r['comm_time_s']} s")
-            for r in rows]  # fmt: skip
+    return [
+        (
+            f"{r['world_size']} ranks ({r['scaling']}): speedup",
+            float(r["speedup"] or "nan"),
+            f"comm {r['comm_time_s']} s",
+        )
+        for r in rows
+    ]
 
 
-STAGES = [("tests", stage_tests), ("c5", stage_c5), ("clocks", stage_clocks), ("tuner", stage_tuner),
-          ("full_epoch", stage_full_epoch), ("ddp", stage_ddp)]  # fmt: skip
+STAGES = [
+    ("tests", stage_tests),
+    ("c5", stage_c5),
+    ("clocks", stage_clocks),
+    ("tuner", stage_tuner),
+    ("full_epoch", stage_full_epoch),
+    ("ddp", stage_ddp),
+]
 
 
 def write(out: Path, rows: list[dict], header: str) -> None:
@@ -145,8 +194,20 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        write(a.out, [{"stage": "all", "status": "skipped", "seconds": 0, "figure": "", "value": "",
-                       "note": "no CUDA device: skipped"}], "no CUDA device: skipped")  # fmt: skip
+        write(
+            a.out,
+            [
+                {
+                    "stage": "all",
+                    "status": "skipped",
+                    "seconds": 0,
+                    "figure": "",
+                    "value": "",
+                    "note": "no CUDA device: skipped",
+                }
+            ],
+            "no CUDA device: skipped",
+        )
         print(f"no CUDA device: skipped (wrote {a.out / 'results.md'})")
         return 0
     header = f"{torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} GPU(s), torch {torch.__version__}"
@@ -155,11 +216,27 @@ def main() -> int:
         t = time.perf_counter()
         try:
             for figure, value, note in fn(a.out):
-                rows.append({"stage": name, "status": "ok", "seconds": f"{time.perf_counter() - t:.0f}",
-                             "figure": figure, "value": value, "note": note})  # fmt: skip
+                rows.append(
+                    {
+                        "stage": name,
+                        "status": "ok",
+                        "seconds": f"{time.perf_counter() - t:.0f}",
+                        "figure": figure,
+                        "value": value,
+                        "note": note,
+                    }
+                )
         except Exception as e:  # a stage that fails or times out is recorded; the next one runs
-            rows.append({"stage": name, "status": "failed", "seconds": f"{time.perf_counter() - t:.0f}", "figure": "",
-                         "value": "", "note": f"{type(e).__name__}: {str(e)[:200]}"})  # fmt: skip
+            rows.append(
+                {
+                    "stage": name,
+                    "status": "failed",
+                    "seconds": f"{time.perf_counter() - t:.0f}",
+                    "figure": "",
+                    "value": "",
+                    "note": f"{type(e).__name__}: {str(e)[:200]}",
+                }
+            )
         write(a.out, rows, header)  # partial results kept after every stage
         print(f"[gpu-check] {name}: done in {time.perf_counter() - t:.0f} s", flush=True)
     print((a.out / "results.md").read_text())

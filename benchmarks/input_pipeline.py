@@ -40,19 +40,40 @@ def main() -> None:
     data = make_synthetic(a.images, "train")
     rows = []
     for workers in (0, 1, 2):
-        dl = torch_loader(data, train=True, batch_size=a.batch_size, num_workers=workers, std=STD["lab"],
-                          generator=torch.Generator().manual_seed(0), pin_memory=False)  # fmt: skip
+        dl = torch_loader(
+            data,
+            train=True,
+            batch_size=a.batch_size,
+            num_workers=workers,
+            std=STD["lab"],
+            generator=torch.Generator().manual_seed(0),
+            pin_memory=False,
+        )
         secs = [epoch_seconds(dl, torch.device("cpu")) for _ in range(a.reps)]
-        rows.append({"pipeline": "torchvision DataLoader", "workers": workers, "threads": torch.get_num_threads(),
-                     "median_s": median(secs), "images_per_s": a.images / median(secs)})  # fmt: skip
+        rows.append(
+            {
+                "pipeline": "torchvision DataLoader",
+                "workers": workers,
+                "threads": torch.get_num_threads(),
+                "median_s": median(secs),
+                "images_per_s": a.images / median(secs),
+            }
+        )
     threads = torch.get_num_threads()
     for n_threads in sorted({threads, 1}, reverse=True):
         torch.set_num_threads(n_threads)
         dl = DeviceLoader(data, train=True, batch_size=a.batch_size, device=dev, std=STD["lab"], seed=0)
         epoch_seconds(dl, dev)  # warm-up (allocator, kernels)
         secs = [epoch_seconds(dl, dev) for _ in range(a.reps)]
-        rows.append({"pipeline": f"loader=device ({dev.type})", "workers": 0, "threads": n_threads,
-                     "median_s": median(secs), "images_per_s": a.images / median(secs)})  # fmt: skip
+        rows.append(
+            {
+                "pipeline": f"loader=device ({dev.type})",
+                "workers": 0,
+                "threads": n_threads,
+                "median_s": median(secs),
+                "images_per_s": a.images / median(secs),
+            }
+        )
     torch.set_num_threads(threads)
     base = rows[0]["images_per_s"]
     for r in rows:

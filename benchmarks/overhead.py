@@ -20,11 +20,11 @@ import torch
 from _common import machine, median, table, write_csv
 from trainbench.data.loaders import make_loader
 from trainbench.data.sources import load_data
+from trainbench.figures import epoch_columns
 from trainbench.models.resnet import ResNet18
 from trainbench.questions import compose
 from trainbench.recipe import build_optimizer
 from trainbench.run import run
-from trainbench.figures import epoch_columns
 from trainbench.store.records import read_rows
 
 
@@ -53,8 +53,17 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
-    overrides = ["data=synthetic", f"data.train_size={a.images}", "data.test_size=128", "epochs=1", "workers=0",
-                 f"model.width={a.width}", "device=cpu", "progress=false", *a.overrides]  # fmt: skip
+    overrides = [
+        "data=synthetic",
+        f"data.train_size={a.images}",
+        "data.test_size=128",
+        "epochs=1",
+        "workers=0",
+        f"model.width={a.width}",
+        "device=cpu",
+        "progress=false",
+        *a.overrides,
+    ]
     cfg = compose(overrides)
     tb, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,8 +73,10 @@ def main() -> None:
             run(cfg, d)
             tb.append(float(read_rows(d / "epochs.csv", epoch_columns())[0]["epoch_time_s"]))
             print(f"rep {i}: bare {bare[-1]:.3f}s trainbench {tb[-1]:.3f}s", flush=True)
-    rows = [{"loop": "bare PyTorch", "median_epoch_s": median(bare), "images_per_s": a.images / median(bare)},
-            {"loop": "trainbench", "median_epoch_s": median(tb), "images_per_s": a.images / median(tb)}]  # fmt: skip
+    rows = [
+        {"loop": "bare PyTorch", "median_epoch_s": median(bare), "images_per_s": a.images / median(bare)},
+        {"loop": "trainbench", "median_epoch_s": median(tb), "images_per_s": a.images / median(tb)},
+    ]
     for r in rows:
         r["ratio_vs_bare"] = r["median_epoch_s"] / rows[0]["median_epoch_s"]
     print(table(rows, f"Overhead, {a.images} images, model.width={a.width}, median of {a.reps} — {machine()}"))

@@ -73,15 +73,30 @@ def main() -> None:
         write_cifar100(data, a.images, 1000)
         write_fashion(data, a.images, 1000)
         for name, overrides in CASES:
-            cfg = compose([*overrides, f"data.root={data}", f"data.train_size={a.images}", "data.test_size=1000",
-                           f"epochs={a.epochs}", "progress=false", "data.download=false"])  # fmt: skip
+            cfg = compose(
+                [
+                    *overrides,
+                    f"data.root={data}",
+                    f"data.train_size={a.images}",
+                    "data.test_size=1000",
+                    f"epochs={a.epochs}",
+                    "progress=false",
+                    "data.download=false",
+                ]
+            )
             info = run(cfg, Path(tmp) / str(len(rows)))
             import pandas as pd
 
             e = pd.read_csv(Path(tmp) / str(len(rows)) / "epochs.csv").iloc[1:]
-            rows.append({"case": name, "img_per_s": float(e["samples"].sum() / e["epoch_time_s"].sum()),
-                         "epoch_s": float(e["epoch_time_s"].mean()), "gflop_per_img": info["flops_per_image"] / 1e9,
-                         "classes": info["config"]["model"]["num_classes"]})  # fmt: skip
+            rows.append(
+                {
+                    "case": name,
+                    "img_per_s": float(e["samples"].sum() / e["epoch_time_s"].sum()),
+                    "epoch_s": float(e["epoch_time_s"].mean()),
+                    "gflop_per_img": info["flops_per_image"] / 1e9,
+                    "classes": info["config"]["model"]["num_classes"],
+                }
+            )
             print(rows[-1], flush=True)
     print(table(rows, f"own model and data: {a.images} images, {a.epochs} epochs ({machine()})"))
     print(f"wrote {write_csv('own_model_data', rows)}")

@@ -49,8 +49,12 @@ def main() -> None:
         {"phase_clocks": True, "median_step_compute_s": on, "steps": len(per_step[True]), "ratio_vs_off": on / off},
         {"phase_clocks": False, "median_step_compute_s": off, "steps": len(per_step[False]), "ratio_vs_off": 1.0},
     ]
-    print(table(rows, f"Phase clocks, ResNet-18 width {a.width}, batch {a.batch_size}, timing={a.timing} — "
-                      f"{machine(dev.type)}"))  # fmt: skip
+    print(
+        table(
+            rows,
+            f"Phase clocks, ResNet-18 width {a.width}, batch {a.batch_size}, timing={a.timing} — {machine(dev.type)}",
+        )
+    )
     print(f"\nwrote {write_csv('phase_clocks', rows, dev.type)}")
 
 

@@ -61,8 +61,13 @@ def main() -> None:
         if cl:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        ctx = StepContext(model=torch.compile(model) if comp else model, optimizer=opt, device=dev,
-                          autocast_dtype=torch.bfloat16 if prec == "bf16" else None, channels_last=cl)  # fmt: skip
+        ctx = StepContext(
+            model=torch.compile(model) if comp else model,
+            optimizer=opt,
+            device=dev,
+            autocast_dtype=torch.bfloat16 if prec == "bf16" else None,
+            channels_last=cl,
+        )
         x, y = torch.randn(bs, 3, 32, 32), torch.randint(0, 10, (bs,))
         t = time.perf_counter()
         ctx.step(x, y, 0)  # warm-up (and compilation)
@@ -79,19 +84,34 @@ def main() -> None:
             synchronize(dev)
             secs.append(time.perf_counter() - t)
         s = median(secs)
-        rows.append({"precision": prec, "channels_last": cl, "compile": comp, "step_s": s, "images_per_s": bs / s,
-                     "gflop_per_step": flops / 1e9, "achieved_tflops": flops / s / 1e12,
-                     "pct_of_peak": 100 * flops / s / peak, "first_step_s": warm})  # fmt: skip
+        rows.append(
+            {
+                "precision": prec,
+                "channels_last": cl,
+                "compile": comp,
+                "step_s": s,
+                "images_per_s": bs / s,
+                "gflop_per_step": flops / 1e9,
+                "achieved_tflops": flops / s / 1e12,
+                "pct_of_peak": 100 * flops / s / peak,
+                "first_step_s": warm,
+            }
+        )
         if rows[-1]["pct_of_peak"] > 100:
-            print(f"note: {rows[-1]['pct_of_peak']:.0f} % of the measured peak: the peak measurement is too low "
-                  "(busy machine?); re-run on a quiet machine", flush=True)  # fmt: skip
+            print(
+                f"note: {rows[-1]['pct_of_peak']:.0f} % of the measured peak: the peak measurement is too low "
+                "(busy machine?); re-run on a quiet machine",
+                flush=True,
+            )
         print(rows[-1], flush=True)
     base = rows[0]["images_per_s"]
     for r in rows:
         r["vs_fp32"] = r["images_per_s"] / base
     print(table(rows, f"Training step, ResNet-18, batch {bs}, median of {a.reps} — {machine(dev.type)}"))
-    print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s; "
-          f"% of peak is against the larger, {peak / 1e12:.3f} TFLOP/s")  # fmt: skip
+    print(
+        f"measured matmul peak: fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s; "
+        f"% of peak is against the larger, {peak / 1e12:.3f} TFLOP/s"
+    )
     print(f"\nwrote {write_csv('train_step', rows, dev.type)}")
 
 

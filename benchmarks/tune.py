@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from _common import machine, table, write_csv
+from trainbench.figures import epoch_columns
 from trainbench.questions import compose
 from trainbench.run import run
-from trainbench.figures import epoch_columns
 from trainbench.store.records import read_rows
 from trainbench.tune import search as T
 
@@ -52,14 +52,26 @@ def main() -> None:
         win = real([*base, *res.winner.overrides], a.epochs, Path(tmp) / "winner")
         lab = real([*base, *T.Candidate(dict(T.LAB), "").overrides], a.epochs, Path(tmp) / "lab")
     check = [
-        {"run": "winner", "setting": res.winner.label, "tuner_images_per_s": tuned, **win,
-         "real_vs_tuner": win["busy_images_per_s"] / tuned},
-        {"run": "lab config", "setting": "loader=torch workers=2 precision=fp32 channels_last=false",
-         "tuner_images_per_s": lab_tuned, **lab, "real_vs_tuner": lab["busy_images_per_s"] / lab_tuned},
-    ]  # fmt: skip
+        {
+            "run": "winner",
+            "setting": res.winner.label,
+            "tuner_images_per_s": tuned,
+            **win,
+            "real_vs_tuner": win["busy_images_per_s"] / tuned,
+        },
+        {
+            "run": "lab config",
+            "setting": "loader=torch workers=2 precision=fp32 channels_last=false",
+            "tuner_images_per_s": lab_tuned,
+            **lab,
+            "real_vs_tuner": lab["busy_images_per_s"] / lab_tuned,
+        },
+    ]
     print(table(check, f"Tuner winner in a real run ({a.epochs} epochs, last one) — {machine()}"))
-    print(f"winner / lab config in real runs: {win['busy_images_per_s'] / lab['busy_images_per_s']:.2f}x busy "
-          f"throughput, {win['samples_per_s'] / lab['samples_per_s']:.2f}x samples_per_s")  # fmt: skip
+    print(
+        f"winner / lab config in real runs: {win['busy_images_per_s'] / lab['busy_images_per_s']:.2f}x busy "
+        f"throughput, {win['samples_per_s'] / lab['samples_per_s']:.2f}x samples_per_s"
+    )
     print(f"wrote {write_csv('tune_check', check)}")
 
 

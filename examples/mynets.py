@@ -17,8 +17,12 @@ class SmallCNN(nn.Module):
         layers, cin = [], 3
         for i in range(3):
             cout = width * 2**i
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]  # fmt: skip
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(cin, num_classes)

@@ -28,7 +28,8 @@ EQUIVALENT: dict[str, str] = {
     "trainbench.store.checkpoint.x_save_checkpoint__mutmut_16": "unlink(missing_ok=False): as above",
     "trainbench.store.checkpoint.x_remove_checkpoints__mutmut_3": "unlink(missing_ok=None) of a file just listed: as above",
     "trainbench.store.checkpoint.x_remove_checkpoints__mutmut_4": "unlink(missing_ok=False) of a file just listed: as above",
-    "trainbench.store.checkpoint.x_load_latest__mutmut_5": "map_location='cpu' -> None: identical without CUDA; " + CUDA_ONLY,
+    "trainbench.store.checkpoint.x_load_latest__mutmut_5": "map_location='cpu' -> None: identical without CUDA; "
+    + CUDA_ONLY,
     "trainbench.store.checkpoint.x_load_latest__mutmut_8": "map_location dropped: identical without CUDA; " + CUDA_ONLY,
     "trainbench.store.records.x__complete_lines__mutmut_4": "the truncation cut runs also when text ends with a "
     "newline, where cutting after the last newline keeps all of it: same result",
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         print("no mutmut results under mutants/: run `mutmut run` first", file=sys.stderr)
         return 2
     below = []
-    print(f"{'module':<16}{'mutants':>8}{'killed':>8}{'survived':>9}{'no tests':>9}{'equiv.':>7}{'kill rate':>10}"
-          f"{'w/o equiv.':>11}")  # fmt: skip
+    print(
+        f"{'module':<16}{'mutants':>8}{'killed':>8}{'survived':>9}{'no tests':>9}{'equiv.':>7}{'kill rate':>10}"
+        f"{'w/o equiv.':>11}"
+    )
     survivors: list[str] = []
     for module, codes in results.items():
         c = Counter()
@@ -97,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         if not counted + c["equivalent"]:
             continue
         rate = 100 * c["killed"] / counted if counted else 100.0
-        print(f"{module:<16}{len(codes):>8}{c['killed']:>8}{c['survived']:>9}{c['no tests']:>9}{c['equivalent']:>7}"
-              f"{raw:>9.1f}%{rate:>10.1f}%")  # fmt: skip
+        print(
+            f"{module:<16}{len(codes):>8}{c['killed']:>8}{c['survived']:>9}{c['no tests']:>9}{c['equivalent']:>7}"
+            f"{raw:>9.1f}%{rate:>10.1f}%"
+        )
         if a.min is not None and module in a.modules and raw < a.min:  # the bar counts equivalents as survivors
             below.append(f"{module}: {raw:.1f}% < {a.min:.0f}%")
     if survivors:

@@ -34,8 +34,10 @@ class Mutant:
 
 
 M = Mutant
-OPTIMIZER_TESTS = ("tests/test_config.py::test_each_optimizer_choice_builds_its_torch_class",
-                   "tests/test_config.py::test_optimizer_state_after_a_real_step_matches_the_algorithm")  # fmt: skip
+OPTIMIZER_TESTS = (
+    "tests/test_config.py::test_each_optimizer_choice_builds_its_torch_class",
+    "tests/test_config.py::test_optimizer_state_after_a_real_step_matches_the_algorithm",
+)
 MUTANTS: list[Mutant] = [
     # 1. the lab's train transforms (loader=torch)
     M(
@@ -384,7 +386,13 @@ MUTANTS: list[Mutant] = [
     M(
         "old-header-not-migrated",
         "an older version's epochs.csv appended to under a header that does not match",
-        (("src/trainbench/store/records.py", "        if header is not None and header != columns:", "        if False:"),),
+        (
+            (
+                "src/trainbench/store/records.py",
+                "        if header is not None and header != columns:",
+                "        if False:",
+            ),
+        ),
         ("tests/test_records.py", "tests/test_speed_paths.py"),
     ),
     # issue 10: data-parallel training
@@ -549,8 +557,9 @@ MUTANTS: list[Mutant] = [
 
 
 def _tree_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     return [f for f in out.splitlines() if (ROOT / f).is_file()]
 
 
@@ -575,8 +584,14 @@ def run_one(m: Mutant, tree: Path, timeout: float) -> tuple[str, float, str]:
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "HYDRA_FULL_ERROR": "0"}
     t = time.perf_counter()
     try:
-        p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                            *m.tests], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *m.tests],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         rc, out = p.returncode, (p.stdout + p.stderr).strip().splitlines()
     except subprocess.TimeoutExpired:
         rc, out = -1, ["timed out (counted as caught)"]

@@ -18,9 +18,15 @@ os.environ["TRAINBENCH_CACHE"] = tempfile.mkdtemp(prefix="trainbench-test-cache-
 
 # Small enough to train in a second on 2 CPU cores, real in every other respect.
 TINY = [
-    "data=synthetic", "data.train_size=64", "data.test_size=32", "batch_size=32", "model.width=8",
-    "workers=0", "epochs=1", "progress=false",
-]  # fmt: skip
+    "data=synthetic",
+    "data.train_size=64",
+    "data.test_size=32",
+    "batch_size=32",
+    "model.width=8",
+    "workers=0",
+    "epochs=1",
+    "progress=false",
+]
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -46,9 +52,14 @@ def train_cli(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     env.pop("TRAINBENCH_DATA", None)
     p = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=timeout, **kw,
-    )  # fmt: skip
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
@@ -58,9 +69,13 @@ def popen_cli(args: list[str], cwd: Path) -> subprocess.Popen:
     """Start `python train.py ARGS` without waiting."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def pytest_collection_modifyitems(config, items):

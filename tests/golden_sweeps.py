@@ -16,11 +16,21 @@ SWEEPS = ("workers_seeds", "optimizer_norm", "scaling", "c4_pair")
 
 
 def _config(settings: dict) -> dict:
-    c = {"epochs": 3, "batch_size": 32, "seed": 0, "workers": 2, "precision": "fp32", "timing": "sync",
-         "device": {"name": "cpu"}, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
-         "norm": {"name": "batchnorm"}, "model": {"width": 8, "num_classes": 10},
-         "data": {"name": "synthetic", "root": "data", "train_size": 256}, "loader": {"name": "torch"},
-         "dist": {"nproc": 1, "nnodes": 1, "backend": "auto"}}  # fmt: skip
+    c = {
+        "epochs": 3,
+        "batch_size": 32,
+        "seed": 0,
+        "workers": 2,
+        "precision": "fp32",
+        "timing": "sync",
+        "device": {"name": "cpu"},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        "norm": {"name": "batchnorm"},
+        "model": {"width": 8, "num_classes": 10},
+        "data": {"name": "synthetic", "root": "data", "train_size": 256},
+        "loader": {"name": "torch"},
+        "dist": {"nproc": 1, "nnodes": 1, "backend": "auto"},
+    }
     for k, v in settings.items():
         node = c
         *path, last = k.split(".")
@@ -37,25 +47,58 @@ def _epoch_rows(n: int, data: float, compute: float, acc0: float, ws: int = 1, c
         d, c, o = data + jitter, compute - jitter / 2, 0.05 + 0.001 * i
         ep = d + c + o
         fwd, bwd, opt, cp = 0.35 * c, 0.55 * c, 0.08 * c, 0.02 * c
-        rows.append({"epoch": i, "batches": 8, "samples": 256, "train_loss": 2.3 - 0.3 * i - acc0,
-                     "train_acc": acc0 + 0.1 * i, "test_loss": 2.2 - 0.25 * i, "test_acc": acc0 + 0.08 * i,
-                     "data_time_s": d, "compute_time_s": c, "other_time_s": o, "epoch_time_s": ep,
-                     "samples_per_s": 256 / ep, "eval_time_s": 0.3, "lr": 0.1, "copy_time_s": cp,
-                     "forward_time_s": fwd, "backward_time_s": bwd, "optimizer_time_s": opt, "skipped_steps": 0,
-                     "timing_mode": "sync", "achieved_tflops": 0.001 / c, "mfu": 0.01 / c, "profiled_steps": 0,
-                     "world_size": ws, "comm_time_s": comm if ws > 1 else "", "comm_exposed_s": comm / 4 if ws > 1 else "",
-                     "comm_bytes": 8 * 700000 if ws > 1 else "", "epoch_time_mean_s": ep, "data_time_max_s": d,
-                     "compute_time_max_s": c, "comm_time_max_s": comm if ws > 1 else ""})  # fmt: skip
+        rows.append(
+            {
+                "epoch": i,
+                "batches": 8,
+                "samples": 256,
+                "train_loss": 2.3 - 0.3 * i - acc0,
+                "train_acc": acc0 + 0.1 * i,
+                "test_loss": 2.2 - 0.25 * i,
+                "test_acc": acc0 + 0.08 * i,
+                "data_time_s": d,
+                "compute_time_s": c,
+                "other_time_s": o,
+                "epoch_time_s": ep,
+                "samples_per_s": 256 / ep,
+                "eval_time_s": 0.3,
+                "lr": 0.1,
+                "copy_time_s": cp,
+                "forward_time_s": fwd,
+                "backward_time_s": bwd,
+                "optimizer_time_s": opt,
+                "skipped_steps": 0,
+                "timing_mode": "sync",
+                "achieved_tflops": 0.001 / c,
+                "mfu": 0.01 / c,
+                "profiled_steps": 0,
+                "world_size": ws,
+                "comm_time_s": comm if ws > 1 else "",
+                "comm_exposed_s": comm / 4 if ws > 1 else "",
+                "comm_bytes": 8 * 700000 if ws > 1 else "",
+                "epoch_time_mean_s": ep,
+                "data_time_max_s": d,
+                "compute_time_max_s": c,
+                "comm_time_max_s": comm if ws > 1 else "",
+            }
+        )
     return rows
 
 
 def _write_run(d: Path, job: int, settings: dict, rows: list[dict], status: str = "complete") -> None:
     d.mkdir(parents=True)
     cfg = _config(settings)
-    info = {"status": status, "error": None if status == "complete" else "RuntimeError: boom", "config": cfg,
-            "environment": {"device_name": "CPU: golden", "hostname": "golden", "cpu_count": 2},
-            "started_at": f"2026-01-01T00:{job:02d}:00", "finished_at": f"2026-01-01T00:{job:02d}:30",
-            "timing_mode": "sync", "world_size": settings.get("dist.nproc", 1), "flops_per_image": 1.5e7}  # fmt: skip
+    info = {
+        "status": status,
+        "error": None if status == "complete" else "RuntimeError: boom",
+        "config": cfg,
+        "environment": {"device_name": "CPU: golden", "hostname": "golden", "cpu_count": 2},
+        "started_at": f"2026-01-01T00:{job:02d}:00",
+        "finished_at": f"2026-01-01T00:{job:02d}:30",
+        "timing_mode": "sync",
+        "world_size": settings.get("dist.nproc", 1),
+        "flops_per_image": 1.5e7,
+    }
     (d / "run.json").write_text(json.dumps(info))
     with open(d / "epochs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, epoch_columns())
@@ -67,10 +110,21 @@ def _write_run(d: Path, job: int, settings: dict, rows: list[dict], status: str 
         w.writeheader()
         for r in rows:
             for b in range(8):
-                w.writerow({"epoch": r["epoch"], "batch": b, "step": r["epoch"] * 8 + b, "size": 32,
-                            "loss": r["train_loss"] + 0.01 * b, "acc": r["train_acc"],
-                            "data_time_s": r["data_time_s"] / 8, "compute_time_s": r["compute_time_s"] / 8,
-                            "skipped": 0, "profiled": 0, "rank": 0})  # fmt: skip
+                w.writerow(
+                    {
+                        "epoch": r["epoch"],
+                        "batch": b,
+                        "step": r["epoch"] * 8 + b,
+                        "size": 32,
+                        "loss": r["train_loss"] + 0.01 * b,
+                        "acc": r["train_acc"],
+                        "data_time_s": r["data_time_s"] / 8,
+                        "compute_time_s": r["compute_time_s"] / 8,
+                        "skipped": 0,
+                        "profiled": 0,
+                        "rank": 0,
+                    }
+                )
 
 
 def write_sweep(kind: str, root: Path) -> None:
@@ -94,9 +148,12 @@ def write_sweep(kind: str, root: Path) -> None:
     elif kind == "scaling":
         for nproc in (1, 2):
             for seed in (0, 1):
-                add({"dist.nproc": nproc, "seed": seed},
-                    _epoch_rows(3, 0.2, 2.0 / nproc + 0.2 * (nproc - 1) + 0.02 * seed, 0.2, ws=nproc,
-                                comm=0.3 * (nproc - 1)))  # fmt: skip
+                add(
+                    {"dist.nproc": nproc, "seed": seed},
+                    _epoch_rows(
+                        3, 0.2, 2.0 / nproc + 0.2 * (nproc - 1) + 0.02 * seed, 0.2, ws=nproc, comm=0.3 * (nproc - 1)
+                    ),
+                )
     elif kind == "c4_pair":
         for w, data in ((1, 3.0), (4, 0.8)):
             add({"workers": w}, _epoch_rows(3, data, 3.0 + 0.2 * w, 0.2))

@@ -26,11 +26,23 @@ def test_training_config_drops_only_the_resumable_keys():
 
 @pytest.mark.parametrize(
     "change,same",
-    [("epochs=7", True), ("progress=true", True), ("checkpoint.keep=4", True), ("resume.restore_rng=false", True),
-     ("faults.nan_at_step=3", True), ("timing=events", True), ("test_eval=false", True), ("data.root=/elsewhere", True),
-     ("optimizer.lr=0.05", False), ("seed=1", False), ("batch_size=16", False), ("norm=none", False),
-     ("workers=2", False), ("precision=bf16", False)],
-)  # fmt: skip
+    [
+        ("epochs=7", True),
+        ("progress=true", True),
+        ("checkpoint.keep=4", True),
+        ("resume.restore_rng=false", True),
+        ("faults.nan_at_step=3", True),
+        ("timing=events", True),
+        ("test_eval=false", True),
+        ("data.root=/elsewhere", True),
+        ("optimizer.lr=0.05", False),
+        ("seed=1", False),
+        ("batch_size=16", False),
+        ("norm=none", False),
+        ("workers=2", False),
+        ("precision=bf16", False),
+    ],
+)
 def test_fingerprint_ignores_resumable_keys_only(change, same):
     a, b = C.fingerprint(compose(TINY)), C.fingerprint(compose([*TINY, change]))
     assert len(a) == 16 and int(a, 16) >= 0

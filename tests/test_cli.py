@@ -10,8 +10,19 @@ import pytest
 from conftest import TINY, compose, train_cli
 from trainbench.run import run
 
-EPOCH_SPEC = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "data_time_s", "compute_time_s",
-              "epoch_time_s", "other_time_s", "samples", "samples_per_s"]  # fmt: skip
+EPOCH_SPEC = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "data_time_s",
+    "compute_time_s",
+    "epoch_time_s",
+    "other_time_s",
+    "samples",
+    "samples_per_s",
+]
 BATCH_SPEC = ["epoch", "batch", "size", "loss", "acc", "data_time_s", "compute_time_s"]
 
 
@@ -68,8 +79,18 @@ def test_inspect_writes_nothing_unless_asked(tmp_path, monkeypatch, capsys):
 def test_help_explains_groups_presets_and_keys_not_test_keys(tmp_path):
     p = train_cli(["--help"], tmp_path, check=True)
     out = p.stdout
-    for word in ("optimizer", "sgd, nesterov, adagrad, adadelta, adam", "experiment", "c3", "workers", "epochs",
-                 "data.train_size", "loader", "precision", "python train.py -m"):  # fmt: skip
+    for word in (
+        "optimizer",
+        "sgd, nesterov, adagrad, adadelta, adam",
+        "experiment",
+        "c3",
+        "workers",
+        "epochs",
+        "data.train_size",
+        "loader",
+        "precision",
+        "python train.py -m",
+    ):
         assert word in out, word
     assert "faults" not in out and "restore_rng" not in out and "nan_at_step" not in out
 

@@ -90,7 +90,8 @@ def test_an_fp32_run_reports_its_own_precisions_bound_beside_the_machines_best(t
     assert info["peak_precision_tflops"] > 0 and "fp32 matmul" in info["peak_precision_source"]
     row = next(csv.DictReader(open(tmp_path / "r" / "epochs.csv")))
     assert float(row["mfu_precision"]) == pytest.approx(
-        float(row["achieved_tflops"]) / info["peak_precision_tflops"], rel=1e-6)  # fmt: skip
+        float(row["achieved_tflops"]) / info["peak_precision_tflops"], rel=1e-6
+    )
 
 
 def test_cpu_peak_is_measured_once_per_machine(tmp_path, monkeypatch):
@@ -139,8 +140,9 @@ def test_operator_categories(name, cat):
 
 def test_profile_writes_a_trace_and_an_ops_table_and_marks_its_steps(tmp_path):
     d = tmp_path / "r"
-    info = run(compose([*TINY, "batch_size=8", "profile=true", "profiler.wait=1", "profiler.warmup=1",
-                        "profiler.active=2"]), d)  # fmt: skip
+    info = run(
+        compose([*TINY, "batch_size=8", "profile=true", "profiler.wait=1", "profiler.warmup=1", "profiler.active=2"]), d
+    )
     assert info["status"] == "complete"
     trace = json.loads((d / "profile" / "trace.json").read_text())
     assert trace["traceEvents"]  # loads in Perfetto / chrome://tracing
@@ -173,9 +175,13 @@ def test_run_records_flops_and_utilisation(tmp_path):
 
 @pytest.mark.parametrize(
     "override,key",
-    [("profiler.active=0", "profiler.active"), ("profiler.wait=-1", "profiler.wait"),
-     ("profiler.epoch=1", "profiler.epoch"), ("logger=wandb", "logger")],
-)  # fmt: skip
+    [
+        ("profiler.active=0", "profiler.active"),
+        ("profiler.wait=-1", "profiler.wait"),
+        ("profiler.epoch=1", "profiler.epoch"),
+        ("logger=wandb", "logger"),
+    ],
+)
 def test_bad_profiler_and_logger_settings_are_config_errors(override, key):
     with pytest.raises(ConfigError) as e:
         validate(compose([*TINY, "profile=true", override]))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, compose, train_cli
@@ -61,10 +61,16 @@ def test_wrong_type_fails_at_composition():
 
 @pytest.mark.parametrize(
     "override,key",
-    [("epochs=0", "epochs"), ("batch_size=-1", "batch_size"), ("optimizer.lr=0", "optimizer.lr"),
-     ("workers=-2", "workers"), ("data.train_size=0", "data.train_size"), ("precision=fp8", "precision"),
-     ("optimizer.momentum=1.5", "optimizer.momentum")],
-)  # fmt: skip
+    [
+        ("epochs=0", "epochs"),
+        ("batch_size=-1", "batch_size"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("workers=-2", "workers"),
+        ("data.train_size=0", "data.train_size"),
+        ("precision=fp8", "precision"),
+        ("optimizer.momentum=1.5", "optimizer.momentum"),
+    ],
+)
 def test_range_checks_name_key_value_and_allowed(override, key):
     with pytest.raises(ConfigError) as e:
         validate(compose([override]))
@@ -74,23 +80,40 @@ def test_range_checks_name_key_value_and_allowed(override, key):
 
 @pytest.mark.parametrize(
     "bad,good,key,value,allowed",
-    [(["profile=true", "profiler.epoch=5"], ["profile=true", "profiler.epoch=4"], "profiler.epoch", 5,
-      "0 <= epoch < epochs (5), 0-based"),
-     (["profile=true", "profiler.epoch=-1"], ["profile=true", "profiler.epoch=0"], "profiler.epoch", -1,
-      "0 <= epoch < epochs (5), 0-based"),
-     (["profiler.wait=-1"], ["profiler.wait=0"], "profiler.wait", -1, "an integer >= 0"),
-     (["profiler.warmup=-1"], ["profiler.warmup=0"], "profiler.warmup", -1, "an integer >= 0"),
-     (["profiler.active=0"], ["profiler.active=1"], "profiler.active", 0, "an integer >= 1"),
-     (["dist.nproc=0"], ["dist.nproc=1"], "dist.nproc", 0, "an integer >= 1 (processes per node)"),
-     (["dist.nnodes=0"], ["dist.nnodes=1"], "dist.nnodes", 0, "an integer >= 1"),
-     (["dist.timeout_s=0"], ["dist.timeout_s=1"], "dist.timeout_s", 0, "an integer >= 1 (seconds)"),
-     (["dist.threads=0"], ["dist.threads=1"], "dist.threads", 0, "null or an integer >= 1"),
-     (["dist.nproc=2", "compile=true"], ["dist.nproc=1", "compile=true"], "compile", True,
-      "false with dist.nproc > 1 (compile + DDP is not supported yet)"),
-     (["faults.nan_at_step=-1"], ["faults.nan_at_step=0"], "faults.nan_at_step", -1, "null or an integer >= 0"),
-     (["checkpoint.keep=0"], ["checkpoint.keep=1"], "checkpoint.keep", 0, "an integer >= 1"),
-     (["model.width=0"], ["model.width=1"], "model.width", 0, "an integer >= 1")],
-)  # fmt: skip
+    [
+        (
+            ["profile=true", "profiler.epoch=5"],
+            ["profile=true", "profiler.epoch=4"],
+            "profiler.epoch",
+            5,
+            "0 <= epoch < epochs (5), 0-based",
+        ),
+        (
+            ["profile=true", "profiler.epoch=-1"],
+            ["profile=true", "profiler.epoch=0"],
+            "profiler.epoch",
+            -1,
+            "0 <= epoch < epochs (5), 0-based",
+        ),
+        (["profiler.wait=-1"], ["profiler.wait=0"], "profiler.wait", -1, "an integer >= 0"),
+        (["profiler.warmup=-1"], ["profiler.warmup=0"], "profiler.warmup", -1, "an integer >= 0"),
+        (["profiler.active=0"], ["profiler.active=1"], "profiler.active", 0, "an integer >= 1"),
+        (["dist.nproc=0"], ["dist.nproc=1"], "dist.nproc", 0, "an integer >= 1 (processes per node)"),
+        (["dist.nnodes=0"], ["dist.nnodes=1"], "dist.nnodes", 0, "an integer >= 1"),
+        (["dist.timeout_s=0"], ["dist.timeout_s=1"], "dist.timeout_s", 0, "an integer >= 1 (seconds)"),
+        (["dist.threads=0"], ["dist.threads=1"], "dist.threads", 0, "null or an integer >= 1"),
+        (
+            ["dist.nproc=2", "compile=true"],
+            ["dist.nproc=1", "compile=true"],
+            "compile",
+            True,
+            "false with dist.nproc > 1 (compile + DDP is not supported yet)",
+        ),
+        (["faults.nan_at_step=-1"], ["faults.nan_at_step=0"], "faults.nan_at_step", -1, "null or an integer >= 0"),
+        (["checkpoint.keep=0"], ["checkpoint.keep=1"], "checkpoint.keep", 0, "an integer >= 1"),
+        (["model.width=0"], ["model.width=1"], "model.width", 0, "an integer >= 1"),
+    ],
+)
 def test_range_check_boundaries(bad, good, key, value, allowed):
     """Each range check refuses the first bad value, naming its key, the value and what is allowed, and accepts
     the boundary value."""
@@ -178,8 +201,13 @@ def test_optimizer_state_after_a_real_step_matches_the_algorithm():
     """What each algorithm keeps (torch's own state names) tells the class apart even if names were swapped."""
     from trainbench.recipe import build_optimizer
 
-    expected = {"sgd": {"momentum_buffer"}, "nesterov": {"momentum_buffer"}, "adagrad": {"sum", "step"},
-                "adadelta": {"square_avg", "acc_delta", "step"}, "adam": {"exp_avg", "exp_avg_sq", "step"}}  # fmt: skip
+    expected = {
+        "sgd": {"momentum_buffer"},
+        "nesterov": {"momentum_buffer"},
+        "adagrad": {"sum", "step"},
+        "adadelta": {"square_avg", "acc_delta", "step"},
+        "adam": {"exp_avg", "exp_avg_sq", "step"},
+    }
     for name, keys in expected.items():
         p = torch.nn.Parameter(torch.ones(3))
         opt = build_optimizer(compose([f"optimizer={name}"]).optimizer, [p])
@@ -206,38 +234,67 @@ def test_custom_optimizer_target_is_allowed():
 
 @pytest.mark.parametrize(
     "override",
-    ["epochs=1", "batch_size=1", "workers=0", "loader.prefetch_factor=1", "optimizer.weight_decay=0",
-     "optimizer.momentum=0", "optimizer.momentum=0.999", "optimizer.momentum=null", "data.train_size=1",
-     "data.test_size=1", "data.image_size=8", "model.width=1", "checkpoint.keep=1", "faults.nan_at_step=0",
-     "optimizer.lr=1e-9", "data.normalize=cifar10", "data.normalize=true", "precision=bf16", "timing=events",
-     "loader=device", "device=cpu", "norm=none"],
-)  # fmt: skip
+    [
+        "epochs=1",
+        "batch_size=1",
+        "workers=0",
+        "loader.prefetch_factor=1",
+        "optimizer.weight_decay=0",
+        "optimizer.momentum=0",
+        "optimizer.momentum=0.999",
+        "optimizer.momentum=null",
+        "data.train_size=1",
+        "data.test_size=1",
+        "data.image_size=8",
+        "model.width=1",
+        "checkpoint.keep=1",
+        "faults.nan_at_step=0",
+        "optimizer.lr=1e-9",
+        "data.normalize=cifar10",
+        "data.normalize=true",
+        "precision=bf16",
+        "timing=events",
+        "loader=device",
+        "device=cpu",
+        "norm=none",
+    ],
+)
 def test_boundary_values_are_accepted(override):
     validate(compose([override]))
 
 
 @pytest.mark.parametrize(
     "override,key,allowed",
-    [("batch_size=0", "batch_size", "an integer >= 1"), ("workers=-1", "workers", ">= 0"),
-     ("loader.prefetch_factor=0", "loader.prefetch_factor", "null or an integer >= 1"),
-     ("optimizer.lr=inf", "optimizer.lr", "a finite number > 0"), ("optimizer.lr=nan", "optimizer.lr", "a finite number > 0"),
-     ("optimizer.lr=-0.1", "optimizer.lr", "a finite number > 0"),
-     ("optimizer.weight_decay=-0.5", "optimizer.weight_decay", "a finite number >= 0"),
-     ("optimizer.weight_decay=inf", "optimizer.weight_decay", "a finite number >= 0"),
-     ("optimizer.momentum=1", "optimizer.momentum", "null or 0 <= momentum < 1"),
-     ("optimizer.momentum=-0.1", "optimizer.momentum", "null or 0 <= momentum < 1"),
-     ("data.test_size=0", "data.test_size", "null (all images) or an integer >= 1"),
-     ("data.image_size=7", "data.image_size", "null (the dataset's own side) or an integer >= 8"), ("model.width=0", "model.width", "an integer >= 1"),
-     ("checkpoint.keep=0", "checkpoint.keep", "an integer >= 1"),
-     ("faults.nan_at_step=-1", "faults.nan_at_step", "null or an integer >= 0"),
-     ("epochs=-1", "epochs", "an integer >= 1"),
-     ("data.normalize=foo", "data.normalize", "one of lab, cifar10"),
-     ("timing=cuda", "timing", "one of sync, events"), ("loader.name=fast", "loader.name", "one of device, torch"),
-     ("device.name=tpu", "device.name", "one of auto, cpu, cuda, mps"),
-     ("data.name=imagenet", "data.name", "one of cifar10, synthetic, imagefolder, CIFAR10, CIFAR100, MNIST, "
-      "FashionMNIST, KMNIST, SVHN, STL10"),
-     ("norm.name=layer", "norm.name", "one of batchnorm, none"), ("precision=fp8", "precision", "one of fp32, bf16, fp16, auto")],
-)  # fmt: skip
+    [
+        ("batch_size=0", "batch_size", "an integer >= 1"),
+        ("workers=-1", "workers", ">= 0"),
+        ("loader.prefetch_factor=0", "loader.prefetch_factor", "null or an integer >= 1"),
+        ("optimizer.lr=inf", "optimizer.lr", "a finite number > 0"),
+        ("optimizer.lr=nan", "optimizer.lr", "a finite number > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr", "a finite number > 0"),
+        ("optimizer.weight_decay=-0.5", "optimizer.weight_decay", "a finite number >= 0"),
+        ("optimizer.weight_decay=inf", "optimizer.weight_decay", "a finite number >= 0"),
+        ("optimizer.momentum=1", "optimizer.momentum", "null or 0 <= momentum < 1"),
+        ("optimizer.momentum=-0.1", "optimizer.momentum", "null or 0 <= momentum < 1"),
+        ("data.test_size=0", "data.test_size", "null (all images) or an integer >= 1"),
+        ("data.image_size=7", "data.image_size", "null (the dataset's own side) or an integer >= 8"),
+        ("model.width=0", "model.width", "an integer >= 1"),
+        ("checkpoint.keep=0", "checkpoint.keep", "an integer >= 1"),
+        ("faults.nan_at_step=-1", "faults.nan_at_step", "null or an integer >= 0"),
+        ("epochs=-1", "epochs", "an integer >= 1"),
+        ("data.normalize=foo", "data.normalize", "one of lab, cifar10"),
+        ("timing=cuda", "timing", "one of sync, events"),
+        ("loader.name=fast", "loader.name", "one of device, torch"),
+        ("device.name=tpu", "device.name", "one of auto, cpu, cuda, mps"),
+        (
+            "data.name=imagenet",
+            "data.name",
+            "one of cifar10, synthetic, imagefolder, CIFAR10, CIFAR100, MNIST, FashionMNIST, KMNIST, SVHN, STL10",
+        ),
+        ("norm.name=layer", "norm.name", "one of batchnorm, none"),
+        ("precision=fp8", "precision", "one of fp32, bf16, fp16, auto"),
+    ],
+)
 def test_each_range_check_names_key_value_and_allowed(override, key, allowed):
     with pytest.raises(ConfigError) as e:
         validate(compose([override]))
@@ -260,16 +317,42 @@ def test_schema_defaults_are_the_documented_ones():
 
     c = OmegaConf.structured(TrainConfig)
     expected = {
-        "epochs": 5, "workers": 2, "batch_size": 128, "seed": 0, "test_eval": True, "precision": "fp32",
-        "channels_last": False, "compile": False, "timing": "sync", "cudnn_benchmark": True, "progress": None,
-        "device.name": "auto", "loader.name": "torch", "loader.pin_memory": None, "loader.persistent_workers": False,
-        "loader.prefetch_factor": None, "data.name": "cifar10", "data.download": True, "data.train_size": None,
-        "data.test_size": None, "data.normalize": "lab", "data.image_size": None, "data.augment": "lab",
-        "norm.name": "batchnorm", "optimizer.name": "sgd", "optimizer._target_": "torch.optim.SGD",
-        "optimizer.lr": 0.1, "optimizer.weight_decay": 5e-4, "optimizer.momentum": 0.9, "optimizer.nesterov": None,
-        "checkpoint.enabled": True, "checkpoint.keep": 1, "resume.enabled": True, "resume.restore_rng": True,
+        "epochs": 5,
+        "workers": 2,
+        "batch_size": 128,
+        "seed": 0,
+        "test_eval": True,
+        "precision": "fp32",
+        "channels_last": False,
+        "compile": False,
+        "timing": "sync",
+        "cudnn_benchmark": True,
+        "progress": None,
+        "device.name": "auto",
+        "loader.name": "torch",
+        "loader.pin_memory": None,
+        "loader.persistent_workers": False,
+        "loader.prefetch_factor": None,
+        "data.name": "cifar10",
+        "data.download": True,
+        "data.train_size": None,
+        "data.test_size": None,
+        "data.normalize": "lab",
+        "data.image_size": None,
+        "data.augment": "lab",
+        "norm.name": "batchnorm",
+        "optimizer.name": "sgd",
+        "optimizer._target_": "torch.optim.SGD",
+        "optimizer.lr": 0.1,
+        "optimizer.weight_decay": 5e-4,
+        "optimizer.momentum": 0.9,
+        "optimizer.nesterov": None,
+        "checkpoint.enabled": True,
+        "checkpoint.keep": 1,
+        "resume.enabled": True,
+        "resume.restore_rng": True,
         "faults.nan_at_step": None,
-    }  # fmt: skip
+    }
     for k, v in expected.items():
         assert OmegaConf.select(c, k) == v, k
     assert OmegaConf.select(c, "data.root", throw_on_resolution_failure=False) is not None
@@ -295,9 +378,11 @@ def test_register_configs_stores_the_schema():
 
 @pytest.mark.parametrize(
     "overrides,key",
-    [(["optimizer._target_=torch.optim.RMSprop", "optimizer.name=rmsprop", "precision=fp8"], "precision"),
-     (["data.normalize=true", "timing=cuda"], "timing")],
-)  # fmt: skip
+    [
+        (["optimizer._target_=torch.optim.RMSprop", "optimizer.name=rmsprop", "precision=fp8"], "precision"),
+        (["data.normalize=true", "timing=cuda"], "timing"),
+    ],
+)
 def test_choices_after_an_allowed_exception_are_still_checked(overrides, key):
     with pytest.raises(ConfigError) as e:
         validate(compose(overrides))
@@ -316,8 +401,9 @@ def test_group_choices_are_checked_only_where_a_group_exists(tmp_path):
     """check_command_line leaves keys that are not groups, dotted keys, +/~ overrides and sweep functions alone."""
     from trainbench.config import CONF_DIR, check_command_line
 
-    check_command_line(["workers=4", "optimizer.lr=0.1", "+foo=bar", "optimizer=choice(sgd,adam)", "seed=1,2"],
-                        CONF_DIR)  # fmt: skip
+    check_command_line(
+        ["workers=4", "optimizer.lr=0.1", "+foo=bar", "optimizer=choice(sgd,adam)", "seed=1,2"], CONF_DIR
+    )
     with pytest.raises(ConfigError) as e:
         check_command_line(["experiment=c9"], CONF_DIR)
     assert e.value.key == "experiment" and "c1" in e.value.allowed and "fastest" in e.value.allowed
@@ -350,8 +436,10 @@ def test_data_name_errors_name_the_choices_and_close_matches():
     cfg.data.name = "???"  # a user's own data YAML that leaves the name open
     with pytest.raises(ConfigError) as e:
         validate(cfg)
-    assert str(e.value) == (f"invalid config: data.name='???'; allowed: one of {names}. data=torchvision needs "
-                            "data.name=, e.g. data.name=CIFAR100")  # fmt: skip
+    assert str(e.value) == (
+        f"invalid config: data.name='???'; allowed: one of {names}. data=torchvision needs "
+        "data.name=, e.g. data.name=CIFAR100"
+    )
     cfg.data.name = "zzzz"
     with pytest.raises(ConfigError) as e:
         validate(cfg)
@@ -367,24 +455,37 @@ def test_model_key_checks_before_hydra_name_key_value_and_keys():
     conf = ROOT / "conf"
     with pytest.raises(ConfigError) as e:
         check_command_line(["model=timm", "model.width=8"], conf)
-    assert str(e.value) == ("invalid config: model.width='8'; allowed: the keys of model=timm: _target_, name, "
-                            "pretrained, num_classes")  # fmt: skip
+    assert str(e.value) == (
+        "invalid config: model.width='8'; allowed: the keys of model=timm: _target_, name, pretrained, num_classes"
+    )
     with pytest.raises(ConfigError) as e:
         check_command_line(["model=custom", "model.depth=3"], conf)
-    assert str(e.value) == ("invalid config: model.depth='3'; allowed: _target_, num_classes, or "
-                            "+model.<key>=<value> for a keyword argument of your class. write +model.depth=3")  # fmt: skip
-    for fine in (["model=custom", "+model.depth=3", "model._target_=a.B", "model.num_classes=4"],
-                 ["model=torchvision", "model.name=resnet50", "model.weights=null"], ["model.width=8"],
-                 ["model=resnet18,torchvision"], ["+model.x.y=1"]):  # fmt: skip
+    assert str(e.value) == (
+        "invalid config: model.depth='3'; allowed: _target_, num_classes, or "
+        "+model.<key>=<value> for a keyword argument of your class. write +model.depth=3"
+    )
+    for fine in (
+        ["model=custom", "+model.depth=3", "model._target_=a.B", "model.num_classes=4"],
+        ["model=torchvision", "model.name=resnet50", "model.weights=null"],
+        ["model.width=8"],
+        ["model=resnet18,torchvision"],
+        ["+model.x.y=1"],
+    ):
         check_command_line(fine, conf)
 
 
 @pytest.mark.parametrize(
     "override, key, closest",
-    [("data.train_sise=500", "data.train_sise", "data.train_size"), ("optimizer.lr_=0.1", "optimizer.lr_", "optimizer.lr"),
-     ("epoch=3", "epoch", "epochs"), ("dist.nprocs=2", "dist.nprocs", "dist.nproc"), ("dat.name=x", "dat.name", "data"),
-     ("loader.pin_mem=true", "loader.pin_mem", "loader.pin_memory"), ("model.widht=8", "model.widht", "width")],
-)  # fmt: skip
+    [
+        ("data.train_sise=500", "data.train_sise", "data.train_size"),
+        ("optimizer.lr_=0.1", "optimizer.lr_", "optimizer.lr"),
+        ("epoch=3", "epoch", "epochs"),
+        ("dist.nprocs=2", "dist.nprocs", "dist.nproc"),
+        ("dat.name=x", "dat.name", "data"),
+        ("loader.pin_mem=true", "loader.pin_mem", "loader.pin_memory"),
+        ("model.widht=8", "model.widht", "width"),
+    ],
+)
 def test_an_unknown_key_is_one_line_with_the_sections_keys_and_the_closest(override, key, closest):
     """Before Hydra: the key, the section's keys and the closest match; never Hydra's 'use +key' for a typo."""
     from trainbench.config import check_command_line

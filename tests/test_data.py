@@ -166,8 +166,16 @@ def test_synthetic_is_fixed_balanced_and_prefix_stable():
 def test_load_data_subsets_follow_config(tmp_path, monkeypatch):
     write_cifar(tmp_path)
     patch_checksums(monkeypatch, tmp_path)
-    cfg = OmegaConf.create({"name": "cifar10", "root": str(tmp_path), "download": False, "train_size": 40,
-                            "test_size": 20, "image_size": 32})  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "name": "cifar10",
+            "root": str(tmp_path),
+            "download": False,
+            "train_size": 40,
+            "test_size": 20,
+            "image_size": 32,
+        }
+    )
     train, test = D.load_data(cfg)
     assert len(train) == 40 and len(test) == 20
     assert np.bincount(train.labels, minlength=10).tolist() == [4] * 10
@@ -200,8 +208,16 @@ def test_failed_download_in_the_precheck_leaves_nothing_and_does_not_advise_down
     server = _serve(tmp_path)
     monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/no-such.tar.gz")
     root = tmp_path / "fresh_root"
-    cfg = OmegaConf.create({"name": "cifar10", "root": str(root), "download": True, "train_size": None,
-                            "test_size": None, "image_size": 32})  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "name": "cifar10",
+            "root": str(root),
+            "download": True,
+            "train_size": None,
+            "test_size": None,
+            "image_size": 32,
+        }
+    )
     try:
         with pytest.raises(D.DataError) as e:
             D.check_available(cfg)
@@ -217,8 +233,17 @@ def test_failed_download_in_the_precheck_leaves_nothing_and_does_not_advise_down
 def test_subset_larger_than_the_split_fails_in_the_precheck(split, n):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"name": "synthetic", "root": "x", "download": False, "train_size": None,
-                            "test_size": None, "image_size": 32, f"{split}_size": n})  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "name": "synthetic",
+            "root": "x",
+            "download": False,
+            "train_size": None,
+            "test_size": None,
+            "image_size": 32,
+            f"{split}_size": n,
+        }
+    )
     with pytest.raises(D.DataError, match=f"data.{split}_size={n} but data=synthetic has only"):
         D.check_available(cfg)
 
@@ -230,7 +255,15 @@ def test_imagefolder_subset_checked_against_the_files(tmp_path):
         (tmp_path / split / "a").mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
-    cfg = OmegaConf.create({"name": "imagefolder", "root": str(tmp_path), "download": False, "train_size": 3,
-                            "test_size": 4, "image_size": 32})  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "name": "imagefolder",
+            "root": str(tmp_path),
+            "download": False,
+            "train_size": 3,
+            "test_size": 4,
+            "image_size": 32,
+        }
+    )
     with pytest.raises(D.DataError, match="data.test_size=4 but data=imagefolder has only 3 test images"):
         D.check_available(cfg)

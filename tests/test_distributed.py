@@ -24,8 +24,15 @@ from trainbench.plan import make_plan
 from trainbench.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=8", "workers=0", "epochs=2",
-         "progress=false"]  # fmt: skip
+SMALL = [
+    "data=synthetic",
+    "data.train_size=256",
+    "data.test_size=64",
+    "model.width=8",
+    "workers=0",
+    "epochs=2",
+    "progress=false",
+]
 
 
 def rows(path: Path) -> list[dict]:
@@ -59,8 +66,11 @@ def test_epoch_order_shards_are_the_single_process_batches():
         assert sorted(one[32 * k : 32 * k + 32].tolist()) == sorted(
             r0[16 * k : 16 * k + 16].tolist() + r1[16 * k : 16 * k + 16].tolist()
         )
-    assert sorted(loaders.epoch_order(10, 0, 0, False, 0, 3).tolist() + loaders.epoch_order(10, 0, 0, False, 1, 3).tolist()
-                  + loaders.epoch_order(10, 0, 0, False, 2, 3).tolist()) == list(range(10))  # eval: each image once  # fmt: skip
+    assert sorted(
+        loaders.epoch_order(10, 0, 0, False, 0, 3).tolist()
+        + loaders.epoch_order(10, 0, 0, False, 1, 3).tolist()
+        + loaders.epoch_order(10, 0, 0, False, 2, 3).tolist()
+    ) == list(range(10))  # eval: each image once
     assert len(loaders.epoch_order(10, 0, 0, True, 1, 3)) == 4  # training: padded, equal steps per rank
     for n, shuffle, rank, world in [
         (10, True, 1, 3),
@@ -116,9 +126,14 @@ def test_device_loader_offsets_stay_uniform_across_epochs():
 
 @pytest.mark.parametrize(
     "override,key",
-    [("dist.nproc=0", "dist.nproc"), ("dist.backend=nccl", "dist.backend"), ("dist.sync_bn=true", "dist.sync_bn"),
-     ("compile=true", "compile"), ("dist.backend=mpi", "dist.backend")],
-)  # fmt: skip
+    [
+        ("dist.nproc=0", "dist.nproc"),
+        ("dist.backend=nccl", "dist.backend"),
+        ("dist.sync_bn=true", "dist.sync_bn"),
+        ("compile=true", "compile"),
+        ("dist.backend=mpi", "dist.backend"),
+    ],
+)
 def test_bad_dist_settings_are_config_errors_before_any_work(override, key):
     if torch.cuda.is_available() and key in ("dist.backend", "dist.sync_bn") and override != "dist.backend=mpi":
         pytest.skip("valid with CUDA")
@@ -176,8 +191,7 @@ def test_killed_rank_ends_the_run_in_bounded_time_and_resume_gives_the_same_rows
     run(compose(common), tmp_path / "ref")
     d = tmp_path / "r"
     t = time.perf_counter()
-    p = train_cli([*common, "faults.kill_rank=1", "faults.kill_at_step=5", f"hydra.run.dir={d}"], tmp_path,
-                  timeout=300)  # fmt: skip
+    p = train_cli([*common, "faults.kill_rank=1", "faults.kill_at_step=5", f"hydra.run.dir={d}"], tmp_path, timeout=300)
     assert time.perf_counter() - t < 150
     assert p.returncode == 1 and "rank 1 was killed by SIGKILL" in p.stderr, p.stderr[-2000:]
     info = json.loads((d / "run.json").read_text())
@@ -190,11 +204,25 @@ def test_killed_rank_ends_the_run_in_bounded_time_and_resume_gives_the_same_rows
 @pytest.mark.slow  # 8 s: torchrun starts its own agent and two ranks (make test-all runs it)
 def test_torchrun_starts_the_ranks_and_they_agree_on_one_run_dir(tmp_path):
     p = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "train.py"), *SMALL, "epochs=1", "batch_size=32", "dist.nproc=2", "loader=device"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "train.py"),
+            *SMALL,
+            "epochs=1",
+            "batch_size=32",
+            "dist.nproc=2",
+            "loader=device",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HYDRA_FULL_ERROR": "1"},
-    )  # fmt: skip
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     runs = [rj.parent for rj in (tmp_path / "outputs").rglob("run.json")]
     assert len(runs) == 1
@@ -208,10 +236,23 @@ def test_torchrun_starts_the_ranks_and_they_agree_on_one_run_dir(tmp_path):
 
 def test_sigterm_stops_every_rank_at_a_batch_boundary(tmp_path):
     d = tmp_path / "r"
-    cmd = [sys.executable, str(ROOT / "train.py"), *SMALL, "epochs=50", "batch_size=16", "dist.nproc=2",
-           f"hydra.run.dir={d}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "0"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *SMALL,
+        "epochs=50",
+        "batch_size=16",
+        "dist.nproc=2",
+        f"hydra.run.dir={d}",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(rows(d / "epochs.csv") if (d / "epochs.csv").exists() else []) < 1:
         time.sleep(0.2)
@@ -228,14 +269,39 @@ def test_sigterm_stops_every_rank_at_a_batch_boundary(tmp_path):
 @pytest.mark.slow  # 19 s: the scaling part is tested on fake sweeps and the golden report (make test-all runs it)
 def test_scaling_sweep_writes_the_scaling_table_and_section(tmp_path):
     sweep = tmp_path / "sweep"
-    p = train_cli(["-m", "dist.nproc=1,2", "data=synthetic", "data.train_size=256", "data.test_size=64",
-                   "model.width=8", "norm=none", "batch_size=16", "epochs=2", "workers=0", "progress=false",
-                   f"hydra.sweep.dir={sweep}"], tmp_path, timeout=400)  # fmt: skip
+    p = train_cli(
+        [
+            "-m",
+            "dist.nproc=1,2",
+            "data=synthetic",
+            "data.train_size=256",
+            "data.test_size=64",
+            "model.width=8",
+            "norm=none",
+            "batch_size=16",
+            "epochs=2",
+            "workers=0",
+            "progress=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        timeout=400,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     t = pd.read_csv(sweep / "tables" / "scaling.csv")
-    assert list(t.columns[:11]) == ["world_size", "batch_size", "global_batch", "scaling", "avg_epoch_time_s",
-                                    "speedup", "efficiency", "compute_time_s", "comm_time_s", "comm_estimate_s",
-                                    "bandwidth_gb_s"]  # fmt: skip
+    assert list(t.columns[:11]) == [
+        "world_size",
+        "batch_size",
+        "global_batch",
+        "scaling",
+        "avg_epoch_time_s",
+        "speedup",
+        "efficiency",
+        "compute_time_s",
+        "comm_time_s",
+        "comm_estimate_s",
+        "bandwidth_gb_s",
+    ]
     two = t[(t["world_size"] == 2) & (t["scaling"] == "weak")].iloc[0]
     one = t[t["world_size"] == 1].iloc[0]
     assert one["speedup"] == 1.0 and two["comm_time_s"] > 0 and two["bandwidth_gb_s"] > 0
@@ -314,8 +380,10 @@ def test_divergence_with_ranks_is_diverged_like_one_process(tmp_path):
 
 
 def test_profiles_with_ranks_are_written_per_rank(tmp_path):
-    run(compose([*SMALL, "epochs=1", "batch_size=16", "dist.nproc=2", "profile=true", "profiler.active=2"]),
-        tmp_path / "r")  # fmt: skip
+    run(
+        compose([*SMALL, "epochs=1", "batch_size=16", "dist.nproc=2", "profile=true", "profiler.active=2"]),
+        tmp_path / "r",
+    )
     for r in (0, 1):
         assert (tmp_path / "r" / "profile" / f"rank{r}" / "trace.json").stat().st_size > 0
         assert rows(tmp_path / "r" / "profile" / f"rank{r}" / "ops.csv")
@@ -335,7 +403,9 @@ def test_the_stop_check_is_a_cpu_collective(monkeypatch):
     monkeypatch.setattr(R.dist, "init_process_group", lambda *a, **k: None)
     monkeypatch.setattr(R.dist, "new_group", lambda backend: made.append(backend) or backend)
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
-    R.init_group(compose(SMALL), torch.device("cuda", 0), R.Ranks(0, 2, 0, 2))  # auto -> nccl on CUDA: a gloo side group
+    R.init_group(
+        compose(SMALL), torch.device("cuda", 0), R.Ranks(0, 2, 0, 2)
+    )  # auto -> nccl on CUDA: a gloo side group
     assert made == ["gloo"] and R._CPU_GROUP == "gloo"
     R.init_group(compose(SMALL), torch.device("cpu"), R.Ranks(0, 2, 0, 2))  # gloo already: none
     assert made == ["gloo"] and R._CPU_GROUP is None

@@ -35,9 +35,24 @@ def test_a_figure_added_through_the_catalogue_alone_reaches_every_output(tmp_pat
     monkeypatch.setenv("TRAINBENCH_FIGURES", "tb_dummy_figure")
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}")
     sweep = tmp_path / "sweep"
-    p = train_cli(["-m", "dist.nproc=2", "dist.threads=1", "data=synthetic", "data.train_size=128",
-                   "data.test_size=32", "batch_size=32", "model.width=8", "workers=0", "epochs=1", "progress=false",
-                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path, check=True)  # fmt: skip
+    p = train_cli(
+        [
+            "-m",
+            "dist.nproc=2",
+            "dist.threads=1",
+            "data=synthetic",
+            "data.train_size=128",
+            "data.test_size=32",
+            "batch_size=32",
+            "model.width=8",
+            "workers=0",
+            "epochs=1",
+            "progress=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
     run = sweep / "0"
     batches = _csv(run / "batches.csv")
     assert {r["rank"] for r in batches} == {"0", "1"}
@@ -68,15 +83,19 @@ def test_every_figure_is_well_formed():
 
 batches_st = st.lists(
     st.tuples(st.integers(1, 256), st.floats(0, 20), st.floats(0, 1), st.floats(0, 5), st.floats(0, 5)),
-    min_size=1, max_size=30,
-)  # fmt: skip
+    min_size=1,
+    max_size=30,
+)
 
 
 def _epoch(batches: list[tuple], epoch_time: float) -> F.EpochStats:
     stats = F.EpochStats(0)
     for i, (size, loss, acc, data, compute) in enumerate(batches):
-        stats.add(F.batch_record(epoch=0, batch=i, step=i, size=size, loss=loss, acc=acc, data_time_s=data,
-                                 compute_time_s=compute))  # fmt: skip
+        stats.add(
+            F.batch_record(
+                epoch=0, batch=i, step=i, size=size, loss=loss, acc=acc, data_time_s=data, compute_time_s=compute
+            )
+        )
     stats.epoch_time_s = epoch_time
     return stats
 
@@ -114,8 +133,19 @@ def test_the_rank_tally_keeps_its_invariants(ranks):
 
 
 def test_the_log_line_is_the_catalogues():
-    row = {"epoch": 0, "train_loss": 2.5, "train_acc": 0.1738, "test_loss": 71.7311, "test_acc": 0.1016,
-           "data_time_s": 0.11, "compute_time_s": 12.5, "other_time_s": 0.01, "epoch_time_s": 12.62,
-           "samples_per_s": 41.0}  # fmt: skip
-    assert F.log_line(row, 2) == ("epoch 1/2 | train loss 2.5000 acc 0.1738 | test loss 71.7311 acc 0.1016 | data "
-                                  "0.11s compute 12.50s other 0.01s epoch 12.62s | 41 img/s")  # fmt: skip
+    row = {
+        "epoch": 0,
+        "train_loss": 2.5,
+        "train_acc": 0.1738,
+        "test_loss": 71.7311,
+        "test_acc": 0.1016,
+        "data_time_s": 0.11,
+        "compute_time_s": 12.5,
+        "other_time_s": 0.01,
+        "epoch_time_s": 12.62,
+        "samples_per_s": 41.0,
+    }
+    assert F.log_line(row, 2) == (
+        "epoch 1/2 | train loss 2.5000 acc 0.1738 | test loss 71.7311 acc 0.1016 | data "
+        "0.11s compute 12.50s other 0.01s epoch 12.62s | 41 img/s"
+    )

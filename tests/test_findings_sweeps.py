@@ -52,9 +52,20 @@ def test_two_key_sweep_compares_at_matched_settings(tmp_path):
 
 
 def _scaling_run(d: Path, nproc: int, epoch_s: float, compute_s: float, threads: int, others: float = 0.0) -> None:
-    eps = [{**epoch(k, 0.1, compute_s, epoch_s - compute_s - 0.1), "world_size": nproc, "batches": 8 // nproc,
-            "comm_time_s": 0.01 * (nproc - 1), "comm_exposed_s": 0.0, "comm_bytes": 1000 * (nproc > 1),
-            "cpu_util": 0.9, "others_cpu": others, "load_avg": 1.0} for k in range(4)]  # fmt: skip
+    eps = [
+        {
+            **epoch(k, 0.1, compute_s, epoch_s - compute_s - 0.1),
+            "world_size": nproc,
+            "batches": 8 // nproc,
+            "comm_time_s": 0.01 * (nproc - 1),
+            "comm_exposed_s": 0.0,
+            "comm_bytes": 1000 * (nproc > 1),
+            "cpu_util": 0.9,
+            "others_cpu": others,
+            "load_avg": 1.0,
+        }
+        for k in range(4)
+    ]
     crafted(d, {"dist": {"nproc": nproc}, "batch_size": 16}, eps)
     info = json.loads((d / "run.json").read_text())
     info.update(world_size=nproc, environment={**info["environment"], "torch_threads": threads})
@@ -88,8 +99,17 @@ def test_quiet_scaling_sweep_is_not_flagged(tmp_path):
 def test_phase_a_setting_cannot_change_is_a_disturbed_measurement(tmp_path):
     """optimizer=sgd's forward 6.6x adam's, beyond the noise: flagged, not reported as an optimizer effect."""
     for i, (opt, fwd) in enumerate([("sgd", 2.0), ("adam", 0.3)]):
-        eps = [{**epoch(k, 0.1, fwd + 1.0 + 0.01 * (k % 2)), "copy_time_s": 0.01, "forward_time_s": fwd + 0.01 * (k % 2),
-                "backward_time_s": 0.7, "optimizer_time_s": 0.29, "timing_mode": "sync"} for k in range(4)]  # fmt: skip
+        eps = [
+            {
+                **epoch(k, 0.1, fwd + 1.0 + 0.01 * (k % 2)),
+                "copy_time_s": 0.01,
+                "forward_time_s": fwd + 0.01 * (k % 2),
+                "backward_time_s": 0.7,
+                "optimizer_time_s": 0.29,
+                "timing_mode": "sync",
+            }
+            for k in range(4)
+        ]
         crafted(tmp_path / str(i), {"optimizer": {"name": opt}}, eps)
     summarize(tmp_path, inspect_models=False)
     (c,) = [x for x in _findings(tmp_path) if x["part"] == "compute"]
@@ -111,11 +131,17 @@ def test_c3_next_command_keeps_the_sweeps_own_overrides(tmp_path):
 def _burner() -> int:
     """Two processes spinning on the CPU, outside this process's tree (a shell starts them in a session of their own
     and exits, so they are nobody's descendants here, as another user's job would be); returns their group id."""
-    burn = ("import multiprocessing as m, time; m.set_start_method('fork'); "
-            "ps = [m.Process(target=lambda: [0 for _ in iter(int, 1)]) for _ in range(2)]; "
-            "[p.start() for p in ps]; time.sleep(600)")  # fmt: skip
-    out = subprocess.run(["sh", "-c", f'setsid {sys.executable} -c "{burn}" >/dev/null 2>&1 & echo $!'],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    burn = (
+        "import multiprocessing as m, time; m.set_start_method('fork'); "
+        "ps = [m.Process(target=lambda: [0 for _ in iter(int, 1)]) for _ in range(2)]; "
+        "[p.start() for p in ps]; time.sleep(600)"
+    )
+    out = subprocess.run(
+        ["sh", "-c", f'setsid {sys.executable} -c "{burn}" >/dev/null 2>&1 & echo $!'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return int(out.strip())
 
 
@@ -153,14 +179,29 @@ def test_a_run_next_to_a_burner_is_busy_and_a_quiet_one_is_not(tmp_path):
 def test_real_scaling_sweep_with_a_burner_is_flagged_busy(tmp_path):
     """python train.py -m dist.nproc=1,2 ... with a process burning both cores during the 1-rank job: summary.csv
     marks it busy and the scaling finding crowns nothing; the same sweep on the quiet machine is not flagged."""
-    args = ["-m", "dist.nproc=1,2", "data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=8",
-            "batch_size=16", "epochs=1", "workers=0", "progress=false"]  # fmt: skip
+    args = [
+        "-m",
+        "dist.nproc=1,2",
+        "data=synthetic",
+        "data.train_size=256",
+        "data.test_size=64",
+        "model.width=8",
+        "batch_size=16",
+        "epochs=1",
+        "workers=0",
+        "progress=false",
+    ]
     busy = tmp_path / "busy"
     burner = _burner()
     try:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).parents[1] / "train.py"), *args,
-                                 f"hydra.sweep.dir={busy}"], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parents[1] / "train.py"), *args, f"hydra.sweep.dir={busy}"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        )
         deadline = time.time() + 300
         while time.time() < deadline and not (busy / "1" / "run.json").exists() and proc.poll() is None:
             time.sleep(0.2)

@@ -21,8 +21,14 @@ CPU = torch.device("cpu")
 SLACK = 0.03  # scheduling noise allowed per figure (seconds)
 
 
-def _ctx(dev: SimDevice, fwd: float = 0.003, bwd: float = 0.006, opt: float = 0.001, copy: float = 0.0,
-         scaler: SimScaler | None = None) -> StepContext:  # fmt: skip
+def _ctx(
+    dev: SimDevice,
+    fwd: float = 0.003,
+    bwd: float = 0.006,
+    opt: float = 0.001,
+    copy: float = 0.0,
+    scaler: SimScaler | None = None,
+) -> StepContext:
     class Ctx(StepContext):
         def to_device(self, x, y):
             if copy:

@@ -101,8 +101,11 @@ def _summary_rows(model) -> list[str]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         summary(model, (3, 32, 32), device="cpu")
-    return [line.split()[0] for line in buf.getvalue().splitlines() if line.strip() and line.split()[0][-1:].isdigit()
-            and "-" in line.split()[0]]  # fmt: skip
+    return [
+        line.split()[0]
+        for line in buf.getvalue().splitlines()
+        if line.strip() and line.split()[0][-1:].isdigit() and "-" in line.split()[0]
+    ]
 
 
 def test_third_party_summary_prints_the_labs_table():
@@ -116,8 +119,14 @@ def test_third_party_summary_prints_the_labs_table():
 def test_inspect_layer_table_lists_real_layers_only():
     from trainbench.questions import model_facts
 
-    f = model_facts({"norm": {"name": "batchnorm"}, "optimizer": {"name": "sgd", "_target_": "torch.optim.SGD",
-                     "lr": 0.1}, "model": {"width": 8}}, layers=True)  # fmt: skip
+    f = model_facts(
+        {
+            "norm": {"name": "batchnorm"},
+            "optimizer": {"name": "sgd", "_target_": "torch.optim.SGD", "lr": 0.1},
+            "model": {"width": 8},
+        },
+        layers=True,
+    )
     types = [r["type"] for r in f["layers"]]
     assert types.count("Conv2d") == 20 and types.count("BatchNorm2d") == 20 and types[-1] == "Linear"
     assert len(types) == 41 and "Sequential" not in types

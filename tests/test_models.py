@@ -67,8 +67,15 @@ def _cli(args: list[str], cwd: Path, module: str = "train.py") -> subprocess.Com
 def test_custom_model_trains_one_epoch_and_inspect_answers_for_it(tinynet, monkeypatch, capsys):
     """The user's module in the working directory: train.py (a subprocess, with 2 ranks: the spawned ranks import
     it too) trains it for one epoch; inspect answers Q1-Q4 for it."""
-    args = ["model=custom", "model._target_=tinynet.Net", "+model.hidden=6", *ANY, "dist.nproc=2", "dist.threads=1",
-            "hydra.run.dir=run"]  # fmt: skip
+    args = [
+        "model=custom",
+        "model._target_=tinynet.Net",
+        "+model.hidden=6",
+        *ANY,
+        "dist.nproc=2",
+        "dist.threads=1",
+        "hydra.run.dir=run",
+    ]
     p = train_cli(args, tinynet, check=True)
     info = json.loads((tinynet / "run" / "run.json").read_text())
     assert info["status"] == "complete" and info["world_size"] == 2
@@ -88,8 +95,9 @@ def test_custom_model_trains_one_epoch_and_inspect_answers_for_it(tinynet, monke
 
 
 def test_torchvision_resnet50_trains_a_step():
-    cfg = compose(["model=torchvision", "model.name=resnet50", *ANY, "data.train_size=8", "data.test_size=8",
-                   "batch_size=8"])  # fmt: skip
+    cfg = compose(
+        ["model=torchvision", "model.name=resnet50", *ANY, "data.train_size=8", "data.test_size=8", "batch_size=8"]
+    )
     import tempfile
 
     from trainbench.questions import model_facts
@@ -107,8 +115,14 @@ def test_torchvision_resnet50_trains_a_step():
 
 def test_sweep_over_models_is_a_comparison_with_findings(tmp_path):
     sweep = tmp_path / "s"
-    args = ["-m", "model=torchvision", "model.name=mobilenet_v3_small,shufflenet_v2_x0_5", "seed=0,1", *ANY,
-            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    args = [
+        "-m",
+        "model=torchvision",
+        "model.name=mobilenet_v3_small,shufflenet_v2_x0_5",
+        "seed=0,1",
+        *ANY,
+        f"hydra.sweep.dir={sweep}",
+    ]
     train_cli(args, tmp_path, check=True, timeout=400)
     s = pd.read_csv(sweep / "summary.csv")
     assert list(s["model"]) == ["torchvision/mobilenet_v3_small"] * 2 + ["torchvision/shufflenet_v2_x0_5"] * 2
@@ -132,12 +146,18 @@ def test_lab_default_keeps_its_fingerprint_and_facts():
 
 @pytest.mark.parametrize(
     "overrides,key,text",
-    [(["model.name=resnet50"], "model.name", "model=torchvision model.name=resnet50"),
-     (["+model.name=resnet50"], "model.name", "the keys of model=resnet18: width, num_classes"),
-     (["-m", "model=resnet18,torchvision", "model.name=resnet50"], "model.name", "this sweep also runs model=resnet18"),
-     (["model=torchvision", "model.width=8"], "model.width", "the keys of model=torchvision"),
-     (["model=custom", "model._target_=x.Y", "model.hidden=3"], "model.hidden", "write +model.hidden=3")],
-)  # fmt: skip
+    [
+        (["model.name=resnet50"], "model.name", "model=torchvision model.name=resnet50"),
+        (["+model.name=resnet50"], "model.name", "the keys of model=resnet18: width, num_classes"),
+        (
+            ["-m", "model=resnet18,torchvision", "model.name=resnet50"],
+            "model.name",
+            "this sweep also runs model=resnet18",
+        ),
+        (["model=torchvision", "model.width=8"], "model.width", "the keys of model=torchvision"),
+        (["model=custom", "model._target_=x.Y", "model.hidden=3"], "model.hidden", "write +model.hidden=3"),
+    ],
+)
 def test_unknown_model_keys_are_refused_before_hydra(overrides, key, text):
     with pytest.raises(ConfigError) as e:
         check_command_line([o for o in overrides if not o.startswith("-")], ROOT / "conf")
@@ -228,8 +248,17 @@ def test_twelve_class_imagefolder_reports_the_model_that_trained(tmp_path, caplo
 
     _imagefolder(tmp_path / "data", 12, 3)
     caplog.set_level(logging.INFO, logger="trainbench")
-    cfg = compose(["data=imagefolder", f"data.root={tmp_path / 'data'}", "model.width=8", "workers=0", "epochs=1",
-                   "batch_size=16", "progress=false"])  # fmt: skip
+    cfg = compose(
+        [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'data'}",
+            "model.width=8",
+            "workers=0",
+            "epochs=1",
+            "batch_size=16",
+            "progress=false",
+        ]
+    )
     info = run(cfg, tmp_path / "run")
     assert info["config"]["model"]["num_classes"] == 12
     log = caplog.text
@@ -259,8 +288,15 @@ def test_model_choice_is_one_setting_in_the_report():
     from trainbench.report.runs import Run, varying_keys
 
     lab = {"model": {"width": 64, "num_classes": 10}, "seed": 0}
-    tv = {"model": {"_target_": "trainbench.models.torchvision_model", "name": "resnet18", "weights": None,
-                    "num_classes": 10}, "seed": 0}  # fmt: skip
+    tv = {
+        "model": {
+            "_target_": "trainbench.models.torchvision_model",
+            "name": "resnet18",
+            "weights": None,
+            "num_classes": 10,
+        },
+        "seed": 0,
+    }
     runs = [Run(Path(str(i)), str(i), "complete", None, {"config": c}, pd.DataFrame()) for i, c in enumerate([lab, tv])]
     assert varying_keys(runs) == ["model"]
     assert [r.settings["model"] for r in runs] == ["resnet18", "torchvision/resnet18"]

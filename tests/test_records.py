@@ -140,8 +140,10 @@ def test_run_lock_replaces_a_stale_pid(tmp_path):
 
 
 def test_totals_read_empty_cells_as_nan():
-    rows = [{k: "1" for k in ("epoch_time_s", "data_time_s", "compute_time_s", "other_time_s", "samples")}
-            | {"train_loss": "2", "train_acc": "", "test_loss": "", "test_acc": "0.5"}] * 2  # fmt: skip
+    rows = [
+        {k: "1" for k in ("epoch_time_s", "data_time_s", "compute_time_s", "other_time_s", "samples")}
+        | {"train_loss": "2", "train_acc": "", "test_loss": "", "test_acc": "0.5"}
+    ] * 2
     t = totals(rows)
     assert t["total_epoch_time_s"] == 2 and t["avg_train_loss"] == 2 and math.isnan(t["avg_train_acc"])
     assert t["final_test_acc"] == 0.5 and t["samples_per_s"] == 1 and totals([]) == {"epochs": 0}
@@ -150,8 +152,19 @@ def test_totals_read_empty_cells_as_nan():
 def test_column_contracts():
     # SPEC.md's required columns, and the order epochs.csv and batches.csv have had since 0.1 (readers match by name)
     epochs, batches = epoch_columns(), batch_columns()
-    for c in ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "data_time_s", "compute_time_s",
-              "epoch_time_s", "other_time_s", "samples", "samples_per_s"]:  # fmt: skip
+    for c in [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "data_time_s",
+        "compute_time_s",
+        "epoch_time_s",
+        "other_time_s",
+        "samples",
+        "samples_per_s",
+    ]:
         assert c in epochs
     for c in ["epoch", "batch", "size", "loss", "acc", "data_time_s", "compute_time_s"]:
         assert c in batches
@@ -160,16 +173,63 @@ def test_column_contracts():
 
 
 EPOCHS_CSV_01 = [
-    "epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc", "data_time_s", "compute_time_s",
-    "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr", "copy_time_s", "forward_time_s",
-    "backward_time_s", "optimizer_time_s", "skipped_steps", "timing_mode", "achieved_tflops", "mfu", "profiled_steps",
-    "world_size", "comm_time_s", "comm_exposed_s", "comm_bytes", "epoch_time_mean_s", "data_time_max_s",
-    "compute_time_max_s", "comm_time_max_s", "cpu_util", "others_cpu", "load_avg", "clamped_s", "mfu_precision",
+    "epoch",
+    "batches",
+    "samples",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "data_time_s",
+    "compute_time_s",
+    "other_time_s",
+    "epoch_time_s",
+    "samples_per_s",
+    "eval_time_s",
+    "lr",
+    "copy_time_s",
+    "forward_time_s",
+    "backward_time_s",
+    "optimizer_time_s",
+    "skipped_steps",
+    "timing_mode",
+    "achieved_tflops",
+    "mfu",
+    "profiled_steps",
+    "world_size",
+    "comm_time_s",
+    "comm_exposed_s",
+    "comm_bytes",
+    "epoch_time_mean_s",
+    "data_time_max_s",
+    "compute_time_max_s",
+    "comm_time_max_s",
+    "cpu_util",
+    "others_cpu",
+    "load_avg",
+    "clamped_s",
+    "mfu_precision",
     "comm_busy_s",
-]  # fmt: skip
-BATCHES_CSV_01 = ["epoch", "batch", "step", "size", "loss", "acc", "data_time_s", "compute_time_s", "copy_time_s",
-                  "forward_time_s", "backward_time_s", "optimizer_time_s", "skipped", "profiled", "rank", "comm_time_s",
-                  "comm_exposed_s"]  # fmt: skip
+]
+BATCHES_CSV_01 = [
+    "epoch",
+    "batch",
+    "step",
+    "size",
+    "loss",
+    "acc",
+    "data_time_s",
+    "compute_time_s",
+    "copy_time_s",
+    "forward_time_s",
+    "backward_time_s",
+    "optimizer_time_s",
+    "skipped",
+    "profiled",
+    "rank",
+    "comm_time_s",
+    "comm_exposed_s",
+]
 
 
 def test_atomic_write_into_a_missing_dir_is_a_run_write_error(tmp_path):
@@ -231,8 +291,10 @@ def test_run_lock_held_without_a_pid_says_unknown(tmp_path):
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by someone who wrote no pid
         with pytest.raises(R.RunDirLocked) as e:
             R.RunLock(tmp_path).__enter__()
-    assert str(e.value) == (f"run dir {tmp_path} is in use by another live run (pid unknown); "
-                            "wait for it to end or choose another hydra.run.dir")  # fmt: skip
+    assert str(e.value) == (
+        f"run dir {tmp_path} is in use by another live run (pid unknown); "
+        "wait for it to end or choose another hydra.run.dir"
+    )
 
 
 def test_read_rows_matches_columns_by_header_name(tmp_path):

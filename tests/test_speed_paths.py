@@ -75,8 +75,9 @@ def test_crop_flip_equals_torchvision(flip):
 
 
 def test_device_loader_covers_the_split_once_per_epoch_and_test_is_plain():
-    data = ArrayDataset(np.arange(10 * 32 * 32 * 3, dtype=np.int64).reshape(10, 32, 32, 3).astype(np.uint8),
-                        np.arange(10), ["c"] * 10)  # fmt: skip
+    data = ArrayDataset(
+        np.arange(10 * 32 * 32 * 3, dtype=np.int64).reshape(10, 32, 32, 3).astype(np.uint8), np.arange(10), ["c"] * 10
+    )
     train = DeviceLoader(data, train=True, batch_size=4, device=torch.device("cpu"), std=STD["lab"], seed=0)
     labels = torch.cat([y for _, y in train])
     assert sorted(labels.tolist()) == list(range(10)) and len(train) == 3
@@ -135,8 +136,15 @@ def test_device_loader_works_for_imagefolder(tmp_path):
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
                     tmp_path / "img" / split / cls / f"{i}.png"
                 )
-    cfg = compose([*[a for a in TINY if not a.startswith("data")], "data=imagefolder", f"data.root={tmp_path / 'img'}",
-                   "loader=device", "batch_size=4"])  # fmt: skip
+    cfg = compose(
+        [
+            *[a for a in TINY if not a.startswith("data")],
+            "data=imagefolder",
+            f"data.root={tmp_path / 'img'}",
+            "loader=device",
+            "batch_size=4",
+        ]
+    )
     assert run(cfg, tmp_path / "r")["status"] == "complete"
     assert len(rows(tmp_path / "r" / "batches.csv")) == 4
 
@@ -152,12 +160,15 @@ class _Spy:
 
         def forward(m, x):
             if m.training:
-                self.calls.append({
-                    "autocast": torch.is_autocast_enabled("cpu"), "dtype": torch.get_autocast_dtype("cpu"),
-                    "x_channels_last": x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
-                    "w_channels_last": m.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-                    and not m.conv1.weight.is_contiguous(),
-                })  # fmt: skip
+                self.calls.append(
+                    {
+                        "autocast": torch.is_autocast_enabled("cpu"),
+                        "dtype": torch.get_autocast_dtype("cpu"),
+                        "x_channels_last": x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                        "w_channels_last": m.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+                        and not m.conv1.weight.is_contiguous(),
+                    }
+                )
             return real(m, x)
 
         monkeypatch.setattr(model_mod.ResNet18, "forward", forward)
@@ -390,8 +401,10 @@ def test_warm_up_restores_model_optimizer_scaler_and_rngs():
     for k, v in opt.state[next(iter(opt.state))].items():
         assert torch.equal(v, opt_before[k]), k
     assert torch.equal(torch.rand(3), expected_draw)  # the global RNG continues as if nothing ran
-    assert torch.equal(torch.randint(0, 100, (4,), generator=gen),
-                       torch.randint(0, 100, (4,), generator=torch.Generator().manual_seed(5)))  # fmt: skip
+    assert torch.equal(
+        torch.randint(0, 100, (4,), generator=gen),
+        torch.randint(0, 100, (4,), generator=torch.Generator().manual_seed(5)),
+    )
     assert model.training and all(p.grad is None for p in model.parameters())
 
 
@@ -404,8 +417,10 @@ def test_runs_record_their_warm_up(tmp_path):
 def test_compile_with_short_last_batch_compiles_outside_the_epochs(tmp_path):
     """compile=true with a short last batch: every shape is compiled in the warm-up, so epoch 0's compute is
     within 3x of epoch 1's (before, a recompilation inside epoch 0 made it 450x)."""
-    info = run(compose([*TINY, "data.train_size=80", "batch_size=32", "model.width=8", "epochs=2", "compile=true"]),
-               tmp_path / "r")  # fmt: skip
+    info = run(
+        compose([*TINY, "data.train_size=80", "batch_size=32", "model.width=8", "epochs=2", "compile=true"]),
+        tmp_path / "r",
+    )
     r = rows(tmp_path / "r" / "epochs.csv")
     c0, c1 = float(r[0]["compute_time_s"]), float(r[1]["compute_time_s"])
     assert c0 < 3 * c1, (c0, c1, info["compile_time_s"])
@@ -430,8 +445,22 @@ def test_resume_carries_an_older_versions_rows_into_the_new_columns(tmp_path):
     new cells empty) under one header, and the new epoch has them filled."""
     d = tmp_path / "r"
     run(compose([*TINY, "epochs=1", "checkpoint.keep_on_complete=true"]), d)
-    old_cols = ["epoch", "batches", "samples", "train_loss", "train_acc", "test_loss", "test_acc", "data_time_s",
-                "compute_time_s", "other_time_s", "epoch_time_s", "samples_per_s", "eval_time_s", "lr"]  # fmt: skip
+    old_cols = [
+        "epoch",
+        "batches",
+        "samples",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "data_time_s",
+        "compute_time_s",
+        "other_time_s",
+        "epoch_time_s",
+        "samples_per_s",
+        "eval_time_s",
+        "lr",
+    ]
     (r0,) = rows(d / "epochs.csv")
     with open(d / "epochs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, old_cols, extrasaction="ignore")

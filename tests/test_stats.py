@@ -45,24 +45,50 @@ def test_welch_matches_scipy_on_one_cell():
 
 
 def test_winner_only_beyond_the_noise_and_never_without_noise():
-    clear = F.compare("c6", "optimizer", "avg_epoch_time_s",
-                      [F.Estimate.of("sgd", [10.0, 10.1, 9.9]), F.Estimate.of("adam", [12.0, 12.1, 11.9])], True,
-                      "fastest optimizer", ".3g")  # fmt: skip
+    clear = F.compare(
+        "c6",
+        "optimizer",
+        "avg_epoch_time_s",
+        [F.Estimate.of("sgd", [10.0, 10.1, 9.9]), F.Estimate.of("adam", [12.0, 12.1, 11.9])],
+        True,
+        "fastest optimizer",
+        ".3g",
+    )
     assert clear.winner == "sgd" and clear.significant and "**sgd**" in clear.text
     assert (clear.noise, clear.n) == ("seeds", 3)
-    close = F.compare("c6", "optimizer", "avg_epoch_time_s",
-                      [F.Estimate.of("sgd", [10.0, 11.0]), F.Estimate.of("adam", [10.5, 11.4])], True,
-                      "fastest optimizer", ".3g")  # fmt: skip
+    close = F.compare(
+        "c6",
+        "optimizer",
+        "avg_epoch_time_s",
+        [F.Estimate.of("sgd", [10.0, 11.0]), F.Estimate.of("adam", [10.5, 11.4])],
+        True,
+        "fastest optimizer",
+        ".3g",
+    )
     assert close.winner is None and not close.significant and "indistinguishable" in close.text
-    lone = F.compare("c6", "optimizer", "avg_epoch_time_s", [F.Estimate.of("sgd", [1.0]), F.Estimate.of("adam", [9.0])],
-                     True, "fastest optimizer", ".3g")  # fmt: skip
+    lone = F.compare(
+        "c6",
+        "optimizer",
+        "avg_epoch_time_s",
+        [F.Estimate.of("sgd", [1.0]), F.Estimate.of("adam", [9.0])],
+        True,
+        "fastest optimizer",
+        ".3g",
+    )
     assert lone.winner == "sgd" and not lone.significant and lone.noise == "none"
     assert "seed=0,1,2" in lone.text  # says what to run for a verdict
 
 
 def test_higher_is_better_for_accuracy_and_chance_names_no_winner():
-    f = F.compare("c7", "norm", "avg_train_acc", [F.Estimate.of("none", [0.40, 0.41]),
-                  F.Estimate.of("batchnorm", [0.60, 0.61])], False, "most accurate", ".3f")  # fmt: skip
+    f = F.compare(
+        "c7",
+        "norm",
+        "avg_train_acc",
+        [F.Estimate.of("none", [0.40, 0.41]), F.Estimate.of("batchnorm", [0.60, 0.61])],
+        False,
+        "most accurate",
+        ".3f",
+    )
     assert f.winner == "batchnorm" and f.significant
     ests = [F.Estimate.of(s, [v, v + 0.001]) for s, v in (("sgd", 0.12), ("adam", 0.10))]
     g = F.accuracy_finding("c6", "optimizer", ests, classes=10)
@@ -70,8 +96,16 @@ def test_higher_is_better_for_accuracy_and_chance_names_no_winner():
 
 
 def test_single_setting_names_no_winner_and_the_missing_rows():
-    f = F.compare("c5", "device", "avg_epoch_time_s", [F.Estimate.of("cpu", [30.0, 31.0])], True, "fastest device",
-                  ".3g", missing=["device=cuda (failed: no CUDA)"])  # fmt: skip
+    f = F.compare(
+        "c5",
+        "device",
+        "avg_epoch_time_s",
+        [F.Estimate.of("cpu", [30.0, 31.0])],
+        True,
+        "fastest device",
+        ".3g",
+        missing=["device=cuda (failed: no CUDA)"],
+    )
     assert f.winner is None and not f.significant
     assert "Only one device completed (device=cpu)" in f.text and "missing: device=cuda (failed: no CUDA)" in f.text
 
@@ -82,8 +116,9 @@ def test_matched_cells_keep_another_keys_effect_out_of_the_noise():
     rng = random.Random(0)
     groups = []
     for opt, extra in (("sgd", 0.0), ("adam", 0.5)):
-        runs = [_run(0.0, [5 + 10 * (w == 2) + extra + rng.gauss(0, 0.02) for _ in range(4)], workers=w)
-                for w in (0, 2)]  # fmt: skip
+        runs = [
+            _run(0.0, [5 + 10 * (w == 2) + extra + rng.gauss(0, 0.02) for _ in range(4)], workers=w) for w in (0, 2)
+        ]
         groups.append((opt, runs))
     ests = F.estimates(groups, "avg_epoch_time_s", match=["workers"])
     t = F.welch(ests[1], ests[0])
@@ -109,6 +144,13 @@ def test_finding_as_json_dict_carries_noise_and_n():
     import numpy as np
 
     d = F.Finding("c3", "total_data_time_s", np.int64(4), True, "t", "seeds", 3).as_dict()
-    assert d == {"part": "c3", "metric": "total_data_time_s", "winner": 4, "significant": True, "text": "t",
-                 "noise": "seeds", "n": 3}  # fmt: skip
+    assert d == {
+        "part": "c3",
+        "metric": "total_data_time_s",
+        "winner": 4,
+        "significant": True,
+        "text": "t",
+        "noise": "seeds",
+        "n": 3,
+    }
     assert type(d["winner"]) is int

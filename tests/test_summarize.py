@@ -40,10 +40,21 @@ def write_epochs(d: Path, epochs: list[dict]) -> None:
 
 def write_run(d: Path, status: str, settings: dict, epochs: list[dict], truncate: bool = False, seed: int = 0) -> None:
     d.mkdir(parents=True)
-    config = {"workers": settings.get("workers", 2), "seed": seed, "optimizer": {"name": "sgd", "lr": 0.1},
-              "norm": {"name": "batchnorm"}, "model": {"width": 8}, "data": {"root": str(d)}}  # fmt: skip
-    info = {"status": status, "config": config, "environment": {"device_name": "CPU: test", "hostname": "h"},
-            "started_at": f"2026-01-01T00:00:0{len(list(d.parent.iterdir()))}", "error": None if status == "complete" else "boom"}  # fmt: skip
+    config = {
+        "workers": settings.get("workers", 2),
+        "seed": seed,
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "norm": {"name": "batchnorm"},
+        "model": {"width": 8},
+        "data": {"root": str(d)},
+    }
+    info = {
+        "status": status,
+        "config": config,
+        "environment": {"device_name": "CPU: test", "hostname": "h"},
+        "started_at": f"2026-01-01T00:00:0{len(list(d.parent.iterdir()))}",
+        "error": None if status == "complete" else "boom",
+    }
     info["finished_at"] = info["started_at"][:-1] + str(int(info["started_at"][-1]))
     (d / "run.json").write_text(json.dumps(info))
     write_epochs(d, epochs)
@@ -53,16 +64,31 @@ def write_run(d: Path, status: str, settings: dict, epochs: list[dict], truncate
 
 
 def epoch(i: int, data: float, compute: float, other: float = 0.1, acc: float = 0.5) -> dict:
-    return {"epoch": i, "batches": 4, "samples": 512, "train_loss": 1.0 + i, "train_acc": acc, "test_loss": 1.0,
-            "test_acc": acc, "data_time_s": data, "compute_time_s": compute, "other_time_s": other,
-            "epoch_time_s": data + compute + other}  # fmt: skip
+    return {
+        "epoch": i,
+        "batches": 4,
+        "samples": 512,
+        "train_loss": 1.0 + i,
+        "train_acc": acc,
+        "test_loss": 1.0,
+        "test_acc": acc,
+        "data_time_s": data,
+        "compute_time_s": compute,
+        "other_time_s": other,
+        "epoch_time_s": data + compute + other,
+    }
 
 
 def test_summarizer_on_crafted_runs(tmp_path):
     for w, data in [(0, 8.0), (1, 5.0), (4, 1.0), (8, 2.0)]:
         for seed in (0, 1):
-            write_run(tmp_path / f"w{w}_s{seed}", "complete", {"workers": w},
-                      [epoch(0, data + seed, 3.0), epoch(1, data + seed, 3.0)], seed=seed)  # fmt: skip
+            write_run(
+                tmp_path / f"w{w}_s{seed}",
+                "complete",
+                {"workers": w},
+                [epoch(0, data + seed, 3.0), epoch(1, data + seed, 3.0)],
+                seed=seed,
+            )
     write_run(tmp_path / "failed", "failed", {"workers": 12}, [epoch(0, 0.01, 1.0)])
     write_run(tmp_path / "running", "running", {"workers": 16}, [epoch(0, 0.01, 1.0)], truncate=True)
     (tmp_path / "diverged").mkdir()
@@ -134,8 +160,12 @@ def test_inspect_cli(tmp_path):
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "trainbench.inspect", "optimizer=adam", "--json", str(tmp_path / "i.json")],
-                       capture_output=True, text=True, check=True)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "trainbench.inspect", "optimizer=adam", "--json", str(tmp_path / "i.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "17 without the 1x1 shortcut convs, 20 with them" in p.stdout and "exp_avg_sq" in p.stdout
     assert json.loads((tmp_path / "i.json").read_text())["optimizer"] == "adam"
 
@@ -214,12 +244,24 @@ def crafted(
 ) -> None:
     """A run dir with an explicit config and start/finish times."""
     d.mkdir(parents=True)
-    base = {"workers": 2, "seed": 0, "optimizer": {"name": "sgd"}, "norm": {"name": "batchnorm"},
-            "device": {"name": "cpu"}, "model": {"width": 8}}  # fmt: skip
+    base = {
+        "workers": 2,
+        "seed": 0,
+        "optimizer": {"name": "sgd"},
+        "norm": {"name": "batchnorm"},
+        "device": {"name": "cpu"},
+        "model": {"width": 8},
+    }
     for k, v in config.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
-    info = {"status": status, "config": base, "environment": {"hostname": host, "device_name": "CPU: test"},
-            "started_at": start, "finished_at": end or start, "error": None}  # fmt: skip
+    info = {
+        "status": status,
+        "config": base,
+        "environment": {"hostname": host, "device_name": "CPU: test"},
+        "started_at": start,
+        "finished_at": end or start,
+        "error": None,
+    }
     (d / "run.json").write_text(json.dumps(info))
     write_epochs(d, epochs)
 
@@ -227,8 +269,13 @@ def crafted(
 def test_c3_best_is_the_first_stop_not_the_lowest(tmp_path):
     # lab's rule: 0 -> 4 decreases, 4 -> 8 does not: best 4; the lowest data time is at 12
     for i, (w, data) in enumerate([(0, 8.0), (4, 2.0), (8, 3.0), (12, 1.0)]):
-        crafted(tmp_path / str(i), {"workers": w}, [epoch(0, data, 3.0)], start=f"2026-01-01T00:0{i}:00",
-                end=f"2026-01-01T00:0{i}:30")  # fmt: skip
+        crafted(
+            tmp_path / str(i),
+            {"workers": w},
+            [epoch(0, data, 3.0)],
+            start=f"2026-01-01T00:0{i}:00",
+            end=f"2026-01-01T00:0{i}:30",
+        )
     summarize(tmp_path, inspect_models=False)
     report = (tmp_path / "report.md").read_text()
     assert "stops decreasing after it) the best worker count is **4**" in report
@@ -299,8 +346,11 @@ def test_summarize_as_a_command(tmp_path):
     import sys
 
     crafted(tmp_path / "runs" / "0", {}, [epoch(0, 1.0, 2.0)])
-    p = subprocess.run([sys.executable, "-m", "trainbench.summarize", str(tmp_path / "runs"), "--no-inspect"],
-                       capture_output=True, text=True)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "trainbench.summarize", str(tmp_path / "runs"), "--no-inspect"],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert "# trainbench report" in p.stdout and (tmp_path / "runs" / "summary.csv").exists()
     (tmp_path / "empty").mkdir()
@@ -324,8 +374,22 @@ def test_parallel_launcher(tmp_path):
 def test_sweep_of_full_models_leaves_little_on_disk(tmp_path):
     """Three full ResNet-18 jobs (89 MB checkpoints each while they run) leave under 5 MB once complete."""
     sweep = tmp_path / "sweep"
-    train_cli(["-m", "seed=0,1,2", "data=synthetic", "data.train_size=64", "data.test_size=32", "epochs=1",
-               "workers=0", "progress=false", f"hydra.sweep.dir={sweep}"], tmp_path, check=True, timeout=600)  # fmt: skip
+    train_cli(
+        [
+            "-m",
+            "seed=0,1,2",
+            "data=synthetic",
+            "data.train_size=64",
+            "data.test_size=32",
+            "epochs=1",
+            "workers=0",
+            "progress=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        check=True,
+        timeout=600,
+    )
     size = sum(p.stat().st_size for p in sweep.rglob("*") if p.is_file())
     assert size < 5e6, size
     assert not list(sweep.rglob("checkpoint_*.pt"))
@@ -352,8 +416,21 @@ def test_sweep_rerun_with_other_settings_is_refused_and_reported(tmp_path):
 @pytest.mark.slow  # 12 s: the C3 findings are tested on fake sweeps and the golden report (make test-all runs it)
 def test_real_tiny_c3_sweep_writes_findings_with_noise(tmp_path):
     sweep = tmp_path / "sweep"
-    train_cli(["experiment=c3", "data=synthetic", "data.train_size=512", "data.test_size=128", "epochs=1",
-               "model.width=8", "workers=0,1,2", "progress=false", f"hydra.sweep.dir={sweep}"], tmp_path, check=True)  # fmt: skip
+    train_cli(
+        [
+            "experiment=c3",
+            "data=synthetic",
+            "data.train_size=512",
+            "data.test_size=128",
+            "epochs=1",
+            "model.width=8",
+            "workers=0,1,2",
+            "progress=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        check=True,
+    )
     f = {x["metric"]: x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "c3"}
     busy = pd.read_csv(sweep / "summary.csv")["busy"].any()  # the suite's other worker can make the machine busy
     lab = f["total_data_time_s"]
@@ -428,8 +505,11 @@ def test_timing_mode_warning_reads_each_epoch_row(tmp_path):
     # C5 with cpu/sync beside cuda/events, and a run resumed with another timing (its epochs mix both)
     c5 = tmp_path / "c5"
     crafted(c5 / "0", {"device": {"name": "cpu"}}, [{**epoch(0, 1, 30), "timing_mode": "sync"}])
-    crafted(c5 / "1", {"device": {"name": "cuda"}},
-            [{**epoch(0, 1, 2), "timing_mode": "sync"}, {**epoch(1, 1, 2), "timing_mode": "events"}])  # fmt: skip
+    crafted(
+        c5 / "1",
+        {"device": {"name": "cuda"}},
+        [{**epoch(0, 1, 2), "timing_mode": "sync"}, {**epoch(1, 1, 2), "timing_mode": "events"}],
+    )
     summarize(c5, inspect_models=False)
     report = (c5 / "report.md").read_text()
     assert "timed with different clocks (events: 1; sync: 0, 1)" in report
@@ -452,12 +532,22 @@ def test_compute_part_names_the_phase_that_changes_past_the_noise(tmp_path):
     # C6-like: adam's optimizer step is slower than sgd's; forward/backward the same within noise
     def ep(i, opt_s, jitter):
         e = epoch(i, 0.1, 1.0 + opt_s + jitter)
-        return {**e, "copy_time_s": 0.01, "forward_time_s": 0.3 + jitter, "backward_time_s": 0.69,
-                "optimizer_time_s": opt_s, "profiled_steps": 0, "timing_mode": "sync"}  # fmt: skip
+        return {
+            **e,
+            "copy_time_s": 0.01,
+            "forward_time_s": 0.3 + jitter,
+            "backward_time_s": 0.69,
+            "optimizer_time_s": opt_s,
+            "profiled_steps": 0,
+            "timing_mode": "sync",
+        }
 
     for i, (opt, opt_s) in enumerate([("sgd", 0.05), ("adam", 0.25)]):
-        crafted(tmp_path / str(i), {"optimizer": {"name": opt}},
-                [ep(k, opt_s + 0.001 * k, 0.01 * (k % 2)) for k in range(4)])  # fmt: skip
+        crafted(
+            tmp_path / str(i),
+            {"optimizer": {"name": opt}},
+            [ep(k, opt_s + 0.001 * k, 0.01 * (k % 2)) for k in range(4)],
+        )
     summarize(tmp_path, inspect_models=False)
     (f,) = [x for x in json.loads((tmp_path / "findings.json").read_text()) if x["part"] == "compute"]
     assert f["metric"] == "avg_optimizer_time_s" and f["winner"] == "sgd" and f["significant"] is True

@@ -125,8 +125,9 @@ def test_slow_model_lands_in_compute_time_only():
 def test_slow_bookkeeping_lands_in_other_time_only():
     # Would catch: an epoch clock that is data + compute (other would be 0), or bookkeeping inside a clock.
     n, bs = 40, 8
-    stats, recs, wall = _train(SlowModel(0.0), DataLoader(SleepyData(n, 0.0), batch_size=bs),
-                               on_batch=lambda r, s: time.sleep(3 * D))  # fmt: skip
+    stats, recs, wall = _train(
+        SlowModel(0.0), DataLoader(SleepyData(n, 0.0), batch_size=bs), on_batch=lambda r, s: time.sleep(3 * D)
+    )
     nb = n // bs
     assert around(tally([stats])["other_time_s"], nb * 3 * D)  # the catalogue derives other from the three clocks
     assert stats.data_time_s + stats.compute_time_s < SLACK
@@ -161,8 +162,9 @@ def test_stop_request_lands_at_the_next_batch_boundary():
     loader = DataLoader(SleepyData(80, 0.0), batch_size=8)
     recs = []
     with pytest.raises(Interrupted, match="after batch 2"):
-        train_epoch(_ctx(SlowModel(0.0)), loader, 0, on_batch=lambda r, s: recs.append(r),
-                    stop_requested=lambda: len(recs) >= 3)  # fmt: skip
+        train_epoch(
+            _ctx(SlowModel(0.0)), loader, 0, on_batch=lambda r, s: recs.append(r), stop_requested=lambda: len(recs) >= 3
+        )
     assert [r.batch for r in recs] == [0, 1, 2]
 
 
@@ -276,8 +278,13 @@ def test_event_clock_bookkeeping_with_fake_events():
     clock = EventClock(torch.device("cpu"), make_event=gpu.event, sync=gpu.sync)
     seen_during = []
     recs = []
-    stats = train_epoch(_ctx(_GpuTimedModel(gpu), warm=False), _GpuAugLoader(gpu), 0, clock=clock,
-                        on_batch=lambda r, s: (recs.append(r), seen_during.append(gpu.syncs)))  # fmt: skip
+    stats = train_epoch(
+        _ctx(_GpuTimedModel(gpu), warm=False),
+        _GpuAugLoader(gpu),
+        0,
+        clock=clock,
+        on_batch=lambda r, s: (recs.append(r), seen_during.append(gpu.syncs)),
+    )
     assert gpu.syncs == 1 and seen_during == [1, 1, 1, 1]  # one sync, and rows only after it
     for r in recs:
         assert r.compute_time_s == pytest.approx(0.5)
@@ -299,8 +306,13 @@ def test_event_clock_finds_divergence_at_the_end_with_its_batch():
 
     recs = []
     with pytest.raises(Diverged) as e:
-        train_epoch(_ctx(_GpuTimedModel(gpu), warm=False, loss_fn=loss_fn), _GpuAugLoader(gpu), 0, clock=clock,
-                    on_batch=lambda r, s: recs.append(r))  # fmt: skip
+        train_epoch(
+            _ctx(_GpuTimedModel(gpu), warm=False, loss_fn=loss_fn),
+            _GpuAugLoader(gpu),
+            0,
+            clock=clock,
+            on_batch=lambda r, s: recs.append(r),
+        )
     assert e.value.batch == 2 and len(recs) == 2 and gpu.syncs == 1
 
 
@@ -311,8 +323,14 @@ def test_event_clock_stop_request_drains_then_stops():
     clock = EventClock(torch.device("cpu"), make_event=gpu.event, sync=gpu.sync)
     recs = []
     with pytest.raises(Interrupted, match="after batch 1"):
-        train_epoch(_ctx(_GpuTimedModel(gpu), warm=False), _GpuAugLoader(gpu), 0, clock=clock,
-                    on_batch=lambda r, s: recs.append(r), stop_requested=lambda: gpu.now > 1.0)  # fmt: skip
+        train_epoch(
+            _ctx(_GpuTimedModel(gpu), warm=False),
+            _GpuAugLoader(gpu),
+            0,
+            clock=clock,
+            on_batch=lambda r, s: recs.append(r),
+            stop_requested=lambda: gpu.now > 1.0,
+        )
     assert [r.batch for r in recs] == [0, 1]  # the steps already queued are recorded, then it stops
 
 
@@ -353,8 +371,13 @@ def test_each_phase_gets_its_own_injected_delay_and_they_sum_to_compute():
 def test_phase_split_off_leaves_phases_empty_and_compute_whole():
     model = SlowModel(2 * D)
     recs = []
-    stats = train_epoch(_ctx(model), DataLoader(SleepyData(16, 0.0), batch_size=8), 0, phases=False,
-                        on_batch=lambda r, s: recs.append(r))  # fmt: skip
+    stats = train_epoch(
+        _ctx(model),
+        DataLoader(SleepyData(16, 0.0), batch_size=8),
+        0,
+        phases=False,
+        on_batch=lambda r, s: recs.append(r),
+    )
     assert all(math.isnan(r.forward_time_s) and math.isnan(r.optimizer_time_s) for r in recs)
     assert math.isnan(stats.copy_time_s)
     assert around(stats.compute_time_s, 2 * 2 * D)
@@ -386,8 +409,9 @@ def test_fp16_scaler_skipped_steps_are_counted_not_taken():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**30, growth_interval=1000)
-    ctx = StepContext(model=model, optimizer=opt, device=torch.device("cpu"), autocast_dtype=torch.float16,
-                      scaler=scaler)  # fmt: skip
+    ctx = StepContext(
+        model=model, optimizer=opt, device=torch.device("cpu"), autocast_dtype=torch.float16, scaler=scaler
+    )
     w0 = model[1].weight.detach().clone()
     recs = []
     stats = train_epoch(ctx, DataLoader(SleepyData(96, 0.0), batch_size=4), 0, on_batch=lambda r, s: recs.append(r))

@@ -80,8 +80,9 @@ def _fake_prepare(speeds, calls, interrupt_at=None):
 
 
 def _cfg(tmp_path, *extra):
-    return compose([*TINY, "data.train_size=128", f"tune.out={tmp_path / 'tune'}", "tune.workers=[0,2]",
-                    "tune.repeats=2", *extra])  # fmt: skip
+    return compose(
+        [*TINY, "data.train_size=128", f"tune.out={tmp_path / 'tune'}", "tune.workers=[0,2]", "tune.repeats=2", *extra]
+    )
 
 
 def _speed(s):
@@ -126,8 +127,13 @@ def test_tuner_interleaves_repeats_and_names_a_winner_beyond_the_lab_config(tmp_
     assert [float(r["images_per_s"]) for r in rows] == sorted((float(r["images_per_s"]) for r in rows), reverse=True)
     assert float(next(r for r in rows if r["setting"] == lab)["vs_lab"]) == 1.0
     assert float(rows[0]["vs_lab"]) == pytest.approx(100 * 1.3 * 2 * 1.1 * 1.2 / 100) and rows[0]["compile_s"] == "12.0"
-    assert _preset(tmp_path)["settings"] == {"loader.name": "device", "workers": 0, "precision": "bf16",
-                                             "channels_last": True, "compile": True}  # fmt: skip
+    assert _preset(tmp_path)["settings"] == {
+        "loader.name": "device",
+        "workers": 0,
+        "precision": "bf16",
+        "channels_last": True,
+        "compile": True,
+    }
     text = T.render(res)
     assert "winner: " + s3[2] in text and "python train.py loader=device precision=bf16 channels_last=true" in text
 
@@ -250,12 +256,28 @@ def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
 
     out = tmp_path / "tune"
     p = subprocess.run(
-        [sys.executable, "-m", "trainbench.tune", "data=synthetic", "data.train_size=96", "model.width=8",
-         "batch_size=16", "tune.steps=2", "tune.repeats=2", "tune.workers=[0]", "tune.compile=false",
-         "tune.precisions=[fp32]", "tune.channels_last=[false]",
-         "tune.write_preset=false", f"tune.out={out}"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "trainbench.tune",
+            "data=synthetic",
+            "data.train_size=96",
+            "model.width=8",
+            "batch_size=16",
+            "tune.steps=2",
+            "tune.repeats=2",
+            "tune.workers=[0]",
+            "tune.compile=false",
+            "tune.precisions=[fp32]",
+            "tune.channels_last=[false]",
+            "tune.write_preset=false",
+            f"tune.out={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     # the commands keep the tuner's own overrides (the model, data and batch size it measured), not tune.*
     base = "python train.py data=synthetic data.train_size=96 model.width=8 batch_size=16 "
@@ -266,6 +288,11 @@ def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
     rows = list(csv.DictReader(open(out / "tune.csv")))
     assert rows and rows[0]["rank"] == "1" and all(r["status"] == "measured" for r in rows)
     assert "settings:" in (out / "preset.yaml").read_text()
-    bad = subprocess.run([sys.executable, "-m", "trainbench.tune", "tune.steps=0"], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "trainbench.tune", "tune.steps=0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 1 and "tune.steps" in bad.stderr and "Traceback" not in bad.stderr

@@ -98,8 +98,9 @@ def test_fashion_mnist_trains_from_idx_files(tmp_path, caplog):
 
     write_mnist_family(tmp_path / "data")
     caplog.set_level(logging.INFO, logger="trainbench")
-    cfg = compose(["data=torchvision", "data.name=FashionMNIST", f"data.root={tmp_path / 'data'}",
-                   "data.download=false", *SMALL])  # fmt: skip
+    cfg = compose(
+        ["data=torchvision", "data.name=FashionMNIST", f"data.root={tmp_path / 'data'}", "data.download=false", *SMALL]
+    )
     info = run(cfg, tmp_path / "run")
     assert info["status"] == "complete" and info["config"]["data"]["image_size"] == 28
     log = caplog.text
@@ -124,8 +125,9 @@ def test_digits_are_cropped_with_padding_side_over_8_and_never_flipped(tmp_path,
     from trainbench.data.loaders import aug_params, epoch_order
 
     write_mnist_family(tmp_path, "MNIST")
-    cfg = compose(["data=torchvision", "data.name=MNIST", f"data.root={tmp_path}", f"loader={loader}",
-                   "batch_size=120"])  # fmt: skip
+    cfg = compose(
+        ["data=torchvision", "data.name=MNIST", f"data.root={tmp_path}", f"loader={loader}", "batch_size=120"]
+    )
     train, _ = D.load_data(cfg.data)
     assert augmentation(28, "lab", train.flip) == (3, False) and augmentation(96, "lab", True) == (12, True)
     x, _ = next(iter(make_loader(cfg, train, True, torch.device("cpu"), torch.Generator().manual_seed(0))))
@@ -140,8 +142,16 @@ def test_digits_are_cropped_with_padding_side_over_8_and_never_flipped(tmp_path,
 
 def test_augment_none_trains_on_the_plain_images(tmp_path):
     write_mnist_family(tmp_path, "FashionMNIST")
-    cfg = compose(["data=torchvision", "data.name=FashionMNIST", f"data.root={tmp_path}", "data.augment=none",
-                   "loader=device", "batch_size=120"])  # fmt: skip
+    cfg = compose(
+        [
+            "data=torchvision",
+            "data.name=FashionMNIST",
+            f"data.root={tmp_path}",
+            "data.augment=none",
+            "loader=device",
+            "batch_size=120",
+        ]
+    )
     train, _ = D.load_data(cfg.data)
     x, y = next(iter(make_loader(cfg, train, True, torch.device("cpu"), torch.Generator().manual_seed(0))))
     order = torch.randperm(120, generator=torch.Generator().manual_seed(0 * 1_000_003 + 0))

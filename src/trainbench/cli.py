@@ -64,18 +64,7 @@ def run_job(cfg: DictConfig) -> None:
         log.error("job %s failed before training: %s", hc.job.num, e)
         return
     global _sweep_interrupted
-    if multirun and swept_in_one_process("cudnn_benchmark"):
-        e = ConfigError(
-            "cudnn_benchmark", cfg.cudnn_benchmark, "one value per process",
-            "the jobs of this sweep share one process, so cuDNN's autotuning choice of the first job would time "
-            "the others: sweep it with launcher=local (one process per job)",
-        )  # fmt: skip
-        _record_failure(cfg, run_dir, e)
-        log.error("job %s refused: %s", hc.job.num, e)
-        return
-    if multirun and _sweep_interrupted:
-        _record_failure(cfg, run_dir, Interrupted("not started: the sweep was interrupted"), status="interrupted")
-        log.warning("job %s not started: the sweep was interrupted (re-run the sweep to continue it)", hc.job.num)
+    if multirun and not _may_start(cfg, run_dir, hc.job.num):
         return
     try:
         run(plan, run_dir)
@@ -87,8 +76,11 @@ def run_job(cfg: DictConfig) -> None:
     except Exception as e:
         if not multirun:
             if isinstance(e, Interrupted):
-                exit_with(e, f"\nrun dir {run_dir} keeps every finished epoch; resume with:\n  {resume_command(run_dir)}",
-                           code=130)  # fmt: skip
+                exit_with(
+                    e,
+                    f"\nrun dir {run_dir} keeps every finished epoch; resume with:\n  {resume_command(run_dir)}",
+                    code=130,
+                )
             if isinstance(e, EXPECTED):
                 discard_if_untouched(run_dir)
                 exit_with(e, f" (run dir: {run_dir})" if run_dir.is_dir() else "")
@@ -97,11 +89,33 @@ def run_job(cfg: DictConfig) -> None:
             _sweep_interrupted = True
         if isinstance(e, RunDirRefused):  # the old run stays as it was; the sweep's report must say so
             (run_dir.parent / REFUSED_DIR).mkdir(exist_ok=True)
-            write_json(run_dir.parent / REFUSED_DIR / f"{hc.job.num}.json",
-                       {"job": hc.job.num, "run_dir": str(run_dir), "error": str(e), "overrides": list(hc.overrides.task)})  # fmt: skip
+            write_json(
+                run_dir.parent / REFUSED_DIR / f"{hc.job.num}.json",
+                {"job": hc.job.num, "run_dir": str(run_dir), "error": str(e), "overrides": list(hc.overrides.task)},
+            )
         if read_json(run_dir / "run.json") is None:
             _record_failure(cfg, run_dir, e)
         log.exception("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)
+
+
+def _may_start(cfg: DictConfig, run_dir: Path, job: int) -> bool:
+    """A sweep's job starts unless it sweeps cudnn_benchmark in one process or an earlier job was interrupted."""
+    if swept_in_one_process("cudnn_benchmark"):
+        e = ConfigError(
+            "cudnn_benchmark",
+            cfg.cudnn_benchmark,
+            "one value per process",
+            "the jobs of this sweep share one process, so cuDNN's autotuning choice of the first job would time "
+            "the others: sweep it with launcher=local (one process per job)",
+        )
+        _record_failure(cfg, run_dir, e)
+        log.error("job %s refused: %s", job, e)
+        return False
+    if _sweep_interrupted:
+        _record_failure(cfg, run_dir, Interrupted("not started: the sweep was interrupted"), status="interrupted")
+        log.warning("job %s not started: the sweep was interrupted (re-run the sweep to continue it)", job)
+        return False
+    return True
 
 
 class RankDiverged(Diverged):

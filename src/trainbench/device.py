@@ -91,8 +91,10 @@ def hardware_facts(device: torch.device) -> HardwareFacts:
     if device.type != "cpu":
         return HardwareFacts()
     try:
-        return HardwareFacts(cpu_avx512_bf16=bool(torch.cpu._is_avx512_bf16_supported()),
-                             cpu_amx=bool(torch.cpu._is_amx_tile_supported()))  # fmt: skip
+        return HardwareFacts(
+            cpu_avx512_bf16=bool(torch.cpu._is_avx512_bf16_supported()),
+            cpu_amx=bool(torch.cpu._is_amx_tile_supported()),
+        )
     except AttributeError:  # an older torch: read the flags ourselves
         flags = cpu_flags()
         return HardwareFacts(cpu_avx512_bf16="avx512_bf16" in flags, cpu_amx="amx_bf16" in flags)
@@ -165,7 +167,8 @@ def environment(device: torch.device) -> dict:
 
 
 def set_precision_flags(cfg, device: torch.device) -> None:
-    """fp32 means fp32: TF32 (cuDNN's default for convolutions on Ampere+) only with tf32=true; warn on emulated bf16."""
+    """fp32 means fp32: TF32 (cuDNN's default for convolutions on Ampere+) only with tf32=true; warns on emulated
+    bf16."""
     torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
     torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
     if cfg.precision == "bf16" and device.type == "cpu" and not cpu_bf16_native():

@@ -64,6 +64,8 @@ def _rate(r: dict) -> float:
 NAN = math.nan
 PHASE_DOC = "compute's {} phase (phase_clocks=true; the four phases add up to compute_time_s)"
 
+# The catalogue is a table, one figure per entry read as a row: the formatter leaves its layout alone.
+# fmt: off
 FIGURES: list[Figure] = [
     Figure("epoch", "", "the epoch, 0-based", batch="epoch", epoch=KEY, ranks=FIRST),
     Figure("batch", "", "the batch within the epoch, 0-based", batch="batch", epoch=NONE, outputs=(BATCHES,)),
@@ -120,6 +122,7 @@ FIGURES: list[Figure] = [
     Figure("comm_busy_s", "s", "the all-reduce buckets' own times, overlaps counted once", batch="comm_busy_s",
            outputs=(EPOCHS,), summary=("avg0",)),
 ]
+# fmt: on
 
 
 def register(fig: Figure) -> None:
@@ -151,8 +154,9 @@ def epoch_columns() -> list[str]:
 
 def phase_columns() -> list[str]:
     """compute's phases (sum = compute_time_s)."""
-    return [f.name for f in FIGURES if f.name in ("copy_time_s", "forward_time_s", "backward_time_s",
-                                                  "optimizer_time_s")]  # fmt: skip
+    return [
+        f.name for f in FIGURES if f.name in ("copy_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s")
+    ]
 
 
 def tensorboard_batch_keys() -> list[str]:
@@ -223,9 +227,12 @@ def tally(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     the RUN figures are left to the run, the DERIVED ones are computed last."""
     n, samples = len(per_rank), sum(s["samples"] for s in per_rank)
     combine: dict[str, Callable[[list], Any]] = {
-        MEAN: lambda v: sum(v) / n, MAX: max, SUM: sum, FIRST: lambda v: v[0],
+        MEAN: lambda v: sum(v) / n,
+        MAX: max,
+        SUM: sum,
+        FIRST: lambda v: v[0],
         WEIGHTED: lambda v: sum(x * s["samples"] for x, s in zip(v, per_rank)) / max(1, samples),
-    }  # fmt: skip
+    }
     row: dict[str, Any] = {}
     for f in FIGURES:
         src = f.of or f.name
@@ -252,12 +259,26 @@ def _summary_value(kind: str, s: Any) -> Any:
     if kind in ("mean", "max"):
         vals = s.dropna()
         return getattr(vals, kind)() if len(vals) else math.nan
-    return {"total": s.sum, "avg": s.mean, "final": lambda: s.iloc[-1], "avg0": lambda: s.fillna(0).mean(),
-            "sum0": lambda: s.fillna(0).sum(), "count": s.sum}[kind]()  # fmt: skip
+    return {
+        "total": s.sum,
+        "avg": s.mean,
+        "final": lambda: s.iloc[-1],
+        "avg0": lambda: s.fillna(0).mean(),
+        "sum0": lambda: s.fillna(0).sum(),
+        "count": s.sum,
+    }[kind]()
 
 
-SUMMARY_NAME = {"total": "total_{}", "avg": "avg_{}", "avg0": "avg_{}", "final": "final_{}", "sum0": "{}",
-                "count": "{}", "mean": "mean_{}", "max": "max_{}"}  # fmt: skip
+SUMMARY_NAME = {
+    "total": "total_{}",
+    "avg": "avg_{}",
+    "avg0": "avg_{}",
+    "final": "final_{}",
+    "sum0": "{}",
+    "count": "{}",
+    "mean": "mean_{}",
+    "max": "max_{}",
+}
 
 
 def summary_figures(epochs: Any) -> dict[str, Any]:
@@ -272,13 +293,47 @@ def summary_figures(epochs: Any) -> dict[str, Any]:
 # summary.csv's column order: the settings that vary come first; then these (the catalogue's figures and the run's
 # own facts); then any catalogue figure not named here, in catalogue order.
 SUMMARY_ORDER = (
-    "run", "status", "device_name", "epochs", "total_epoch_time_s", "avg_epoch_time_s", "total_data_time_s",
-    "avg_data_time_s", "total_compute_time_s", "avg_compute_time_s", "total_other_time_s", "avg_other_time_s",
-    "avg_train_loss", "final_train_loss", "avg_train_acc", "final_train_acc", "final_test_acc", "data_share",
-    "samples_per_s", "avg_copy_time_s", "avg_forward_time_s", "avg_backward_time_s", "avg_optimizer_time_s",
-    "avg_achieved_tflops", "avg_mfu", "flops_per_image", "world_size", "batch_size", "avg_comm_time_s",
-    "avg_comm_exposed_s", "avg_comm_busy_s", "comm_bytes_per_step", "steps_per_epoch", "profiled_steps",
-    "timing_mode", "torch_threads", "clamped_s", "mean_cpu_util", "max_others_cpu", "max_load_avg", "error",
+    "run",
+    "status",
+    "device_name",
+    "epochs",
+    "total_epoch_time_s",
+    "avg_epoch_time_s",
+    "total_data_time_s",
+    "avg_data_time_s",
+    "total_compute_time_s",
+    "avg_compute_time_s",
+    "total_other_time_s",
+    "avg_other_time_s",
+    "avg_train_loss",
+    "final_train_loss",
+    "avg_train_acc",
+    "final_train_acc",
+    "final_test_acc",
+    "data_share",
+    "samples_per_s",
+    "avg_copy_time_s",
+    "avg_forward_time_s",
+    "avg_backward_time_s",
+    "avg_optimizer_time_s",
+    "avg_achieved_tflops",
+    "avg_mfu",
+    "flops_per_image",
+    "world_size",
+    "batch_size",
+    "avg_comm_time_s",
+    "avg_comm_exposed_s",
+    "avg_comm_busy_s",
+    "comm_bytes_per_step",
+    "steps_per_epoch",
+    "profiled_steps",
+    "timing_mode",
+    "torch_threads",
+    "clamped_s",
+    "mean_cpu_util",
+    "max_others_cpu",
+    "max_load_avg",
+    "error",
 )
 
 

@@ -64,8 +64,12 @@ def _ranks(d: _Draft) -> None:
     check_dist(cfg, d.device)
     _check_launcher_env(cfg)
     if world_size(cfg) > 1 and cfg.dist.nnodes > 1 and env_ranks() is None:
-        raise ConfigError("dist.nnodes", cfg.dist.nnodes, "1, or start the ranks with torchrun / SLURM",
-                          "trainbench starts the ranks of one node itself")  # fmt: skip
+        raise ConfigError(
+            "dist.nnodes",
+            cfg.dist.nnodes,
+            "1, or start the ranks with torchrun / SLURM",
+            "trainbench starts the ranks of one node itself",
+        )
 
 
 def _preset(d: _Draft) -> None:
@@ -124,11 +128,19 @@ def resolve_model(cfg: DictConfig) -> DictConfig:
     classes, size = class_count(cfg.data), image_side(cfg.data)
     given = cfg.model.get("num_classes")
     if given is not None and int(given) != classes:
-        raise ConfigError("model.num_classes", given, f"null (the data's class count) or {classes}",
-                          f"data.name={cfg.data.name} has {classes} classes")  # fmt: skip
+        raise ConfigError(
+            "model.num_classes",
+            given,
+            f"null (the data's class count) or {classes}",
+            f"data.name={cfg.data.name} has {classes} classes",
+        )
     if cfg.norm.name != "batchnorm" and "_target_" in cfg.model:
-        raise ConfigError("norm.name", cfg.norm.name, "batchnorm (the model's own layers) unless model=resnet18",
-                          "norm=none removes BatchNorm from the lab's ResNet-18 only")  # fmt: skip
+        raise ConfigError(
+            "norm.name",
+            cfg.norm.name,
+            "batchnorm (the model's own layers) unless model=resnet18",
+            "norm=none removes BatchNorm from the lab's ResNet-18 only",
+        )
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.model.num_classes, cfg.data.image_size = classes, size

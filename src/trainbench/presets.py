@@ -54,10 +54,17 @@ def key_of(cfg: Any, device: torch.device) -> dict[str, Any]:
         if label(cfg.model) == "resnet18"
         else {"model": label(cfg.model), "args": {k: str(v) for k, v in cfg.model.items() if k != "num_classes"}}
     )
-    return {"machine": machine(device), "torch": str(torch.__version__), "model": model,
-            "batch_size": int(cfg.batch_size),
-            "data": {"name": str(d.name), "train_size": None if d.train_size is None else int(d.train_size),
-                     "image_size": image_side(d)}}  # fmt: skip
+    return {
+        "machine": machine(device),
+        "torch": str(torch.__version__),
+        "model": model,
+        "batch_size": int(cfg.batch_size),
+        "data": {
+            "name": str(d.name),
+            "train_size": None if d.train_size is None else int(d.train_size),
+            "image_size": image_side(d),
+        },
+    }
 
 
 def path_for(key: dict[str, Any]) -> Path:
@@ -89,14 +96,16 @@ def apply_fastest(cfg: Any, device: torch.device, explicit: tuple[str, ...] = ()
     path = path_for(key)
     found = yaml.safe_load(path.read_text()) if path.is_file() else None
     if not found or found.get("key") != key:
-        log.warning("experiment=fastest: no tuned preset for this machine, torch, model, batch size and data "
-                    "(looked for %s; run python -m trainbench.tune with the same settings to make one): using "
-                    "precision=auto loader=device", path)  # fmt: skip
+        log.warning(
+            "experiment=fastest: no tuned preset for this machine, torch, model, batch size and data "
+            "(looked for %s; run python -m trainbench.tune with the same settings to make one): using "
+            "precision=auto loader=device",
+            path,
+        )
         return cfg, {"applied": None, "looked_for": str(path), "fallback": "precision=auto loader=device"}
     cfg = cfg.copy()
     applied = {k: v for k, v in found["settings"].items() if k not in given and k.split(".")[0] not in given}
     for k, v in applied.items():
         OmegaConf.update(cfg, k, v)
-    log.info("experiment=fastest: applied tuned preset %s (%s)", path,
-             " ".join(f"{k}={v}" for k, v in applied.items()))  # fmt: skip
+    log.info("experiment=fastest: applied tuned preset %s (%s)", path, " ".join(f"{k}={v}" for k, v in applied.items()))
     return cfg, {"applied": str(path), "settings": applied}

@@ -64,14 +64,19 @@ class EpochProfiler:
     step() is called after each training step (in the epoch's bookkeeping, i.e. in other time); the trace is
     written when the active steps end, or at exit if the epoch was shorter than the schedule."""
 
-    def __init__(self, out_dir: Path, device: torch.device, wait: int, warmup: int, active: int,
-                 record_shapes: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, out_dir: Path, device: torch.device, wait: int, warmup: int, active: int, record_shapes: bool = False
+    ) -> None:
         self.out_dir, self.device = out_dir, device
         self.wait, self.warmup, self.active = wait, warmup, active
         self.written = False
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        self.prof = profile(activities=acts, schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-                            on_trace_ready=self._write, record_shapes=record_shapes)  # fmt: skip
+        self.prof = profile(
+            activities=acts,
+            schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1),
+            on_trace_ready=self._write,
+            record_shapes=record_shapes,
+        )
 
     def profiled(self, batch: int) -> bool:
         """Whether the profiler was running during this batch's step (traced: warm-up or active)."""
@@ -97,8 +102,13 @@ class EpochProfiler:
     def __exit__(self, *exc: object) -> None:
         self.prof.__exit__(*exc)
         if not self.written and exc[0] is None:
-            log.warning("profile=true: the epoch ended before the profiler's schedule (profiler.wait=%d + warmup=%d "
-                        "+ active=%d steps) recorded anything; no trace written", self.wait, self.warmup, self.active)  # fmt: skip
+            log.warning(
+                "profile=true: the epoch ended before the profiler's schedule (profiler.wait=%d + warmup=%d "
+                "+ active=%d steps) recorded anything; no trace written",
+                self.wait,
+                self.warmup,
+                self.active,
+            )
 
 
 def for_epoch(
@@ -110,8 +120,16 @@ def for_epoch(
     pc = cfg.profiler
     if not cfg.profile or epoch != pc.epoch:
         return None
-    log.info("profile=true: profiling epoch %d (profiler.epoch=%d), steps %d..%d traced (profiler.wait=%d, "
-             "warmup=%d, active=%d); they run slower and are marked profiled in batches.csv", epoch + 1, pc.epoch,
-             pc.wait, pc.wait + pc.warmup + pc.active - 1, pc.wait, pc.warmup, pc.active)  # fmt: skip
+    log.info(
+        "profile=true: profiling epoch %d (profiler.epoch=%d), steps %d..%d traced (profiler.wait=%d, "
+        "warmup=%d, active=%d); they run slower and are marked profiled in batches.csv",
+        epoch + 1,
+        pc.epoch,
+        pc.wait,
+        pc.wait + pc.warmup + pc.active - 1,
+        pc.wait,
+        pc.warmup,
+        pc.active,
+    )
     out = run_dir / "profile" / (f"rank{rank}" if rank is not None else "")
     return EpochProfiler(out, device, pc.wait, pc.warmup, pc.active, pc.record_shapes)

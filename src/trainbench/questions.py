@@ -45,16 +45,7 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
     shortcut = [m for n, m in convs if SHORTCUT & set(n.split("."))]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     rows: list[dict[str, Any]] = []
-    hooks = []
-    if layers:
-        for name, mod in model.named_modules():
-            if name and not list(mod.children()) and not isinstance(mod, nn.Sequential):  # empty Sequential: identity
-
-                def hook(m: nn.Module, i: Any, o: torch.Tensor, name: str = name) -> None:
-                    rows.append({"layer": name, "type": type(m).__name__, "output_shape": list(o.shape),
-                                 "parameters": sum(p.numel() for p in m.parameters(recurse=False))})  # fmt: skip
-
-                hooks.append(mod.register_forward_hook(hook))
+    hooks = _layer_hooks(model, rows) if layers else []
     opt = build_optimizer(cfg.optimizer, model.parameters())
     x = torch.randn(2, 3, size, size)
     y = torch.tensor([0, 1]) % classes
@@ -87,6 +78,22 @@ def model_facts(cfg: Any, layers: bool = False) -> dict[str, Any]:
         "norm_layers": sum(1 for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)),
         **({"layers": rows} if layers else {}),
     }
+
+
+def _layer_hooks(model: nn.Module, rows: list[dict[str, Any]]) -> list[Any]:
+    """Forward hooks that append each leaf layer's name, type, output shape and parameter count to rows."""
+    hooks = []
+    for name, mod in model.named_modules():
+        if name and not list(mod.children()) and not isinstance(mod, nn.Sequential):  # empty Sequential: identity
+
+            def hook(m: nn.Module, i: Any, o: torch.Tensor, name: str = name) -> None:
+                params = sum(p.numel() for p in m.parameters(recurse=False))
+                rows.append(
+                    {"layer": name, "type": type(m).__name__, "output_shape": list(o.shape), "parameters": params}
+                )
+
+            hooks.append(mod.register_forward_hook(hook))
+    return hooks
 
 
 def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, dict[str, int]]:
@@ -132,9 +139,12 @@ def render(f: dict[str, Any]) -> str:
     lab = f.get("model", "resnet18") == "resnet18"
     what = f"ResNet-18 (norm={f['norm']}, model.width={f['width']})" if lab else f["model"]
     kernel = f.get("shortcut_kernel", "1x1")
-    q1 = (f"{f['conv_layers_without_shortcut']} without the {kernel + ' ' if kernel else ''}shortcut convs, "
-          f"{f['conv_layers']} with them"
-          if f.get("shortcut_convs", 1) else f"{f['conv_layers']} (it has no shortcut convs)")  # fmt: skip
+    q1 = (
+        f"{f['conv_layers_without_shortcut']} without the {kernel + ' ' if kernel else ''}shortcut convs, "
+        f"{f['conv_layers']} with them"
+        if f.get("shortcut_convs", 1)
+        else f"{f['conv_layers']} (it has no shortcut convs)"
+    )
     lines = [
         f"model: {what}, optimizer={f['optimizer']}; built for {f.get('classes', 10)} classes at "
         f"{f.get('image_size', 32)}x{f.get('image_size', 32)}",

@@ -51,10 +51,14 @@ def build_model(cfg: DictConfig, classes: int, device: torch.device, sync_bn: bo
 def step_context(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> StepContext:
     """What a training step of model needs from the config: optimizer, fp16 grad scaler, autocast, layout."""
     return StepContext(
-        model=model, optimizer=build_optimizer(cfg.optimizer, model.parameters()), device=device,
-        autocast_dtype=AUTOCAST[cfg.precision], scaler=torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None,
-        channels_last=cfg.channels_last, nan_at_step=cfg.faults.nan_at_step,
-    )  # fmt: skip
+        model=model,
+        optimizer=build_optimizer(cfg.optimizer, model.parameters()),
+        device=device,
+        autocast_dtype=AUTOCAST[cfg.precision],
+        scaler=torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None,
+        channels_last=cfg.channels_last,
+        nan_at_step=cfg.faults.nan_at_step,
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -75,8 +79,16 @@ def batch_shapes(n_train: int, n_test: int, batch_size: int) -> tuple[list[int],
     return sizes(n_train), sizes(n_test)
 
 
-def warm_up(ctx: StepContext, model: torch.nn.Module, gen: torch.Generator, train_sizes: list[int],
-            test_sizes: list[int], image_size: int = 32, classes: int = 10, steps_per_shape: int = 1) -> float:  # fmt: skip
+def warm_up(
+    ctx: StepContext,
+    model: torch.nn.Module,
+    gen: torch.Generator,
+    train_sizes: list[int],
+    test_sizes: list[int],
+    image_size: int = 32,
+    classes: int = 10,
+    steps_per_shape: int = 1,
+) -> float:
     """Untimed warm-up before epoch 0: one training step per batch shape the epochs will see, one eval pass per
     test shape; returns its seconds.
 
@@ -175,17 +187,31 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE, data: tu
     train_data, test_data = load_data(cfg.data, test_needed=cfg.test_eval)
     log.info(
         "data=%s: %d train / %s test images (data.train_size=%s, data.test_size=%s) in %.1fs",
-        cfg.data.name, len(train_data), len(test_data) if test_data is not None else "no", cfg.data.train_size,
-        cfg.data.test_size, time.perf_counter() - t,
-    )  # fmt: skip
+        cfg.data.name,
+        len(train_data),
+        len(test_data) if test_data is not None else "no",
+        cfg.data.train_size,
+        cfg.data.test_size,
+        time.perf_counter() - t,
+    )
     b = _assemble(cfg, device, ranks, train_data, test_data)
     log.info(
         "model=%s; device=%s -> %s; loader=%s workers=%d; optimizer=%s lr=%g; norm=%s; precision=%s "
         "channels_last=%s compile=%s timing=%s; %d trainable parameters",
-        models.label(cfg.model), cfg.device.name, device, cfg.loader.name, cfg.workers, cfg.optimizer.name,
-        cfg.optimizer.lr, cfg.norm.name, cfg.precision, cfg.channels_last, cfg.compile, b.timing,
+        models.label(cfg.model),
+        cfg.device.name,
+        device,
+        cfg.loader.name,
+        cfg.workers,
+        cfg.optimizer.name,
+        cfg.optimizer.lr,
+        cfg.norm.name,
+        cfg.precision,
+        cfg.channels_last,
+        cfg.compile,
+        b.timing,
         count_trainable(b.model),
-    )  # fmt: skip
+    )
     if cfg.data.name in TORCHVISION:
         log.info("data.name=%s", describe(cfg.data.name))
     if cfg.loader.name == "device" and cfg.workers:
@@ -199,8 +225,9 @@ def _assemble(cfg: DictConfig, device: torch.device, ranks: Ranks, train_data: A
     ctx = step_context(cfg, model, device)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = make_loader(cfg, train_data, True, device, shuffle_gen, ranks.rank, ranks.world)
-    test_loader = (make_loader(cfg, test_data, False, device, None, ranks.rank, ranks.world)
-                   if test_data is not None else None)  # fmt: skip
+    test_loader = (
+        make_loader(cfg, test_data, False, device, None, ranks.rank, ranks.world) if test_data is not None else None
+    )
     loader_gen = train_loader.generator if isinstance(train_loader, DeviceLoader) else shuffle_gen
     b = Built(ctx, model, train_loader, test_loader, loader_gen, timing_mode(cfg, device), global_step=0)
     b.image_size, b.classes = int(train_data.images.shape[1]), len(train_data.classes)
@@ -235,9 +262,16 @@ def attach_ranks(b: Built, cfg: DictConfig, ranks: Ranks) -> None:
     nccl = torch.distributed.get_backend() == "nccl"  # nccl: completion is only visible on the device timeline
     b.ctx.comm = CommClock(make_event=(lambda: torch.cuda.Event(enable_timing=True)) if nccl else None)
     b.ctx.model.register_comm_hook(None, b.ctx.comm.hook)
-    log.info("dist: rank %d of %d, backend %s, %d torch threads per rank; batch_size=%d per rank, global "
-             "batch %d; %s", ranks.rank, ranks.world, torch.distributed.get_backend(), torch.get_num_threads(),
-             cfg.batch_size, cfg.batch_size * ranks.world, batchnorm_note(cfg, ranks))  # fmt: skip
+    log.info(
+        "dist: rank %d of %d, backend %s, %d torch threads per rank; batch_size=%d per rank, global batch %d; %s",
+        ranks.rank,
+        ranks.world,
+        torch.distributed.get_backend(),
+        torch.get_num_threads(),
+        cfg.batch_size,
+        cfg.batch_size * ranks.world,
+        batchnorm_note(cfg, ranks),
+    )
 
 
 def compile_and_warm_up(b: Built, cfg: DictConfig, ranks: Ranks = SINGLE) -> float:
@@ -246,10 +280,22 @@ def compile_and_warm_up(b: Built, cfg: DictConfig, ranks: Ranks = SINGLE) -> flo
         b.ctx.model = torch.compile(b.model)
     shapes = batch_shapes(items(b.train_loader), items(b.test_loader), cfg.batch_size)  # this rank's share
     # DDP rebuilds its gradient buckets after its first step: with several ranks, two steps per shape
-    warm_s = warm_up(b.ctx, b.model, b.loader_gen, *shapes, image_size=b.image_size, classes=b.classes,
-                     steps_per_shape=2 if ranks.active else 1)  # fmt: skip
-    log.info("warm-up (untimed, state restored): %.2fs for train batch sizes %s and test batch sizes %s%s", warm_s,
-             shapes[0], shapes[1], "; compile=true: compile time is this, reported as compile_time_s" if cfg.compile else "")  # fmt: skip
+    warm_s = warm_up(
+        b.ctx,
+        b.model,
+        b.loader_gen,
+        *shapes,
+        image_size=b.image_size,
+        classes=b.classes,
+        steps_per_shape=2 if ranks.active else 1,
+    )
+    log.info(
+        "warm-up (untimed, state restored): %.2fs for train batch sizes %s and test batch sizes %s%s",
+        warm_s,
+        shapes[0],
+        shapes[1],
+        "; compile=true: compile time is this, reported as compile_time_s" if cfg.compile else "",
+    )
     return warm_s
 
 
@@ -262,8 +308,15 @@ def count_flops(b: Built, cfg: DictConfig) -> dict[str, Any]:
     b.peak_tflops = peak.tflops if peak else None
     own = precision_peak(b.ctx.device, cfg.precision, bool(cfg.tf32))
     b.peak_precision_tflops = own.tflops if own else None
-    log.info("%.3g GFLOP per image per training step (forward + backward); peak %s", b.flops_per_image / 1e9,
-             f"{peak.tflops:.3g} TFLOP/s ({peak.source})" if peak else "unknown")  # fmt: skip
-    return {"flops_per_image": b.flops_per_image, "peak_tflops": b.peak_tflops,
-            "peak_source": peak.source if peak else "unknown device: no utilisation (mfu) reported",
-            "peak_precision_tflops": b.peak_precision_tflops, "peak_precision_source": own.source if own else None}  # fmt: skip
+    log.info(
+        "%.3g GFLOP per image per training step (forward + backward); peak %s",
+        b.flops_per_image / 1e9,
+        f"{peak.tflops:.3g} TFLOP/s ({peak.source})" if peak else "unknown",
+    )
+    return {
+        "flops_per_image": b.flops_per_image,
+        "peak_tflops": b.peak_tflops,
+        "peak_source": peak.source if peak else "unknown device: no utilisation (mfu) reported",
+        "peak_precision_tflops": b.peak_precision_tflops,
+        "peak_precision_source": own.source if own else None,
+    }

@@ -95,8 +95,9 @@ def _rank_entry(cfg_dict: dict, run_dir: str, precision_note: dict | None, meta:
     return run_rank(OmegaConf.create(cfg_dict), run_dir, precision_note, meta)
 
 
-def run_rank(cfg: DictConfig, run_dir: str, precision_note: dict | None, meta: dict,
-             ranks: Ranks | None = None) -> dict[str, Any] | None:  # fmt: skip
+def run_rank(
+    cfg: DictConfig, run_dir: str, precision_note: dict | None, meta: dict, ranks: Ranks | None = None
+) -> dict[str, Any] | None:
     """One rank of a data-parallel run: join the process group, agree on rank 0's run dir, train.
 
     Returns run.json's content on rank 0 (None on the others)."""

@@ -93,8 +93,12 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
             _distrust(f, busy)
     tables = {k: v for o in outputs for k, v in o.tables.items()}
     plots = [p for o in outputs for p in o.plots]
-    md = [f"# trainbench report: {root}", "", f"{len(runs)} run(s), {len(done)} complete. Settings that vary: "
-          f"{', '.join(varying) or 'none'}.", ""]  # fmt: skip
+    md = [
+        f"# trainbench report: {root}",
+        "",
+        f"{len(runs)} run(s), {len(done)} complete. Settings that vary: {', '.join(varying) or 'none'}.",
+        "",
+    ]
     if set(labels) - {"resnet18"}:
         md[0] += f" ({', '.join(dict.fromkeys(labels))})"
     if findings:
@@ -116,9 +120,11 @@ def _distrust(f: Finding, busy: list[str]) -> None:
     """A timing finding built on runs measured on a busy machine: said, and never crowned."""
     if "time" not in f.metric and f.metric not in ("diagnosis", "explanation"):
         return  # accuracy and loss do not depend on the machine's load
-    f.text += (f" **Busy machine:** run(s) {', '.join(busy[:8])} were measured while other processes used the "
-               "CPU (`busy_why` in summary.csv), so these times are not a fair comparison: re-run them on a quiet "
-               "machine.")  # fmt: skip
+    f.text += (
+        f" **Busy machine:** run(s) {', '.join(busy[:8])} were measured while other processes used the "
+        "CPU (`busy_why` in summary.csv), so these times are not a fair comparison: re-run them on a quiet "
+        "machine."
+    )
     f.significant, f.winner = False, None
 
 

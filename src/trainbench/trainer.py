@@ -39,8 +39,9 @@ log = logging.getLogger("trainbench")
 class Trainer:
     """State of one run dir; `fit()` trains from scratch or from the last checkpoint."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device, run_dir: Path, ranks: Ranks = SINGLE,
-                 meta: dict | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: DictConfig, device: torch.device, run_dir: Path, ranks: Ranks = SINGLE, meta: dict | None = None
+    ) -> None:
         self.cfg, self.device, self.run_dir, self.ranks = cfg, device, run_dir, ranks
         self.meta = meta or {}
         self.record = RunRecord(run_dir, main=ranks.main)  # only rank 0 writes the run dir
@@ -63,8 +64,12 @@ class Trainer:
         if timing != cfg.timing:
             log.warning("timing=%s needs CUDA; using timing=sync on %s", cfg.timing, dev)
         self.info.setdefault("started_at", now())
-        self.record.save(**_running(cfg, dev, fp, timing, self.ranks), run_dir=str(self.run_dir),
-                         resumed_from_epoch=start if ckpt else None, **self.meta)  # fmt: skip
+        self.record.save(
+            **_running(cfg, dev, fp, timing, self.ranks),
+            run_dir=str(self.run_dir),
+            resumed_from_epoch=start if ckpt else None,
+            **self.meta,
+        )
         try:
             return self._fit(ckpt, start)
         except Diverged as e:
@@ -116,30 +121,52 @@ class Trainer:
                     lg.close()
         return self._complete()
 
-    def _train_one_epoch(self, b: Built, epoch: int, stop: StopFlag,
-                         batches_log: CsvLog | None) -> tuple[EpochStats, list[dict]]:  # fmt: skip
+    def _train_one_epoch(
+        self, b: Built, epoch: int, stop: StopFlag, batches_log: CsvLog | None
+    ) -> tuple[EpochStats, list[dict]]:
         """The timed epoch; returns its stats and (with several ranks) this rank's batch rows, written after it."""
         r = self.ranks
         set_epoch(b.train_loader, epoch)  # order and augmentation are functions of (seed, epoch, index)
-        bar = tqdm(total=len(b.train_loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                   disable=self.bars_off if self.main else True, leave=False, mininterval=0.5, unit="batch")  # fmt: skip
+        bar = tqdm(
+            total=len(b.train_loader),
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            disable=self.bars_off if self.main else True,
+            leave=False,
+            mininterval=0.5,
+            unit="batch",
+        )
         prof = profiling.for_epoch(self.cfg, epoch, self.run_dir, self.device, r.rank if r.active else None)
         sink = _BatchSink(r, None if r.active else batches_log, self.tb, bar, prof, self.cfg.faults)
         # With several ranks, a stop must land at the same batch on all of them: a collective per batch (other time)
         stop_requested = (lambda: any_rank(stop())) if r.active else stop  # a CPU collective: no device sync
         try:  # the load meter brackets the epoch outside its clock: cpu_util, others_cpu, load_avg
             with LoadMeter(whole_run_root=r.active) as meter, prof if prof is not None else contextlib.nullcontext():
-                stats = train_epoch(b.ctx, b.train_loader, epoch, first_step=b.global_step, on_batch=sink,
-                                    stop_requested=stop_requested, timing=b.timing, phases=self.cfg.phase_clocks,
-                                    after_step=prof.step if prof is not None else None)  # fmt: skip
+                stats = train_epoch(
+                    b.ctx,
+                    b.train_loader,
+                    epoch,
+                    first_step=b.global_step,
+                    on_batch=sink,
+                    stop_requested=stop_requested,
+                    timing=b.timing,
+                    phases=self.cfg.phase_clocks,
+                    after_step=prof.step if prof is not None else None,
+                )
         finally:
             bar.close()
         stats.update(meter.figures)  # the catalogue's SET figures of the epoch
         b.global_step += stats.batches
         return stats, sink.kept
 
-    def _evaluate_and_record(self, b: Built, epoch: int, stats: EpochStats, rank_rows: list[dict],
-                             epochs_log: CsvLog | None, batches_log: CsvLog | None) -> dict[str, Any]:  # fmt: skip
+    def _evaluate_and_record(
+        self,
+        b: Built,
+        epoch: int,
+        stats: EpochStats,
+        rank_rows: list[dict],
+        epochs_log: CsvLog | None,
+        batches_log: CsvLog | None,
+    ) -> dict[str, Any]:
         """Test loss/accuracy (after the epoch clock stopped: in no timed figure), then the epoch's row.
 
         With several ranks, every rank evaluates its share of the test split, and rank 0 writes one row over all
@@ -154,9 +181,16 @@ class Trainer:
                 batches_log.write(row)
         test_loss, test_acc = (sums[0] / sums[2], sums[1] / sums[2]) if sums[2] else (math.nan, math.nan)
         row = tally(per_rank)  # every figure combined across ranks by its catalogue rule
-        row.update(epoch=epoch, test_loss=test_loss, test_acc=test_acc, eval_time_s=eval_s,
-                   lr=b.ctx.optimizer.param_groups[0]["lr"], timing_mode=b.timing, world_size=self.ranks.world,
-                   **_rates(b, row, self.ranks.world))  # fmt: skip
+        row.update(
+            epoch=epoch,
+            test_loss=test_loss,
+            test_acc=test_acc,
+            eval_time_s=eval_s,
+            lr=b.ctx.optimizer.param_groups[0]["lr"],
+            timing_mode=b.timing,
+            world_size=self.ranks.world,
+            **_rates(b, row, self.ranks.world),
+        )
         if epochs_log is not None:
             epochs_log.write(row)
         if self.tb is not None:
@@ -180,9 +214,15 @@ class Trainer:
             removed = checkpoint.remove_checkpoints(self.run_dir)
             if removed:
                 log.info("removed %d checkpoint(s) of the complete run (checkpoint.keep_on_complete=false)", removed)
-        log.info("done: %d epochs | total epoch %.2fs (avg %.2fs) = data %.2fs + compute %.2fs + other %.2fs | "
-                 "run dir %s", rows, *(tot.get(f"{k}_time_s", 0) for k in ("total_epoch", "avg_epoch",
-                 "total_data", "total_compute", "total_other")), self.run_dir)  # fmt: skip
+        log.info(
+            "done: %d epochs | total epoch %.2fs (avg %.2fs) = data %.2fs + compute %.2fs + other %.2fs | run dir %s",
+            rows,
+            *(
+                tot.get(f"{k}_time_s", 0)
+                for k in ("total_epoch", "avg_epoch", "total_data", "total_compute", "total_other")
+            ),
+            self.run_dir,
+        )
         return self.info
 
 
@@ -209,8 +249,12 @@ class _BatchSink:
             os.kill(os.getpid(), signal.SIGKILL)  # injected fault: this rank dies mid-epoch
         self.bar.update(1)
         busy = stats.data_time_s + stats.compute_time_s
-        self.bar.set_postfix(loss=f"{rec.loss:.3f}", acc=f"{stats.acc:.3f}",
-                             img_s=f"{stats.samples / busy:.0f}" if busy else "-", refresh=False)  # fmt: skip
+        self.bar.set_postfix(
+            loss=f"{rec.loss:.3f}",
+            acc=f"{stats.acc:.3f}",
+            img_s=f"{stats.samples / busy:.0f}" if busy else "-",
+            refresh=False,
+        )
 
 
 def _test_sums(b: Built, epoch: int, epochs: int, bar_off: bool | None) -> tuple[tuple[float, int, int], float]:
@@ -218,8 +262,14 @@ def _test_sums(b: Built, epoch: int, epochs: int, bar_off: bool | None) -> tuple
     t = time.perf_counter()
     sums = (0.0, 0, 0)
     if b.test_loader is not None:
-        ebar = tqdm(b.test_loader, desc=f"test {epoch + 1}/{epochs}", disable=bar_off, leave=False, mininterval=0.5,
-                    unit="batch")  # fmt: skip
+        ebar = tqdm(
+            b.test_loader,
+            desc=f"test {epoch + 1}/{epochs}",
+            disable=bar_off,
+            leave=False,
+            mininterval=0.5,
+            unit="batch",
+        )
         sums = evaluate_sums(b.ctx, ebar)
         ebar.close()
     synchronize(b.ctx.device)  # note: sync point; the test pass's queued kernels end here, before the next epoch
@@ -244,10 +294,18 @@ def _log_epoch(row: dict[str, Any], cfg: DictConfig, ranks: Ranks) -> None:
 
 def _running(cfg: DictConfig, dev: torch.device, fp: str, timing: str, ranks: Ranks) -> dict[str, Any]:
     """run.json's keys as a run starts (or resumes): status, config, environment, clock, ranks."""
-    return {"status": "running", "error": None, "fingerprint": fp, "config": OmegaConf.to_container(cfg, resolve=True),
-            "train_config": checkpoint.training_config(cfg, dev.type), "environment": environment(dev),
-            "timing_mode": timing, "world_size": ranks.world, "global_batch": cfg.batch_size * ranks.world,
-            "batchnorm": batchnorm_note(cfg, ranks)}  # fmt: skip
+    return {
+        "status": "running",
+        "error": None,
+        "fingerprint": fp,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "train_config": checkpoint.training_config(cfg, dev.type),
+        "environment": environment(dev),
+        "timing_mode": timing,
+        "world_size": ranks.world,
+        "global_batch": cfg.batch_size * ranks.world,
+        "batchnorm": batchnorm_note(cfg, ranks),
+    }
 
 
 def _tensorboard(run_dir: Path) -> Any:
@@ -260,10 +318,16 @@ def _tensorboard(run_dir: Path) -> Any:
 
 def _state(b: Built, info: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's content: model, optimizer, scaler, RNGs, the sampler's generator, the step, the config."""
-    return {"model": b.model.state_dict(), "optimizer": b.ctx.optimizer.state_dict(),
-            "scaler": b.ctx.scaler.state_dict() if b.ctx.scaler is not None else None,
-            "rng": checkpoint.rng_state(b.ctx.device), "loader_generator": b.loader_gen.get_state(),
-            "global_step": b.global_step, "fingerprint": info["fingerprint"], "train_config": info["train_config"]}  # fmt: skip
+    return {
+        "model": b.model.state_dict(),
+        "optimizer": b.ctx.optimizer.state_dict(),
+        "scaler": b.ctx.scaler.state_dict() if b.ctx.scaler is not None else None,
+        "rng": checkpoint.rng_state(b.ctx.device),
+        "loader_generator": b.loader_gen.get_state(),
+        "global_step": b.global_step,
+        "fingerprint": info["fingerprint"],
+        "train_config": info["train_config"],
+    }
 
 
 def _rates(b: Built, row: dict[str, Any], world: int) -> dict[str, Any]:

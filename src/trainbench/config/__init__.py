@@ -16,6 +16,18 @@ from .schema import (
     world_size,
 )
 
-__all__ = ["CONF_DIR", "MODEL_SCHEMAS", "MODEL_TARGETS", "ConfigError", "TrainConfig", "check_command_line",
-           "close_matches", "cpus_for_workers", "group_choices", "model_key_error", "register_configs", "validate",
-           "world_size"]  # fmt: skip
+__all__ = [
+    "CONF_DIR",
+    "MODEL_SCHEMAS",
+    "MODEL_TARGETS",
+    "ConfigError",
+    "TrainConfig",
+    "check_command_line",
+    "close_matches",
+    "cpus_for_workers",
+    "group_choices",
+    "model_key_error",
+    "register_configs",
+    "validate",
+    "world_size",
+]

@@ -94,8 +94,12 @@ def model_key_error(choice: str, sub: str, value: object, plus: bool = False, sw
         return
     if choice == "custom":
         if not plus and sub not in ("_target_", "num_classes"):
-            raise ConfigError(f"model.{sub}", value, "_target_, num_classes, or +model.<key>=<value> for a keyword "
-                              "argument of your class", f"write +model.{sub}={value}")  # fmt: skip
+            raise ConfigError(
+                f"model.{sub}",
+                value,
+                "_target_, num_classes, or +model.<key>=<value> for a keyword argument of your class",
+                f"write +model.{sub}={value}",
+            )
         return
     fields = list(MODEL_SCHEMAS[choice].__dataclass_fields__) if choice in MODEL_SCHEMAS else None
     if fields is None or sub in fields:
@@ -105,6 +109,8 @@ def model_key_error(choice: str, sub: str, value: object, plus: bool = False, sw
     else:
         hint = close_matches(sub, fields)
     if sweep and len(sweep) > 1:
-        hint += (f"{'; ' if hint else ''}this sweep also runs model={choice}, which has no {sub}: compare models with "
-                 f"-m model=torchvision model.name=a,b or -m model={','.join(sweep)}")  # fmt: skip
+        hint += (
+            f"{'; ' if hint else ''}this sweep also runs model={choice}, which has no {sub}: compare models with "
+            f"-m model=torchvision model.name=a,b or -m model={','.join(sweep)}"
+        )
     raise ConfigError(f"model.{sub}", value, f"the keys of model={choice}: {', '.join(fields)}", hint)

@@ -373,8 +373,16 @@ def _check_model_ranges(cfg: DictConfig) -> None:
 
 # The section checks in the order a user reads errors: the top-level keys, then each section as config.yaml lists it.
 SECTIONS = (
-    TrainConfig.check, DeviceConfig.check, LoaderConfig.check, NormConfig.check, OptimizerConfig.check,
-    DataConfig.check, _check_model_ranges, CheckpointConfig.check, ProfilerConfig.check, DistConfig.check,
+    TrainConfig.check,
+    DeviceConfig.check,
+    LoaderConfig.check,
+    NormConfig.check,
+    OptimizerConfig.check,
+    DataConfig.check,
+    _check_model_ranges,
+    CheckpointConfig.check,
+    ProfilerConfig.check,
+    DistConfig.check,
     FaultsConfig.check,
 )
 

@@ -35,8 +35,9 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def aug_params(seed: int, epoch: int, idx: torch.Tensor, pad: int = PAD,
-               flip: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def aug_params(
+    seed: int, epoch: int, idx: torch.Tensor, pad: int = PAD, flip: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Crop offsets (dy, dx), each uniform over 0..2*pad, and flip (p = 0.5; never with flip=False) of images idx.
 
     A function of (seed, epoch, index) alone, on any device: the same image gets the same crop in any
@@ -109,8 +110,15 @@ class TransformDataset(Dataset):
     With train=True, each (epoch, index) key gets the lab's RandomCrop(size, padding=4) + RandomHorizontalFlip,
     done with torchvision's own functional ops (pad with 0, crop, hflip) at the offsets aug_params gives."""
 
-    def __init__(self, data: ArrayDataset, transform: T.Compose, train: bool = False, seed: int = 0,
-                 pad: int = PAD, flip: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        data: ArrayDataset,
+        transform: T.Compose,
+        train: bool = False,
+        seed: int = 0,
+        pad: int = PAD,
+        flip: bool = True,
+    ) -> None:
         self.data, self.transform, self.train, self.seed, self.pad, self.flip = data, transform, train, seed, pad, flip
 
     def __len__(self) -> int:
@@ -166,8 +174,11 @@ def torch_loader(
 
     generator seeds the workers' own RNGs only (nothing of the lab's pipeline draws from them)."""
     size = data.images.shape[1]
-    ds = dataset if dataset is not None else TransformDataset(data, lab_transforms(train, std, size, mean), train,
-                                                              seed, pad, flip)  # fmt: skip
+    ds = (
+        dataset
+        if dataset is not None
+        else TransformDataset(data, lab_transforms(train, std, size, mean), train, seed, pad, flip)
+    )
     kwargs = {}
     if num_workers > 0:
         kwargs = {"persistent_workers": persistent_workers, "worker_init_fn": _seed_worker}
@@ -175,9 +186,14 @@ def torch_loader(
             kwargs["prefetch_factor"] = prefetch_factor
     sampler = EpochSampler(len(ds), seed, shuffle=train, rank=rank, world=world)
     return DataLoader(
-        ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-        generator=generator if train else None, **kwargs,
-    )  # fmt: skip
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=generator if train else None,
+        **kwargs,
+    )
 
 
 def crop_flip(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
@@ -251,19 +267,44 @@ class DeviceLoader:
             yield x.contiguous(memory_format=self.memory_format), self.labels[idx]
 
 
-def make_loader(cfg, data: ArrayDataset, train: bool, device: torch.device, generator: torch.Generator | None,
-                rank: int = 0, world: int = 1):  # fmt: skip
+def make_loader(
+    cfg,
+    data: ArrayDataset,
+    train: bool,
+    device: torch.device,
+    generator: torch.Generator | None,
+    rank: int = 0,
+    world: int = 1,
+):
     """The configured loader (cfg.loader.name) for one split; with world > 1, rank's share of the training split."""
     pad, flip = augmentation(data.images.shape[1], cfg.data.augment, data.flip)
     # the data's own normalisation; CIFAR-10's (std None) as data.normalize picks
     std = data.std if data.std is not None else normalize_std(cfg.data.normalize)
     norm = {"mean": data.mean, "std": std, "pad": pad, "flip": flip}
     if cfg.loader.name == "device":
-        return DeviceLoader(data, train=train, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
-                            channels_last=cfg.channels_last, rank=rank, world=world, **norm)  # fmt: skip
+        return DeviceLoader(
+            data,
+            train=train,
+            batch_size=cfg.batch_size,
+            device=device,
+            seed=cfg.seed,
+            channels_last=cfg.channels_last,
+            rank=rank,
+            world=world,
+            **norm,
+        )
     pin = cfg.loader.pin_memory if cfg.loader.pin_memory is not None else device.type == "cuda"
     return torch_loader(
-        data, train=train, batch_size=cfg.batch_size, num_workers=cfg.workers,
-        generator=generator, pin_memory=pin, persistent_workers=cfg.loader.persistent_workers,
-        prefetch_factor=cfg.loader.prefetch_factor, seed=cfg.seed, rank=rank, world=world, **norm,
-    )  # fmt: skip
+        data,
+        train=train,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.workers,
+        generator=generator,
+        pin_memory=pin,
+        persistent_workers=cfg.loader.persistent_workers,
+        prefetch_factor=cfg.loader.prefetch_factor,
+        seed=cfg.seed,
+        rank=rank,
+        world=world,
+        **norm,
+    )

@@ -33,18 +33,46 @@ class Spec:
 
 
 TORCHVISION: dict[str, Spec] = {
-    "CIFAR10": Spec(32, 3, 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), True, "train",
-                    ("cifar-10-batches-py",), (50_000, 10_000)),
-    "CIFAR100": Spec(32, 3, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True, "train",
-                     ("cifar-100-python",), (50_000, 10_000)),
+    "CIFAR10": Spec(
+        32,
+        3,
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
+        True,
+        "train",
+        ("cifar-10-batches-py",),
+        (50_000, 10_000),
+    ),
+    "CIFAR100": Spec(
+        32,
+        3,
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        True,
+        "train",
+        ("cifar-100-python",),
+        (50_000, 10_000),
+    ),
     "MNIST": Spec(28, 1, 10, (0.1307,), (0.3081,), False, "train", ("MNIST/raw",), (60_000, 10_000)),
     "FashionMNIST": Spec(28, 1, 10, (0.2860,), (0.3530,), True, "train", ("FashionMNIST/raw",), (60_000, 10_000)),
     "KMNIST": Spec(28, 1, 10, (0.1918,), (0.3483,), False, "train", ("KMNIST/raw",), (60_000, 10_000)),
-    "SVHN": Spec(32, 3, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False, "split",
-                 ("train_32x32.mat", "test_32x32.mat"), (73_257, 26_032)),
-    "STL10": Spec(96, 3, 10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True, "split",
-                  ("stl10_binary",), (5_000, 8_000)),
-}  # fmt: skip
+    "SVHN": Spec(
+        32,
+        3,
+        10,
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        False,
+        "split",
+        ("train_32x32.mat", "test_32x32.mat"),
+        (73_257, 26_032),
+    ),
+    "STL10": Spec(
+        96, 3, 10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True, "split", ("stl10_binary",), (5_000, 8_000)
+    ),
+}
 
 
 # every value data.name takes: trainbench's own sources, then the torchvision classes above

@@ -49,8 +49,13 @@ def _torchvision(name: str) -> Any:
 
     names = models.list_models()
     if name not in names:
-        raise ConfigError("model.name", name, f"one of torchvision.models.list_models() ({len(names)} names, e.g. "
-                          "resnet50, mobilenet_v3_small, vit_b_16)", close_matches(name, names))  # fmt: skip
+        raise ConfigError(
+            "model.name",
+            name,
+            f"one of torchvision.models.list_models() ({len(names)} names, e.g. "
+            "resnet50, mobilenet_v3_small, vit_b_16)",
+            close_matches(name, names),
+        )
     return models
 
 
@@ -64,12 +69,16 @@ def _timm(name: str) -> Any:
     try:
         import timm
     except ImportError:
-        raise ConfigError("model", "timm", "resnet18, torchvision or custom, or install the timm extra: "
-                          "pip install 'trainbench[timm]'") from None  # fmt: skip
+        raise ConfigError(
+            "model",
+            "timm",
+            "resnet18, torchvision or custom, or install the timm extra: pip install 'trainbench[timm]'",
+        ) from None
     names = timm.list_models()
     if name not in names:
-        raise ConfigError("model.name", name, f"one of timm.list_models() ({len(names)} names)",
-                          close_matches(name, names))  # fmt: skip
+        raise ConfigError(
+            "model.name", name, f"one of timm.list_models() ({len(names)} names)", close_matches(name, names)
+        )
     return timm
 
 
@@ -83,8 +92,12 @@ def _import(target: str) -> Any:
     try:
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise ConfigError("model._target_", target, "a class importable from the working directory or PYTHONPATH",
-                          f"{type(e).__name__}: {e}") from e  # fmt: skip
+        raise ConfigError(
+            "model._target_",
+            target,
+            "a class importable from the working directory or PYTHONPATH",
+            f"{type(e).__name__}: {e}",
+        ) from e
     return obj
 
 
@@ -127,8 +140,12 @@ def check_config(model_cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     if OmegaConf.is_config(model_cfg) and OmegaConf.is_missing(model_cfg, "_target_"):
-        raise ConfigError("model._target_", "???", "pkg.module.Class (your model class)",
-                          "model=custom needs model._target_=, e.g. model._target_=mynets.Net")  # fmt: skip
+        raise ConfigError(
+            "model._target_",
+            "???",
+            "pkg.module.Class (your model class)",
+            "model=custom needs model._target_=, e.g. model._target_=mynets.Net",
+        )
     check_keys(model_cfg)
     k = kind(model_cfg)
     if k == "torchvision":
@@ -172,13 +189,24 @@ def check_model(model_cfg: Mapping, norm: str, classes: int, size: int, data_nam
             out = model(torch.randn(2, 3, size, size))
     except Exception as e:  # noqa: BLE001 - any failure here is the input size (or the user's forward)
         need = needed_size(model)
-        how = (f"it takes {need}x{need}: set data.image_size={need}" if need and need != size
-               else "set data.image_size=N to a side it takes")  # fmt: skip
+        how = (
+            f"it takes {need}x{need}: set data.image_size={need}"
+            if need and need != size
+            else "set data.image_size=N to a side it takes"
+        )
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError("data.image_size", size, f"an input side model {name} takes",
-                          f"model {name} cannot take 3x{size}x{size} images ({why}); {how}") from e  # fmt: skip
+        raise ConfigError(
+            "data.image_size",
+            size,
+            f"an input side model {name} takes",
+            f"model {name} cannot take 3x{size}x{size} images ({why}); {how}",
+        ) from e
     got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
     if got != (2, classes):
-        raise ConfigError("model", name, f"a model with one output per class ({classes} for data.name={data_name})",
-                          f"model {name} gives output {got} for 2 images, not (2, {classes})")  # fmt: skip
+        raise ConfigError(
+            "model",
+            name,
+            f"a model with one output per class ({classes} for data.name={data_name})",
+            f"model {name} gives output {got} for 2 images, not (2, {classes})",
+        )
     return model

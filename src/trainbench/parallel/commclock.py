@@ -29,8 +29,8 @@ class CommClock:
 
     take() returns (span of the all-reduces since the last take, the exposed part after the last launch, bytes,
     busy: the time the buckets' all-reduces actually took, each its own launch to completion, overlapping buckets
-    counted once) and starts over: the engine calls it once per step, after the step's clock stopped (DDP waits for every
-    bucket before backward returns)."""
+    counted once) and starts over: the epoch loop calls it once per step, after the step's clock stopped (DDP waits for
+    every bucket before backward returns)."""
 
     def __init__(self, make_event: Any = None) -> None:
         self.make_event = make_event  # None: host clock (gloo); a CUDA event factory: device timeline (nccl)
@@ -109,7 +109,6 @@ def union_length(spans: list[tuple[float, float]]) -> float:
             total += b - max(a, end)
             end = b
     return total
-
 
 
 class PendingComm:

@@ -45,13 +45,23 @@ def launch(entry: Callable[..., Any], cfg: Any, *args: Any) -> Any:
         # the launcher logs every rank's traceback at ERROR; the run ends with one clear line instead
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     lc = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=f"trainbench-{os.getpid()}-{time.time_ns()}",
-        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0, monitor_interval=0.1,
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=n,
+        run_id=f"trainbench-{os.getpid()}-{time.time_ns()}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        max_restarts=0,
+        monitor_interval=0.1,
         start_method="spawn",
-    )  # fmt: skip
+    )
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    log.info("dist.nproc=%d: starting %d ranks (torch.distributed elastic launcher, backend %s)", n, n,
-             resolve_backend(cfg.dist.backend, torch.device("cuda" if cfg.device.name == "cuda" else "cpu")))  # fmt: skip
+    log.info(
+        "dist.nproc=%d: starting %d ranks (torch.distributed elastic launcher, backend %s)",
+        n,
+        n,
+        resolve_backend(cfg.dist.backend, torch.device("cuda" if cfg.device.name == "cuda" else "cpu")),
+    )
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     # the launcher installs its own handlers for these and leaves them in place: put ours back afterwards

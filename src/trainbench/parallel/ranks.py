@@ -20,7 +20,6 @@ from ..config import ConfigError, world_size
 log = logging.getLogger("trainbench")
 
 
-
 class RankFailed(RuntimeError):
     """A rank of a data-parallel run died or raised; the whole run was stopped."""
 
@@ -50,11 +49,19 @@ def env_ranks() -> Ranks | None:
     """Ranks from the environment: torchrun / elastic (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM; None if absent."""
     e = os.environ
     if "RANK" in e and "WORLD_SIZE" in e and int(e["WORLD_SIZE"]) > 1:
-        return Ranks(int(e["RANK"]), int(e["WORLD_SIZE"]), int(e.get("LOCAL_RANK", 0)),
-                     int(e.get("LOCAL_WORLD_SIZE", e["WORLD_SIZE"])))  # fmt: skip
+        return Ranks(
+            int(e["RANK"]),
+            int(e["WORLD_SIZE"]),
+            int(e.get("LOCAL_RANK", 0)),
+            int(e.get("LOCAL_WORLD_SIZE", e["WORLD_SIZE"])),
+        )
     if "SLURM_PROCID" in e and int(e.get("SLURM_NTASKS", "1")) > 1:
-        return Ranks(int(e["SLURM_PROCID"]), int(e["SLURM_NTASKS"]), int(e.get("SLURM_LOCALID", 0)),
-                     int(e.get("SLURM_NTASKS_PER_NODE", e["SLURM_NTASKS"]).split("(")[0]))  # fmt: skip
+        return Ranks(
+            int(e["SLURM_PROCID"]),
+            int(e["SLURM_NTASKS"]),
+            int(e.get("SLURM_LOCALID", 0)),
+            int(e.get("SLURM_NTASKS_PER_NODE", e["SLURM_NTASKS"]).split("(")[0]),
+        )
     return None
 
 
@@ -72,8 +79,12 @@ def check_dist(cfg: Any, device: torch.device) -> None:
     if backend == "nccl" and device.type != "cuda":
         raise ConfigError("dist.backend", d.backend, f"gloo (or auto) on {device.type}", "nccl needs CUDA")
     if device.type == "cuda" and d.nproc > torch.cuda.device_count():
-        raise ConfigError("dist.nproc", d.nproc, f"at most {torch.cuda.device_count()} (GPUs visible on this node)",
-                          "one rank per GPU")  # fmt: skip
+        raise ConfigError(
+            "dist.nproc",
+            d.nproc,
+            f"at most {torch.cuda.device_count()} (GPUs visible on this node)",
+            "one rank per GPU",
+        )
     if d.sync_bn and device.type != "cuda":
         raise ConfigError("dist.sync_bn", True, f"false on {device.type}", "SyncBatchNorm needs CUDA in torch")
     if device.type == "mps":
@@ -95,8 +106,9 @@ def init_group(cfg: Any, device: torch.device, r: Ranks) -> None:
     backend = resolve_backend(cfg.dist.backend, device)
     if device.type == "cuda":
         torch.cuda.set_device(r.local_rank)
-    dist.init_process_group(backend, rank=r.rank, world_size=r.world,
-                            timeout=datetime.timedelta(seconds=int(cfg.dist.timeout_s)))  # fmt: skip
+    dist.init_process_group(
+        backend, rank=r.rank, world_size=r.world, timeout=datetime.timedelta(seconds=int(cfg.dist.timeout_s))
+    )
     global _CPU_GROUP
     # The stop check runs every batch: on nccl a CUDA tensor's all-reduce + .item() would drain the device each
     # step (a sync under timing=events). A gloo side group carries it on the CPU instead.

@@ -52,13 +52,29 @@ def plot_phases(t: pd.DataFrame, labels: list[str], out: Path) -> Path:
 def plot_scaling(ok: pd.DataFrame, out: Path) -> Path:
     """Per world size: data, compute, the exposed communication (what backward waited for) and other. The
     all-reduce span runs inside backward, so it is in compute already and is not drawn apart."""
-    g = ok.groupby(["world_size", "batch_size"])[
-        ["avg_data_time_s", "avg_compute_time_s", "avg_comm_exposed_s", "avg_other_time_s"]].mean().reset_index()  # fmt: skip
+    g = (
+        ok.groupby(["world_size", "batch_size"])[
+            ["avg_data_time_s", "avg_compute_time_s", "avg_comm_exposed_s", "avg_other_time_s"]
+        ]
+        .mean()
+        .reset_index()
+    )
     labels = [f"{int(w)} x {int(b)}" for w, b in zip(g["world_size"], g["batch_size"])]
-    parts = {"data": g["avg_data_time_s"], "compute (without exposed comm)": g["avg_compute_time_s"] - g["avg_comm_exposed_s"],
-             "exposed communication": g["avg_comm_exposed_s"], "other": g["avg_other_time_s"]}  # fmt: skip
-    return stacked_bars(out / "scaling.png", labels, parts, "Scaling: where the epoch goes",
-                        ylabel="seconds per epoch (mean over ranks)", xlabel="ranks x batch per rank", slanted=False)  # fmt: skip
+    parts = {
+        "data": g["avg_data_time_s"],
+        "compute (without exposed comm)": g["avg_compute_time_s"] - g["avg_comm_exposed_s"],
+        "exposed communication": g["avg_comm_exposed_s"],
+        "other": g["avg_other_time_s"],
+    }
+    return stacked_bars(
+        out / "scaling.png",
+        labels,
+        parts,
+        "Scaling: where the epoch goes",
+        ylabel="seconds per epoch (mean over ranks)",
+        xlabel="ranks x batch per rank",
+        slanted=False,
+    )
 
 
 def plot_c3(agg: pd.DataFrame, out: Path) -> Path:
@@ -95,8 +111,10 @@ def plot_epochs(done: list[Run], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(exist_ok=True)
-    parts = {lab: [r.epochs[c].mean() for r in done]
-             for c, lab in (("data_time_s", "data"), ("compute_time_s", "compute"), ("other_time_s", "other"))}  # fmt: skip
+    parts = {
+        lab: [r.epochs[c].mean() for r in done]
+        for c, lab in (("data_time_s", "data"), ("compute_time_s", "compute"), ("other_time_s", "other"))
+    }
     paths = [stacked_bars(out / "time_split.png", [r.label() for r in done], parts, "Where the epoch goes")]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     per_batch = all(len(r.epochs) <= 1 for r in done)  # one epoch: a curve needs the batches

@@ -16,8 +16,14 @@ from ..figures import batch_columns, epoch_columns, in_summary_order, summary_fi
 from ..store.records import read_json, read_rows
 from .stats import Finding
 
-SHORT = {"device.name": "device", "optimizer.name": "optimizer", "norm.name": "norm", "data.name": "data",
-         "loader.name": "loader", "model.label": "model"}  # fmt: skip
+SHORT = {
+    "device.name": "device",
+    "optimizer.name": "optimizer",
+    "norm.name": "norm",
+    "data.name": "data",
+    "loader.name": "loader",
+    "model.label": "model",
+}
 
 
 IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "data.root", "tune.")
@@ -86,8 +92,10 @@ class Context:
     def groups(self, key: str) -> list[tuple[Any, list[tuple[dict, pd.DataFrame, pd.DataFrame]]]]:
         """Per value of key (sweep order): (summary row, epochs, batches) of its complete runs."""
         rows = {r.name: row for r, row in zip(self.runs, self.table.to_dict("records"))}
-        return [(v, [(rows[r.name], r.epochs, r.batches) for r in self.done if r.settings.get(key) == v])
-                for v in self.order(key)]  # fmt: skip
+        return [
+            (v, [(rows[r.name], r.epochs, r.batches) for r in self.done if r.settings.get(key) == v])
+            for v in self.order(key)
+        ]
 
     def missing(self, key: str) -> list[str]:
         """Values of key that were asked for but did not complete, with their status."""
@@ -183,8 +191,14 @@ def varying_keys(runs: list[Run]) -> list[str]:
 def run_row(r: Run) -> dict[str, Any]:
     """summary.csv's figures for one run: the catalogue's (figures.summary_figures) and the run's own facts."""
     e, env = r.epochs, r.info.get("environment") or {}
-    row: dict[str, Any] = {**r.settings, "run": r.name, "status": r.status, "device_name": env.get("device_name"),
-                           "epochs": len(e), **summary_figures(e)}  # fmt: skip
+    row: dict[str, Any] = {
+        **r.settings,
+        "run": r.name,
+        "status": r.status,
+        "device_name": env.get("device_name"),
+        "epochs": len(e),
+        **summary_figures(e),
+    }
     total = e["epoch_time_s"].sum() if len(e) else 0
     row["data_share"] = e["data_time_s"].sum() / total if total else math.nan
     row["samples_per_s"] = e["samples"].sum() / total if total else math.nan  # the run's, over all its epochs
@@ -218,8 +232,10 @@ def busy_reasons(table: pd.DataFrame) -> list[str]:
         if r.get("max_others_cpu", math.nan) > BUSY_OTHERS:
             why.append(f"other processes used {r['max_others_cpu']:.0%} of the machine's CPU during an epoch")
         if best > 0 and r.get("mean_cpu_util", math.nan) < BUSY_UTIL_RATIO * best:
-            why.append(f"its CPU utilisation {r['mean_cpu_util']:.2f} was below {BUSY_UTIL_RATIO}x the "
-                       f"{best:.2f} of runs with the same threads and ranks")  # fmt: skip
+            why.append(
+                f"its CPU utilisation {r['mean_cpu_util']:.2f} was below {BUSY_UTIL_RATIO}x the "
+                f"{best:.2f} of runs with the same threads and ranks"
+            )
         out.append("; ".join(why))
     return out
 

@@ -96,8 +96,9 @@ class Estimate:
     def of(cls, setting: Any, values: list[float], noise: str = "seeds") -> Estimate:
         """An estimate from plain replicates (one cell)."""
         c = Cell(sum(values) / len(values) if values else math.nan, list(values), noise if len(values) >= 2 else "none")
-        return cls(setting, c.shown, math.sqrt(c.var_of_mean) if len(values) >= 2 else math.nan, len(values),
-                   c.noise, {(): c})  # fmt: skip
+        return cls(
+            setting, c.shown, math.sqrt(c.var_of_mean) if len(values) >= 2 else math.nan, len(values), c.noise, {(): c}
+        )
 
 
 def _cell(runs: list[tuple[dict, pd.DataFrame, Any]], metric: str) -> Cell | None:
@@ -117,8 +118,9 @@ def _cell(runs: list[tuple[dict, pd.DataFrame, Any]], metric: str) -> Cell | Non
     return Cell(shown, vals, "none")
 
 
-def estimates(groups: list[tuple[Any, list[tuple[dict, pd.DataFrame, Any]]]], metric: str,
-              match: list[str] | None = None) -> list[Estimate]:  # fmt: skip
+def estimates(
+    groups: list[tuple[Any, list[tuple[dict, pd.DataFrame, Any]]]], metric: str, match: list[str] | None = None
+) -> list[Estimate]:
     """Per setting (in the order given): its cells (runs grouped by the `match` keys' values in their summary rows),
     the mean over cells, its standard error and noise source.
 
@@ -134,9 +136,16 @@ def estimates(groups: list[tuple[Any, list[tuple[dict, pd.DataFrame, Any]]]], me
         noises = {c.noise for c in cells.values()}
         noise = "none" if "none" in noises else ("seeds" if noises == {"seeds"} else "epochs")
         var = sum(c.var_of_mean for c in cells.values()) / len(cells) ** 2
-        out.append(Estimate(setting, sum(c.shown for c in cells.values()) / len(cells),
-                            math.sqrt(var) if noise != "none" else math.nan,
-                            min(len(c.reps) for c in cells.values()), noise, cells))  # fmt: skip
+        out.append(
+            Estimate(
+                setting,
+                sum(c.shown for c in cells.values()) / len(cells),
+                math.sqrt(var) if noise != "none" else math.nan,
+                min(len(c.reps) for c in cells.values()),
+                noise,
+                cells,
+            )
+        )
     return out
 
 
@@ -185,42 +194,61 @@ def noise_note(ests: list[Estimate]) -> str:
     noises = {e.noise for e in ests}
     n = min((e.n for e in ests), default=0)
     if "none" in noises:
-        return ("no run-to-run noise was measured (one run per setting: accuracy needs seeds, times seeds or "
-                f"{MIN_EPOCH_REPLICATES + 1}+ epochs)")  # fmt: skip
+        return (
+            "no run-to-run noise was measured (one run per setting: accuracy needs seeds, times seeds or "
+            f"{MIN_EPOCH_REPLICATES + 1}+ epochs)"
+        )
     if noises == {"seeds"}:
         return f"noise from {n}+ seeds per setting, Welch's t at {ALPHA:g}"
-    return (f"noise from the spread of {n}+ epochs after the first within each run, Welch's t at {ALPHA:g}; "
-            "run-to-run effects are not in it")  # fmt: skip
+    return (
+        f"noise from the spread of {n}+ epochs after the first within each run, Welch's t at {ALPHA:g}; "
+        "run-to-run effects are not in it"
+    )
 
 
 def firm_answer_hint(ests: list[Estimate]) -> str:
     """What to run for a firmer answer."""
     if all(e.noise == "seeds" for e in ests):
         return "more seeds or longer runs would tell them apart"
-    return (f"run each setting with seeds (`seed=0,1,2`), or at least {MIN_EPOCH_REPLICATES + 1} epochs, "
-            "for a verdict")  # fmt: skip
+    return f"run each setting with seeds (`seed=0,1,2`), or at least {MIN_EPOCH_REPLICATES + 1} epochs, for a verdict"
 
 
 def _levels_note(t: Test, match: list[str] | None, fmt: str) -> str:
     """The effect at each level of the other varying keys, and pooled."""
     if not match or len(t.levels) < 1 or not any(k for k in t.levels):
         return ""
-    lv = "; ".join(f"{', '.join(f'{m}={v.strip(chr(39))}' for m, v in zip(match, k))}: {format(d, '+' + fmt)}"
-                   for k, d in t.levels.items())  # fmt: skip
+    lv = "; ".join(
+        f"{', '.join(f'{m}={v.strip(chr(39))}' for m, v in zip(match, k))}: {format(d, '+' + fmt)}"
+        for k, d in t.levels.items()
+    )
     return (
         f" Compared at matched {', '.join(match)} (the other keys that vary): {lv}; pooled {format(t.diff, '+' + fmt)}."
     )
 
 
-def compare(part: str, key: str, metric: str, ests: list[Estimate], lower_is_better: bool, what: str, fmt: str,
-            missing: list[str] | None = None, match: list[str] | None = None) -> Finding:  # fmt: skip
+def compare(
+    part: str,
+    key: str,
+    metric: str,
+    ests: list[Estimate],
+    lower_is_better: bool,
+    what: str,
+    fmt: str,
+    missing: list[str] | None = None,
+    match: list[str] | None = None,
+) -> Finding:
     """A finding naming the best setting of `key` by `metric`; significant only when it beats the runner-up past
     the measured noise (with no noise, the better-looking setting is named and significant is false)."""
     if len(ests) < 2:
         have = ", ".join(f"{key}={e.setting}" for e in ests) or "none"
         miss = f"; missing: {', '.join(missing)}" if missing else ""
-        return Finding(part, metric, None, False,
-                       f"Only one {key} completed ({have}){miss}: no {what} can be named from a single setting.")  # fmt: skip
+        return Finding(
+            part,
+            metric,
+            None,
+            False,
+            f"Only one {key} completed ({have}){miss}: no {what} can be named from a single setting.",
+        )
     ranked = sorted(ests, key=lambda e: e.value if lower_is_better else -e.value)
     best, second = ranked[0], ranked[1]
     t = welch(best, second)
@@ -228,31 +256,49 @@ def compare(part: str, key: str, metric: str, ests: list[Estimate], lower_is_bet
     noise = "none" if any(e.noise == "none" for e in ests) else t.noise
     se = lambda e: "" if math.isnan(e.se) else f" ± {format(e.se, '.2g')}"  # noqa: E731
     vals = "; ".join(f"{key}={e.setting}: {format(e.value, fmt)}{se(e)}" for e in ests)
-    pair = (f"{key}={best.setting} ({format(best.value, fmt)}) against {key}={second.setting} "
-            f"({format(second.value, fmt)})")  # fmt: skip
+    pair = (
+        f"{key}={best.setting} ({format(best.value, fmt)}) against {key}={second.setting} ({format(second.value, fmt)})"
+    )
     levels = _levels_note(t, match, fmt)
     if t.significant:
-        text = (f"{what.capitalize()}: **{best.setting}**; {pair} differ beyond the noise ({noise_note(ests)}, "
-                f"p={t.p:.2g}).{levels} All ({metric}, ± standard error): {vals}.")  # fmt: skip
+        text = (
+            f"{what.capitalize()}: **{best.setting}**; {pair} differ beyond the noise ({noise_note(ests)}, "
+            f"p={t.p:.2g}).{levels} All ({metric}, ± standard error): {vals}."
+        )
         return Finding(part, metric, best.setting, True, text, noise, n)
     if noise == "none":
-        text = (f"{what.capitalize()}: {key}={best.setting} looks best ({pair}), but {noise_note(ests)}, so this "
-                f"is not a verdict: {firm_answer_hint(ests)}.{levels} All ({metric}): {vals}.")  # fmt: skip
+        text = (
+            f"{what.capitalize()}: {key}={best.setting} looks best ({pair}), but {noise_note(ests)}, so this "
+            f"is not a verdict: {firm_answer_hint(ests)}.{levels} All ({metric}): {vals}."
+        )
         return Finding(part, metric, best.setting, False, text, "none", n)
-    text = (f"{what.capitalize()}: the settings are indistinguishable here; {pair} is within the noise "
-            f"({noise_note(ests)}, p={t.p:.2g}): {firm_answer_hint(ests)}.{levels} All ({metric}, ± standard error): "
-            f"{vals}.")  # fmt: skip
+    text = (
+        f"{what.capitalize()}: the settings are indistinguishable here; {pair} is within the noise "
+        f"({noise_note(ests)}, p={t.p:.2g}): {firm_answer_hint(ests)}.{levels} All ({metric}, ± standard error): "
+        f"{vals}."
+    )
     return Finding(part, metric, None, False, text, noise, n)
 
 
-def accuracy_finding(part: str, key: str, ests: list[Estimate], classes: int, missing: list[str] | None = None,
-                     match: list[str] | None = None) -> Finding:  # fmt: skip
+def accuracy_finding(
+    part: str,
+    key: str,
+    ests: list[Estimate],
+    classes: int,
+    missing: list[str] | None = None,
+    match: list[str] | None = None,
+) -> Finding:
     """Highest average training accuracy, or why none can be named (chance level, one setting, noise)."""
     chance = 1.0 / max(1, classes)
     if ests and all(e.value < chance + CHANCE_MARGIN for e in ests):
         top = max(e.value for e in ests)
-        return Finding(part, "avg_train_acc", None, False,
-                       f"Accuracy cannot be compared yet: every {key} is within {CHANCE_MARGIN:.0%} of chance "
-                       f"({chance:.2f} for {classes} classes; best {top:.3f}). The run is too short to compare "
-                       "accuracy: train more epochs or on more data.")  # fmt: skip
+        return Finding(
+            part,
+            "avg_train_acc",
+            None,
+            False,
+            f"Accuracy cannot be compared yet: every {key} is within {CHANCE_MARGIN:.0%} of chance "
+            f"({chance:.2f} for {classes} classes; best {top:.3f}). The run is too short to compare "
+            "accuracy: train more epochs or on more data.",
+        )
     return compare(part, key, "avg_train_acc", ests, False, "highest average training top-1", ".3f", missing, match)

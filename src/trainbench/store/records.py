@@ -184,4 +184,3 @@ class RunLock:
         assert self.fh is not None
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
-

@@ -106,8 +106,11 @@ def drop_rows_after(run_dir: Path, start: int, ckpt: dict | None) -> None:
     if ckpt is not None or dropped or dropped_b:
         log.info(
             "resuming %s: epochs 0..%d done; dropped %d epoch and %d batch rows written after it",
-            Path(ckpt["path"]).name if ckpt else "from scratch", start - 1, dropped, dropped_b,
-        )  # fmt: skip
+            Path(ckpt["path"]).name if ckpt else "from scratch",
+            start - 1,
+            dropped,
+            dropped_b,
+        )
 
 
 def discard_if_untouched(run_dir: Path) -> None:

@@ -46,8 +46,13 @@ class EventClock:
     device is idle it completes at once (the clock goes on with the wall clock), while busy when the work queued
     before it ends. make_event and sync are injectable, so that the clocks run on a simulated device in the tests."""
 
-    def __init__(self, device: torch.device, make_event: Callable[[], Any] | None = None,
-                 sync: Callable[[], None] | None = None, per_step: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        device: torch.device,
+        make_event: Callable[[], Any] | None = None,
+        sync: Callable[[], None] | None = None,
+        per_step: bool = False,
+    ) -> None:
         self.device, self.per_step = device, per_step
         self.make_event = make_event or (lambda: torch.cuda.Event(enable_timing=True))
         self.sync = sync or (lambda: torch.cuda.synchronize(device))

@@ -152,8 +152,17 @@ def train_epoch(
     with the sync clock that is three more device syncs per step (free on a CPU, a stall each on a GPU).
     after_step(batch) runs after each step's clocks stopped (the profiler's step): in other time."""
     try:
-        return _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested,
-                            clock or make_clock(timing, ctx.device), phases, after_step)  # fmt: skip
+        return _train_epoch(
+            ctx,
+            loader,
+            epoch,
+            first_step,
+            on_batch,
+            stop_requested,
+            clock or make_clock(timing, ctx.device),
+            phases,
+            after_step,
+        )
     except Exception as e:
         # Free the finished frames' locals now, so that the DataLoader iterator shuts its workers down
         # (and stops watching SIGCHLD) at once, not whenever this traceback is collected.
@@ -181,8 +190,9 @@ def _next_batch(it):
         raise _loader_died(e) from e
 
 
-def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock, phases=True,
-                 after_step=None) -> EpochStats:  # fmt: skip
+def _train_epoch(
+    ctx, loader, epoch, first_step, on_batch, stop_requested, clock, phases=True, after_step=None
+) -> EpochStats:
     """One loop for both clocks.
 
     data    = waiting for next(loader) on the host (iter() included: worker start-up is the first batch's
@@ -215,8 +225,9 @@ def _train_epoch(ctx, loader, epoch, first_step, on_batch, stop_requested, clock
         # --- bookkeeping: counted in other time (queued after m2 with events, so outside compute) ---
         correct_t = (r.logits.argmax(1) == r.y).sum()
         comm = ctx.comm.take() if ctx.comm is not None else (0.0, 0.0, 0, 0.0)  # the step's all-reduces, done by now
-        pending.append(_Pending(batch, step, int(r.y.shape[0]), (m0, m1, *r.marks, m2), r.loss, correct_t,
-                                r.skipped, comm))  # fmt: skip
+        pending.append(
+            _Pending(batch, step, int(r.y.shape[0]), (m0, m1, *r.marks, m2), r.loss, correct_t, r.skipped, comm)
+        )
         if after_step is not None:
             after_step(batch)
         if clock.per_step:
@@ -252,9 +263,22 @@ def _drain(pending: list[_Pending], stats: EpochStats, clock, epoch: int, on_bat
         skipped = int(bool(p.skipped.item())) if p.skipped is not None else 0
         comm = p.comm.resolve() if hasattr(p.comm, "resolve") else p.comm  # nccl: bucket events, readable now
         phases = dict(zip(("copy_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s"), split))
-        rec = batch_record(epoch=epoch, batch=p.batch, step=p.step, size=p.size, loss=loss, acc=correct / p.size,
-                           data_time_s=data_s, compute_time_s=clock.span(m1, m2), skipped=skipped, comm_time_s=comm[0],
-                           comm_exposed_s=comm[1], comm_bytes=comm[2], comm_busy_s=comm[3], **phases)
+        rec = batch_record(
+            epoch=epoch,
+            batch=p.batch,
+            step=p.step,
+            size=p.size,
+            loss=loss,
+            acc=correct / p.size,
+            data_time_s=data_s,
+            compute_time_s=clock.span(m1, m2),
+            skipped=skipped,
+            comm_time_s=comm[0],
+            comm_exposed_s=comm[1],
+            comm_bytes=comm[2],
+            comm_busy_s=comm[3],
+            **phases,
+        )
         stats.add(rec)
         if on_batch is not None:
             on_batch(rec, stats)
@@ -276,4 +300,3 @@ def evaluate_sums(ctx: StepContext, loader: Iterable) -> tuple[float, int, int]:
         n += len(y)
     model.train()
     return loss_sum, correct, n
-

@@ -42,14 +42,20 @@ class Candidate:
         out = [f"loader={s['loader.name']}"]
         if s["loader.name"] == "torch":
             out.append(f"workers={s['workers']}")
-        out += [f"precision={s['precision']}", f"channels_last={str(s['channels_last']).lower()}",
-                f"compile={str(s['compile']).lower()}"]  # fmt: skip
+        out += [
+            f"precision={s['precision']}",
+            f"channels_last={str(s['channels_last']).lower()}",
+            f"compile={str(s['compile']).lower()}",
+        ]
         return out
 
     def estimate(self) -> Estimate:
         """images/s over the interleaved repeats, as an Estimate (noise: the repeats)."""
-        return Estimate.of(self.label, self.ips, "repeats") if self.ips else Estimate(self.label, math.nan, math.nan,
-                                                                                        0, "none")  # fmt: skip
+        return (
+            Estimate.of(self.label, self.ips, "repeats")
+            if self.ips
+            else Estimate(self.label, math.nan, math.nan, 0, "none")
+        )
 
     def changes(self) -> int:
         """Settings that differ from the lab config (ties are broken toward fewer)."""
@@ -120,8 +126,14 @@ class Prepared:
 
         t0 = time.perf_counter()
         recs: list = []
-        train_epoch(self.ctx, _Take(self.loader, steps), 0, on_batch=lambda r, s: recs.append(r), timing=self.timing,
-                    phases=bool(self.cfg.phase_clocks))  # fmt: skip
+        train_epoch(
+            self.ctx,
+            _Take(self.loader, steps),
+            0,
+            on_batch=lambda r, s: recs.append(r),
+            timing=self.timing,
+            phases=bool(self.cfg.phase_clocks),
+        )
         n_epoch = len(self.loader)  # batches in a real epoch of this data
         busy = [r.data_time_s + r.compute_time_s for r in recs]
         data = [r.data_time_s for r in recs]

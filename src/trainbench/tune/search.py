@@ -53,12 +53,23 @@ def rows(result: TuneResult) -> list[dict[str, Any]]:
         e = c.estimate()
         measured = c.status == "measured"
         tie = measured and best is not None and c is not ranked[0] and not differ(e, best)
-        out.append({
-            "rank": i + 1 if measured else None, "setting": c.label, "stage": c.stage,
-            "images_per_s": e.value, "se": e.se, "repeats": len(c.ips), "vs_lab": e.value / lab if lab else math.nan,
-            "data_share": c.data_share, "compile_s": c.compile_s, "within_noise_of_best": tie,
-            "seconds": c.seconds, "status": c.status, "overrides": " ".join(c.overrides),
-        })  # fmt: skip
+        out.append(
+            {
+                "rank": i + 1 if measured else None,
+                "setting": c.label,
+                "stage": c.stage,
+                "images_per_s": e.value,
+                "se": e.se,
+                "repeats": len(c.ips),
+                "vs_lab": e.value / lab if lab else math.nan,
+                "data_share": c.data_share,
+                "compile_s": c.compile_s,
+                "within_noise_of_best": tie,
+                "seconds": c.seconds,
+                "status": c.status,
+                "overrides": " ".join(c.overrides),
+            }
+        )
     return out
 
 
@@ -73,11 +84,20 @@ def render(result: TuneResult) -> str:
             if r["within_noise_of_best"]
             else ("" if r["status"] == "measured" else r["status"])
         )
-        lines.append(" | ".join([
-            str(r["rank"] or "-"), r["setting"], f"{r['images_per_s']:.1f}", f"{r['se']:.1f}" if not math.isnan(r["se"]) else "?",
-            f"{r['vs_lab']:.2f}x" if not math.isnan(r["vs_lab"]) else "?", f"{r['data_share']:.0%}" if not math.isnan(r["data_share"]) else "?",
-            f"{r['compile_s']:.0f}" if not math.isnan(r["compile_s"]) else "", note,
-        ]))  # fmt: skip
+        lines.append(
+            " | ".join(
+                [
+                    str(r["rank"] or "-"),
+                    r["setting"],
+                    f"{r['images_per_s']:.1f}",
+                    f"{r['se']:.1f}" if not math.isnan(r["se"]) else "?",
+                    f"{r['vs_lab']:.2f}x" if not math.isnan(r["vs_lab"]) else "?",
+                    f"{r['data_share']:.0%}" if not math.isnan(r["data_share"]) else "?",
+                    f"{r['compile_s']:.0f}" if not math.isnan(r["compile_s"]) else "",
+                    note,
+                ]
+            )
+        )
     text = "\n".join(lines)
     if result.verdict:
         text += f"\n\n{result.verdict}"
@@ -102,11 +122,19 @@ def choose(cands: list[Candidate], lab: Candidate | None) -> tuple[Candidate | N
     if lab is None or lab.status != "measured":
         return best, f"fastest measured: {best.label} (the lab config was not measured: no comparison with it)"
     le = lab.estimate()
-    beats = [c for c in done if c is not lab and c.estimate().value > le.value and differ(c.estimate(), le)
-             and not differ(c.estimate(), best.estimate())]  # fmt: skip
+    beats = [
+        c
+        for c in done
+        if c is not lab
+        and c.estimate().value > le.value
+        and differ(c.estimate(), le)
+        and not differ(c.estimate(), best.estimate())
+    ]
     if not beats:
-        return lab, ("no setting beats the lab config here beyond the noise (interleaved repeats, Welch's t): the "
-                     "preset is the lab config")  # fmt: skip
+        return lab, (
+            "no setting beats the lab config here beyond the noise (interleaved repeats, Welch's t): the "
+            "preset is the lab config"
+        )
     w = min(beats, key=lambda c: (c.changes(), -c.estimate().value))
     ratio = w.estimate().value / le.value
     tie = " (the fewest changes among the settings tied with the fastest)" if w is not best else ""
@@ -115,8 +143,11 @@ def choose(cands: list[Candidate], lab: Candidate | None) -> tuple[Candidate | N
 
 def _check(tc: Any) -> None:
     """tune.* ranges, as config errors naming the key."""
-    for key, v, ok in (("tune.steps", tc.steps, tc.steps >= 2), ("tune.repeats", tc.repeats, tc.repeats >= 2),
-                       ("tune.budget_s", tc.budget_s, tc.budget_s > 0)):  # fmt: skip
+    for key, v, ok in (
+        ("tune.steps", tc.steps, tc.steps >= 2),
+        ("tune.repeats", tc.repeats, tc.repeats >= 2),
+        ("tune.budget_s", tc.budget_s, tc.budget_s > 0),
+    ):
         if not ok:
             raise ConfigError(
                 key,
@@ -164,8 +195,11 @@ class _Session:
                 if id(cand) not in prepared or self._left() <= 0:
                     continue
                 ips = prepared[id(cand)].one_pass(tc.steps)
-                print(f"[{tc.budget_s - self._left():5.0f}s/{tc.budget_s:.0f}s] {name}, round {r + 1}/{tc.repeats}: "
-                      f"{cand.label}: {ips:.1f} images/s", flush=True)  # fmt: skip
+                print(
+                    f"[{tc.budget_s - self._left():5.0f}s/{tc.budget_s:.0f}s] {name}, round {r + 1}/{tc.repeats}: "
+                    f"{cand.label}: {ips:.1f} images/s",
+                    flush=True,
+                )
         return cands
 
     def stages(self, precs: list[str], workers: list[int], cls: list[bool]) -> None:
@@ -187,8 +221,10 @@ class _Session:
                 self.stage([dict(LAB), {**b2.settings}, {**b2.settings, "compile": True}], "3 compile")
                 result.lab = next(c for c in result.candidates if c.settings == LAB)
             else:
-                result.notes.append(f"compile=true not tried: {self._left():.0f} s of the budget left (< half of "
-                                    f"tune.budget_s={tc.budget_s:.0f})")  # fmt: skip
+                result.notes.append(
+                    f"compile=true not tried: {self._left():.0f} s of the budget left (< half of "
+                    f"tune.budget_s={tc.budget_s:.0f})"
+                )
 
 
 def _best(cands: list[Candidate]) -> Candidate | None:
@@ -217,10 +253,13 @@ def tune(cfg: DictConfig) -> TuneResult:
     precs, why = (list(tc.precisions), "tune.precisions as given") if tc.precisions else precisions(device)
     workers = list(tc.workers) if tc.workers else worker_counts(cores)
     result = TuneResult([], None, None, out_dir, notes=[f"precisions {', '.join(precs)}: {why}"])
-    print(f"trainbench.tune: {device_name(device)}, {cores} cores; model={model_label(cfg)} batch_size="
-          f"{cfg.batch_size} data={cfg.data.name}; {tc.repeats} interleaved repeats x {tc.steps} timed steps per "
-          f"candidate (worker start-up counted, projected over an epoch); budget {tc.budget_s:.0f} s "
-          "(tune.budget_s)", flush=True)  # fmt: skip
+    print(
+        f"trainbench.tune: {device_name(device)}, {cores} cores; model={model_label(cfg)} batch_size="
+        f"{cfg.batch_size} data={cfg.data.name}; {tc.repeats} interleaved repeats x {tc.steps} timed steps per "
+        f"candidate (worker start-up counted, projected over an epoch); budget {tc.budget_s:.0f} s "
+        "(tune.budget_s)",
+        flush=True,
+    )
     try:
         _Session(cfg, device, data, result).stages(precs, workers, list(tc.channels_last))
     except KeyboardInterrupt:
@@ -245,7 +284,10 @@ def _write(result: TuneResult, cfg: DictConfig, device: torch.device) -> None:
         result.wrote.append(result.out_dir / "tune.csv")
     if result.winner is not None and not result.interrupted:
         settings = {k: result.winner.settings[k] for k in LAB}
-        note = (f"Written by python -m trainbench.tune on {datetime.now().isoformat(timespec='seconds')} for "
-                f"{device_name(device)}: {result.verdict}.")  # fmt: skip
-        result.wrote += presets.write(settings, presets.key_of(cfg, device), note, result.out_dir,
-                                     to_cache=bool(cfg.tune.write_preset))  # fmt: skip
+        note = (
+            f"Written by python -m trainbench.tune on {datetime.now().isoformat(timespec='seconds')} for "
+            f"{device_name(device)}: {result.verdict}."
+        )
+        result.wrote += presets.write(
+            settings, presets.key_of(cfg, device), note, result.out_dir, to_cache=bool(cfg.tune.write_preset)
+        )

@@ -49,13 +49,19 @@ def implausible(key: str, per_phase: dict[str, list[Estimate]]) -> Finding | Non
             continue
         hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
         if lo.value > 0 and hi.value / lo.value >= IMPLAUSIBLE_RATIO and differ(hi, lo):
-            return Finding("compute", f"avg_{ph}_time_s", None, False,
-                           f"**Disturbed measurement:** the {ph} phase, which {key} cannot change, takes "
-                           f"{hi.value / lo.value:.3g}x as long at {key}={hi.setting} ({hi.value:.3g} s) as at "
-                           f"{key}={lo.setting} ({lo.value:.3g} s), beyond the noise. That is evidence of another "
-                           "load on the machine while some runs were measured (see `busy` in summary.csv), not an "
-                           f"effect of {key}: re-run on a quiet machine before reading the other {key} figures.",
-                           hi.noise, min(hi.n, lo.n))  # fmt: skip
+            return Finding(
+                "compute",
+                f"avg_{ph}_time_s",
+                None,
+                False,
+                f"**Disturbed measurement:** the {ph} phase, which {key} cannot change, takes "
+                f"{hi.value / lo.value:.3g}x as long at {key}={hi.setting} ({hi.value:.3g} s) as at "
+                f"{key}={lo.setting} ({lo.value:.3g} s), beyond the noise. That is evidence of another "
+                "load on the machine while some runs were measured (see `busy` in summary.csv), not an "
+                f"effect of {key}: re-run on a quiet machine before reading the other {key} figures.",
+                hi.noise,
+                min(hi.n, lo.n),
+            )
     return None
 
 
@@ -71,10 +77,16 @@ def part_compute(ctx: Context) -> PartOutput:
     for ph, c in zip(PHASE_NAMES, phase_cols):
         t[f"{ph}_share"] = t[c] / t[phase_cols].sum(axis=1)
     out = PartOutput(tables={"compute_phases": t})
-    out.md += ["## Where compute goes", "",
-               "Compute per epoch split into its phases (copy = host-to-device copy, forward includes the loss, "
-               "optimizer = zero_grad + step), the training step's achieved TFLOP/s (counted FLOPs / compute time) and "
-               "utilisation (mfu) against the device's peak (`peak_source` in run.json).", "", md_table(t), ""]  # fmt: skip
+    out.md += [
+        "## Where compute goes",
+        "",
+        "Compute per epoch split into its phases (copy = host-to-device copy, forward includes the loss, "
+        "optimizer = zero_grad + step), the training step's achieved TFLOP/s (counted FLOPs / compute time) and "
+        "utilisation (mfu) against the device's peak (`peak_source` in run.json).",
+        "",
+        md_table(t),
+        "",
+    ]
     runs = {r.name: r for r in ctx.done}
     cats = [(name, _op_categories(runs[name])) for name in t["run"] if name in runs]
     cats = [(n, c) for n, c in cats if c]
@@ -83,32 +95,45 @@ def part_compute(ctx: Context) -> PartOutput:
         out.md += [f"- {n}: {c}" for n, c in cats] + [""]
     profiled = [r.name for r in ctx.done if r.epochs["profiled_steps"].fillna(0).sum() > 0]
     if profiled:
-        out.md += [f"**Note:** runs {', '.join(profiled)} include steps run under the profiler (slower; `profiled` in "
-                   "batches.csv): their times are not comparable with unprofiled runs.", ""]  # fmt: skip
+        out.md += [
+            f"**Note:** runs {', '.join(profiled)} include steps run under the profiler (slower; `profiled` in "
+            "batches.csv): their times are not comparable with unprofiled runs.",
+            "",
+        ]
     for key in ctx.by:
-        groups = [(v, [g for g in gs if not pd.isna(g[0].get(phase_cols[0]))]) for v, gs in ctx.groups(key)]
-        groups = [(v, gs) for v, gs in groups if gs]
-        if len(groups) < 2:
-            continue
-        match = ctx.others(key)
-        per_phase = {ph: estimates(groups, f"avg_{ph}_time_s", match) for ph in PHASE_NAMES}
-        flag = implausible(key, per_phase)
-        if flag is not None:
-            out.findings.append(flag)
-            continue
-        spread = {ph: _spread_in_se(es) for ph, es in per_phase.items() if len(es) > 1}
-        if not spread:
-            continue
-        ph = max(spread, key=spread.get)  # the phase whose change with this setting stands out most from its noise
-        es = per_phase[ph]
-        hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
-        f = compare("compute", key, f"avg_{ph}_time_s", es, True, f"lowest {ph} time per epoch", ".3g", match=match)
-        vals = ", ".join(f"{key}={e.setting} {e.value:.3g} s" for e in es)
-        sig = ("a difference beyond the measured noise" if differ(hi, lo)
-               else "no run-to-run noise was measured to judge it" if "none" in (hi.noise, lo.noise)
-               else "a difference within the measured noise: it may not be real")  # fmt: skip
-        f.text = (f"Compute phases across {key}: the {ph} phase changes most ({vals}; {key}={hi.setting} takes "
-                  f"{hi.value / lo.value if lo.value else math.inf:.3g}x {key}={lo.setting}'s), {sig}. " + f.text)  # fmt: skip
-        out.findings.append(f)
+        out.findings += _phase_findings(ctx, key, phase_cols)
     out.plots.append(plot_phases(t, [runs[n].label() if n in runs else n for n in t["run"]], ctx.root / "plots"))
     return out
+
+
+def _phase_findings(ctx: Context, key: str, phase_cols: list[str]) -> list[Finding]:
+    """The phase that changes most with key, against its noise (or the implausible-figures flag); none or one."""
+    groups = [(v, [g for g in gs if not pd.isna(g[0].get(phase_cols[0]))]) for v, gs in ctx.groups(key)]
+    groups = [(v, gs) for v, gs in groups if gs]
+    if len(groups) < 2:
+        return []
+    match = ctx.others(key)
+    per_phase = {ph: estimates(groups, f"avg_{ph}_time_s", match) for ph in PHASE_NAMES}
+    flag = implausible(key, per_phase)
+    if flag is not None:
+        return [flag]
+    spread = {ph: _spread_in_se(es) for ph, es in per_phase.items() if len(es) > 1}
+    if not spread:
+        return []
+    ph = max(spread, key=spread.get)  # the phase whose change with this setting stands out most from its noise
+    es = per_phase[ph]
+    hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
+    f = compare("compute", key, f"avg_{ph}_time_s", es, True, f"lowest {ph} time per epoch", ".3g", match=match)
+    vals = ", ".join(f"{key}={e.setting} {e.value:.3g} s" for e in es)
+    sig = (
+        "a difference beyond the measured noise"
+        if differ(hi, lo)
+        else "no run-to-run noise was measured to judge it"
+        if "none" in (hi.noise, lo.noise)
+        else "a difference within the measured noise: it may not be real"
+    )
+    f.text = (
+        f"Compute phases across {key}: the {ph} phase changes most ({vals}; {key}={hi.setting} takes "
+        f"{hi.value / lo.value if lo.value else math.inf:.3g}x {key}={lo.setting}'s), {sig}. " + f.text
+    )
+    return [f]

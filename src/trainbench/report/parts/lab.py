@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -73,19 +74,18 @@ def _lab_rule(ctx: Context) -> tuple[dict[int, Estimate], int, bool]:
     return data, best, more
 
 
-def part_c3(ctx: Context) -> PartOutput:
-    """C3: data-loading time per worker count, the lab's best, the fastest by epoch time, and a diagnosis."""
-    counts = _worker_counts(ctx)
-    if len(counts) < 2 or _is_c4_sweep(counts):
-        return PartOutput()
-    out = PartOutput()
-    cols = ["total_data_time_s", "total_compute_time_s", "total_other_time_s", "total_epoch_time_s",
-            "avg_epoch_time_s", "data_share"]  # fmt: skip
-    agg = agg_by(ctx.ok, "workers", cols, sorted(ctx.order("workers")))
-    out.tables["c3_workers"] = agg
-    data, best, more = _lab_rule(ctx)
-    match = ctx.others("workers")
-    epoch = estimates(sorted(ctx.groups("workers"), key=lambda g: g[0]), "avg_epoch_time_s", match)
+C3_COLUMNS = [
+    "total_data_time_s",
+    "total_compute_time_s",
+    "total_other_time_s",
+    "total_epoch_time_s",
+    "avg_epoch_time_s",
+    "data_share",
+]
+
+
+def _rule_finding(data: dict[Any, Estimate], best: Any, more: bool) -> Finding:
+    """The lab's rule as a finding: significant when the step that made `best` the best is beyond the noise."""
     ws = list(data)
     i = ws.index(best)
     prev = data[ws[i - 1]] if i > 0 else None
@@ -95,18 +95,38 @@ def part_c3(ctx: Context) -> PartOutput:
     sig = (prev is not None and differ(prev, data[best])) or (
         prev is None and nxt is not None and differ(nxt, data[best])
     )
-    rule = (f"By the lab's rule (data-loading time stops decreasing after it) the best worker count is **{best}**"
-            + (" (still decreasing at the largest count tried: try more workers)" if more else "")
-            + f"; lowest data-loading time {min(e.value for e in data.values()):.3g} s with "
-            f"{min(data.values(), key=lambda e: e.value).setting} workers. "
-            + ("The step to it is beyond the noise." if sig else
-               f"The data-time differences around it are within the noise ({noise_note(list(data.values()))}), "
-               "so the rule's choice is not firm here: repeat each count (e.g. `seed=0,1,2`) for a firm answer."))  # fmt: skip
+    rule = (
+        f"By the lab's rule (data-loading time stops decreasing after it) the best worker count is **{best}**"
+        + (" (still decreasing at the largest count tried: try more workers)" if more else "")
+        + f"; lowest data-loading time {min(e.value for e in data.values()):.3g} s with "
+        f"{min(data.values(), key=lambda e: e.value).setting} workers. "
+        + (
+            "The step to it is beyond the noise."
+            if sig
+            else f"The data-time differences around it are within the noise ({noise_note(list(data.values()))}), "
+            "so the rule's choice is not firm here: repeat each count (e.g. `seed=0,1,2`) for a firm answer."
+        )
+    )
     n = min(e.n for e in data.values())
     noise = "none" if any(e.noise == "none" for e in data.values()) else data[best].noise
-    out.findings.append(Finding("c3", "total_data_time_s", best, bool(sig), rule, noise, n))
-    fastest = compare("c3", "workers", "avg_epoch_time_s", epoch, True, "fastest worker count by epoch time", ".3g",
-                      match=match)  # fmt: skip
+    return Finding("c3", "total_data_time_s", best, bool(sig), rule, noise, n)
+
+
+def part_c3(ctx: Context) -> PartOutput:
+    """C3: data-loading time per worker count, the lab's best, the fastest by epoch time, and a diagnosis."""
+    counts = _worker_counts(ctx)
+    if len(counts) < 2 or _is_c4_sweep(counts):
+        return PartOutput()
+    out = PartOutput()
+    agg = agg_by(ctx.ok, "workers", C3_COLUMNS, sorted(ctx.order("workers")))
+    out.tables["c3_workers"] = agg
+    data, best, more = _lab_rule(ctx)
+    match = ctx.others("workers")
+    epoch = estimates(sorted(ctx.groups("workers"), key=lambda g: g[0]), "avg_epoch_time_s", match)
+    out.findings.append(_rule_finding(data, best, more))
+    fastest = compare(
+        "c3", "workers", "avg_epoch_time_s", epoch, True, "fastest worker count by epoch time", ".3g", match=match
+    )
     out.findings.append(fastest)
     out.findings.append(Finding("c3", "diagnosis", None, False, _c3_diagnosis(ctx, agg, best, epoch, fastest)))
     out.md += ["## C3: data-loading time per worker count (summed over epochs)", "", md_table(agg), ""]
@@ -116,8 +136,11 @@ def part_c3(ctx: Context) -> PartOutput:
             "",
         ]
     else:
-        out.md += ["C4 compares 1 worker with the best count; here the best count is 1 itself, so there is nothing "
-                   "to compare (try the fastest count by epoch time instead).", ""]  # fmt: skip
+        out.md += [
+            "C4 compares 1 worker with the best count; here the best count is 1 itself, so there is nothing "
+            "to compare (try the fastest count by epoch time instead).",
+            "",
+        ]
     out.plots.append(plot_c3(agg, ctx.root / "plots"))
     return out
 
@@ -130,8 +153,10 @@ def _c3_diagnosis(ctx: Context, agg: pd.DataFrame, best: int, epoch: list[Estima
     cores = core_count(ctx)
     parts = []
     if share.max() < 0.1:
-        parts.append(f"Compute-bound: data loading is at most {share.max():.1%} of the epoch at any worker count "
-                     f"({share.idxmax()} workers), so the worker count can change the epoch by little.")  # fmt: skip
+        parts.append(
+            f"Compute-bound: data loading is at most {share.max():.1%} of the epoch at any worker count "
+            f"({share.idxmax()} workers), so the worker count can change the epoch by little."
+        )
     elif share.get(lo, 0) >= 0.5:
         parts.append(f"Data-bound at {lo} workers: {share[lo]:.0%} of the epoch is spent waiting for data.")
     else:
@@ -139,17 +164,21 @@ def _c3_diagnosis(ctx: Context, agg: pd.DataFrame, best: int, epoch: list[Estima
     est = {e.setting: e for e in epoch}
     if lo in est and hi in est and est[hi].value > est[lo].value and differ(est[hi], est[lo]):
         parts.append(
-            f"More workers made the epoch slower ({est[lo].value:.3g} s at {lo} workers, {est[hi].value:.3g} s at {hi}): "
+            f"More workers made the epoch slower ({est[lo].value:.3g} s at {lo} workers, "
+            f"{est[hi].value:.3g} s at {hi}): "
             f"worker processes compete with the training computation for this machine's "
             f"{cores if cores else 'few'} CPU cores (environment.cpu_count in run.json); their cost shows in compute "
             f"({a.loc[lo, 'total_compute_time_s']:.3g} s -> {a.loc[hi, 'total_compute_time_s']:.3g} s) and in other "
-            f"(start-up and hand-over, {a.loc[lo, 'total_other_time_s']:.3g} s -> {a.loc[hi, 'total_other_time_s']:.3g} s), "
+            f"(start-up and hand-over, {a.loc[lo, 'total_other_time_s']:.3g} s -> "
+            f"{a.loc[hi, 'total_other_time_s']:.3g} s), "
             "not in data time."
-        )  # fmt: skip
+        )
     # one verdict per question: this sentence follows the epoch-time finding, never contradicts it
     if fastest.significant and fastest.winner != best:
-        parts.append(f"The lab's rule looks at data time only; by whole-epoch time {fastest.winner} workers is the "
-                     "fastest setting, beyond the noise.")  # fmt: skip
+        parts.append(
+            f"The lab's rule looks at data time only; by whole-epoch time {fastest.winner} workers is the "
+            "fastest setting, beyond the noise."
+        )
     elif not fastest.significant and len(epoch) > 1:
         parts.append("By whole-epoch time no worker count is distinguishably fastest here (see the finding above).")
     return " ".join(parts)
@@ -194,12 +223,15 @@ def part_c4(ctx: Context) -> PartOutput:
     groups = [(w, g) for w, g in ctx.groups("workers") if w in (1, best)]
     match = ctx.others("workers")
     why = _c4_why(ctx, best, groups, match, (d1, c1, s1), (d2, c2, s2))
-    text = (f"C4: with 1 worker, data loading took {d1:.3g} s and compute {c1:.3g} s per epoch ({s1:.0%} of a "
-            f"{e1:.3g} s epoch waiting for data); with {best} workers {d2:.3g} s and {c2:.3g} s ({s2:.0%} of "
-            f"{e2:.3g} s). The difference: " + " ".join(why))  # fmt: skip
+    text = (
+        f"C4: with 1 worker, data loading took {d1:.3g} s and compute {c1:.3g} s per epoch ({s1:.0%} of a "
+        f"{e1:.3g} s epoch waiting for data); with {best} workers {d2:.3g} s and {c2:.3g} s ({s2:.0%} of "
+        f"{e2:.3g} s). The difference: " + " ".join(why)
+    )
     ests = estimates(groups, "avg_epoch_time_s", match)
-    verdict = compare("c4", "workers", "avg_epoch_time_s", ests, True, "faster of the two by epoch time", ".3g",
-                      match=match)  # fmt: skip
+    verdict = compare(
+        "c4", "workers", "avg_epoch_time_s", ests, True, "faster of the two by epoch time", ".3g", match=match
+    )
     out.findings += [Finding("c4", "explanation", None, False, text), verdict]
     return out
 
@@ -211,8 +243,16 @@ def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) ->
         return PartOutput()
     if not ctx.done:
         return PartOutput()
-    cols = ["avg_epoch_time_s", "avg_data_time_s", "avg_compute_time_s", "avg_other_time_s", "avg_train_loss",
-            "avg_train_acc", "final_train_acc", "final_test_acc"]  # fmt: skip
+    cols = [
+        "avg_epoch_time_s",
+        "avg_data_time_s",
+        "avg_compute_time_s",
+        "avg_other_time_s",
+        "avg_train_loss",
+        "avg_train_acc",
+        "final_train_acc",
+        "final_test_acc",
+    ]
     agg = agg_by(ctx.ok, key, cols, ctx.order(key)) if key in ctx.ok else pd.DataFrame()
     out = PartOutput(tables={part: agg}, md=[f"## {title}", "", md_table(agg), ""])
     groups = ctx.groups(key)
@@ -264,18 +304,26 @@ def _c4_why(ctx: Context, best: int, groups: list, match: list[str], one: tuple,
     cores = core_count(ctx)
     why = []
     if s1 > 0.2 and d2 < d1:
-        why.append(f"one worker process cannot prepare batches as fast as the main process trains on them, so the "
-                   f"loop waits ({s1:.0%} of the epoch); {best} workers prepare batches in parallel and the wait falls "
-                   f"to {s2:.0%}.")  # fmt: skip
+        why.append(
+            f"one worker process cannot prepare batches as fast as the main process trains on them, so the "
+            f"loop waits ({s1:.0%} of the epoch); {best} workers prepare batches in parallel and the wait falls "
+            f"to {s2:.0%}."
+        )
     elif s1 <= 0.2:
-        why.append(f"even one worker keeps up with training here (data is {s1:.0%} of the epoch), so more workers "
-                   "have little to gain.")  # fmt: skip
+        why.append(
+            f"even one worker keeps up with training here (data is {s1:.0%} of the epoch), so more workers "
+            "have little to gain."
+        )
     comp = {e.setting: e for e in estimates(groups, "avg_compute_time_s", match)}
     if c2 > c1 * 1.05 and 1 in comp and best in comp:
         if differ(comp[best], comp[1]):  # one verdict: a rise is explained only when it is beyond the noise
-            why.append(f"Compute rose from {c1:.3g} s to {c2:.3g} s per epoch with {best} workers, beyond the noise: "
-                       f"the workers compete with training for the {cores or 'few'} CPU cores.")  # fmt: skip
+            why.append(
+                f"Compute rose from {c1:.3g} s to {c2:.3g} s per epoch with {best} workers, beyond the noise: "
+                f"the workers compete with training for the {cores or 'few'} CPU cores."
+            )
         else:
-            why.append(f"Compute went from {c1:.3g} s to {c2:.3g} s per epoch, within the noise "
-                       f"({noise_note(list(comp.values()))}): not explained as an effect.")  # fmt: skip
+            why.append(
+                f"Compute went from {c1:.3g} s to {c2:.3g} s per epoch, within the noise "
+                f"({noise_note(list(comp.values()))}): not explained as an effect."
+            )
     return why

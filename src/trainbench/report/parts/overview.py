@@ -14,10 +14,14 @@ def part_status(ctx: Context) -> PartOutput:
     out = PartOutput()
     refused = refused_jobs(ctx.root)
     if refused:
-        out.md += ["## Jobs refused in this invocation", "",
-                   "These jobs' run dirs already held runs of other settings; nothing was trained or overwritten, so "
-                   "the tables below show the OLD runs for them, not what this invocation asked for. Re-run with "
-                   "another `hydra.sweep.dir`.", ""]  # fmt: skip
+        out.md += [
+            "## Jobs refused in this invocation",
+            "",
+            "These jobs' run dirs already held runs of other settings; nothing was trained or overwritten, so "
+            "the tables below show the OLD runs for them, not what this invocation asked for. Re-run with "
+            "another `hydra.sweep.dir`.",
+            "",
+        ]
         out.md += [f"- job {r['job']} ({' '.join(r.get('overrides') or [])}): {r['error']}" for r in refused] + [""]
     if len(ctx.done) < len(ctx.runs):
         bad = ctx.table[ctx.table["status"] != "complete"]
@@ -29,16 +33,24 @@ def part_status(ctx: Context) -> PartOutput:
         ]
     if "busy" in ctx.table and ctx.table["busy"].any():
         b = ctx.table[ctx.table["busy"]]
-        out.md += ["## Runs measured on a busy machine", "",
-                   "Other processes used the CPU while these runs were timed (or they got far less CPU than runs of "
-                   "the same settings): their times are distorted, and no finding crowns a setting on them. "
-                   "Re-run them on a quiet machine.", "",
-                   md_table(b[["run", "status", "max_others_cpu", "mean_cpu_util", "max_load_avg", "busy_why"]]), ""]  # fmt: skip
+        out.md += [
+            "## Runs measured on a busy machine",
+            "",
+            "Other processes used the CPU while these runs were timed (or they got far less CPU than runs of "
+            "the same settings): their times are distorted, and no finding crowns a setting on them. "
+            "Re-run them on a quiet machine.",
+            "",
+            md_table(b[["run", "status", "max_others_cpu", "mean_cpu_util", "max_load_avg", "busy_why"]]),
+            "",
+        ]
     if "clamped_s" in ctx.table and (ctx.table["clamped_s"] > 0).any():
         c = ctx.table[ctx.table["clamped_s"] > 0]
-        out.md += [f"**Clocks overlapped** in run(s) {', '.join(map(str, c['run']))}: data + compute exceeded the "
-                   "epoch, so other_time_s was clamped to 0 (clamped_s in epochs.csv and summary.csv says by how "
-                   "much). Their split of the epoch is not exact.", ""]  # fmt: skip
+        out.md += [
+            f"**Clocks overlapped** in run(s) {', '.join(map(str, c['run']))}: data + compute exceeded the "
+            "epoch, so other_time_s was clamped to 0 (clamped_s in epochs.csv and summary.csv says by how "
+            "much). Their split of the epoch is not exact.",
+            "",
+        ]
     warn = _concurrency_warning(ctx.done)
     if warn:
         out.md += [warn, ""]
@@ -66,8 +78,10 @@ def _concurrency_warning(runs: list[Run]) -> str | None:
     if not overlaps:
         return None
     pairs = ", ".join(f"{a}/{b}" for a, b in sorted(overlaps)[:5])
-    return (f"**Warning:** {len(overlaps)} pair(s) of runs ran at the same time on one machine ({pairs}); "
-            "they competed for cores/GPU, so their times are not comparable.")  # fmt: skip
+    return (
+        f"**Warning:** {len(overlaps)} pair(s) of runs ran at the same time on one machine ({pairs}); "
+        "they competed for cores/GPU, so their times are not comparable."
+    )
 
 
 def _timing_mode_warning(runs: list[Run]) -> str | None:
@@ -85,17 +99,30 @@ def _timing_mode_warning(runs: list[Run]) -> str | None:
     which = "; ".join(
         f"{m}: {', '.join(names[:6])}{' …' if len(names) > 6 else ''}" for m, names in sorted(by_mode.items())
     )
-    text = (f"**Warning:** the runs compared here were timed with different clocks ({which}). `events` reads CUDA "
-            "events once per epoch and leaves the per-step syncs out, `sync` syncs the device at every reading: "
-            "their compute and other times are not measured the same way (see `timing_mode` in summary.csv).")  # fmt: skip
+    text = (
+        f"**Warning:** the runs compared here were timed with different clocks ({which}). `events` reads CUDA "
+        "events once per epoch and leaves the per-step syncs out, `sync` syncs the device at every reading: "
+        "their compute and other times are not measured the same way (see `timing_mode` in summary.csv)."
+    )
     if mixed:
         text += f" Runs whose epochs mix both clocks (resumed with another `timing`): {', '.join(mixed)}."
     return text
 
 
 def part_all_runs(ctx: Context) -> PartOutput:
-    cols = [*ctx.varying, "run", "epochs", "avg_epoch_time_s", "avg_data_time_s", "avg_compute_time_s",
-            "avg_other_time_s", "data_share", "avg_train_loss", "avg_train_acc", "samples_per_s"]  # fmt: skip
+    cols = [
+        *ctx.varying,
+        "run",
+        "epochs",
+        "avg_epoch_time_s",
+        "avg_data_time_s",
+        "avg_compute_time_s",
+        "avg_other_time_s",
+        "data_share",
+        "avg_train_loss",
+        "avg_train_acc",
+        "samples_per_s",
+    ]
     if not len(ctx.ok):
         return PartOutput()
     return PartOutput(md=["## All runs", "", md_table(ctx.ok[cols]), ""])

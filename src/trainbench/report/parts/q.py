@@ -28,8 +28,24 @@ def part_q(ctx: Context) -> PartOutput:
         facts.append(model_facts(c))
     lab_only = all(f["model"] == "resnet18" for f in facts)
     keys = ("norm",) if lab_only else ("model", "norm")
-    q = pd.DataFrame([{k: f[k] for k in (*keys, "optimizer", "conv_layers", "conv_layers_without_shortcut",
-                                           "linear_in_features", "trainable_parameters", "gradients",
-                                           "optimizer_state_tensors", "optimizer_state_elements")} for f in facts])  # fmt: skip
+    q = pd.DataFrame(
+        [
+            {
+                k: f[k]
+                for k in (
+                    *keys,
+                    "optimizer",
+                    "conv_layers",
+                    "conv_layers_without_shortcut",
+                    "linear_in_features",
+                    "trainable_parameters",
+                    "gradients",
+                    "optimizer_state_tensors",
+                    "optimizer_state_elements",
+                )
+            }
+            for f in facts
+        ]
+    )
     (ctx.root / "inspect.json").write_text(json.dumps(facts, indent=2) + "\n")  # full facts, optimizer state included
     return PartOutput(md=["## Q1-Q4: the model", "", md_table(q), ""], tables={"q1_q4": q})
