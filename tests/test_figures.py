@@ -127,7 +127,8 @@ def test_the_rank_tally_keeps_its_invariants(ranks):
     rest = row["epoch_time_s"] - row["data_time_s"] - row["compute_time_s"]
     assert row["other_time_s"] - row["clamped_s"] == pytest.approx(rest, abs=1e-9)
     assert row["other_time_s"] >= 0 and row["clamped_s"] >= 0 and min(row["other_time_s"], row["clamped_s"]) == 0
-    assert row["data_time_max_s"] >= row["data_time_s"] - 1e-12 and row["epoch_time_s"] >= row["epoch_time_mean_s"]
+    assert row["data_time_max_s"] >= row["data_time_s"] - 1e-9  # (a mean of equal floats may round up by an ulp)
+    assert row["epoch_time_s"] >= row["epoch_time_mean_s"] - 1e-9
     if row["epoch_time_s"] > 0:
         assert row["samples_per_s"] == pytest.approx(row["samples"] / row["epoch_time_s"])
 

@@ -112,9 +112,10 @@ def test_phase_a_setting_cannot_change_is_a_disturbed_measurement(tmp_path):
         ]
         crafted(tmp_path / str(i), {"optimizer": {"name": opt}}, eps)
     summarize(tmp_path, inspect_models=False)
-    (c,) = [x for x in _findings(tmp_path) if x["part"] == "compute"]
-    assert c["text"].startswith("**Disturbed measurement:** the forward phase, which optimizer cannot change")
-    assert c["winner"] is None and not c["significant"]
+    flags = [x for x in _findings(tmp_path) if x["part"] == "compute" and x["text"].startswith("**Measurement flag")]
+    (c,) = flags
+    assert c["text"].startswith("**Measurement flag:** the forward phase, which optimizer cannot move")
+    assert c["winner"] is None and c["leading"] is None  # a flag, never a winner
 
 
 def test_c3_next_command_keeps_the_sweeps_own_overrides(tmp_path):

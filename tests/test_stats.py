@@ -75,7 +75,7 @@ def test_winner_only_beyond_the_noise_and_never_without_noise():
         "fastest optimizer",
         ".3g",
     )
-    assert lone.winner == "sgd" and not lone.significant and lone.noise == "none"
+    assert lone.winner is None and lone.leading == "sgd" and not lone.significant and lone.noise == "none"
     assert "seed=0,1,2" in lone.text  # says what to run for a verdict
 
 
@@ -152,5 +152,8 @@ def test_finding_as_json_dict_carries_noise_and_n():
         "text": "t",
         "noise": "seeds",
         "n": 3,
+        "leading": 4,
+        "p": None,
+        "p_adjusted": None,
     }
-    assert type(d["winner"]) is int
+    assert type(d["winner"]) is int and type(d["leading"]) is int

@@ -200,8 +200,10 @@ def test_multirun_of_five_optimizers_ends_with_report(tmp_path):
     assert shares.to_numpy() == pytest.approx(1.0, abs=1e-4)  # four CSV cells of 6 significant digits each
     split = phases[["avg_copy_time_s", "avg_forward_time_s", "avg_backward_time_s", "avg_optimizer_time_s"]]
     assert split.sum(axis=1).to_numpy() == pytest.approx(phases["avg_compute_time_s"].to_numpy(), rel=0.01)
-    (c,) = [x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "compute"]
-    assert c["metric"].startswith("avg_") and "Compute phases across optimizer" in c["text"]
+    compute = [x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "compute"]
+    (c,) = [x for x in compute if not x["text"].startswith("**Measurement flag")]  # one verdict (+ any flags)
+    # an optimizer can move only its own phase: the verdict is about it (real timings may flag the others)
+    assert c["metric"] == "avg_optimizer_time_s" and "Compute phases across optimizer" in c["text"]
 
 
 def test_failing_job_and_sweep_rerun(tmp_path):
@@ -278,10 +280,11 @@ def test_c3_best_is_the_first_stop_not_the_lowest(tmp_path):
         )
     summarize(tmp_path, inspect_models=False)
     report = (tmp_path / "report.md").read_text()
-    assert "stops decreasing after it) the best worker count is **4**" in report
+    # one run per count, one epoch: no noise was measured, so the rule's count is not bolded and not a winner
+    assert "stops decreasing after it) the best worker count is 4" in report and "count is **4**" not in report
     assert "lowest data-loading time 1 s with 12 workers" in report
     f = {x["metric"]: x for x in json.loads((tmp_path / "findings.json").read_text()) if x["part"] == "c3"}
-    assert f["total_data_time_s"]["winner"] == 4
+    assert f["total_data_time_s"]["leading"] == 4 and f["total_data_time_s"]["winner"] is None
 
 
 def test_concurrency_warning_only_for_runs_that_overlapped(tmp_path):
@@ -434,7 +437,8 @@ def test_real_tiny_c3_sweep_writes_findings_with_noise(tmp_path):
     f = {x["metric"]: x for x in json.loads((sweep / "findings.json").read_text()) if x["part"] == "c3"}
     busy = pd.read_csv(sweep / "summary.csv")["busy"].any()  # the suite's other worker can make the machine busy
     lab = f["total_data_time_s"]
-    assert lab["winner"] is None if busy else lab["winner"] in (0, 1, 2)
+    assert lab["leading"] in (0, 1, 2) and (lab["winner"] is None or (lab["significant"] and not busy))
+    assert lab["winner"] is None  # one 1-epoch run per count: no noise measured, so never a winner
     assert isinstance(lab["significant"], bool) and lab["noise"] in ("seeds", "epochs", "none")
     assert "lab's rule" in f["total_data_time_s"]["text"]
     fastest = f["avg_epoch_time_s"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,14 @@ from .report.runs import (
     PartOutput,
     Run,
     busy_reasons,
+    confounded_groups,
     find_runs,
     model_label,
     refused_jobs,
     run_row,
     varying_keys,
 )
-from .report.stats import Finding
+from .report.stats import ALPHA, Finding, holm
 
 
 @dataclass
@@ -67,10 +69,22 @@ PARTS: list[Callable[[Context], PartOutput]] = [
 ]
 
 
-def summarize(root: Path, inspect_models: bool = True) -> Summary:
-    """Write summary.csv, findings.json, tables/*.csv, plots/*.png and report.md under root."""
-    root = Path(root)
-    runs = find_runs(root)
+@dataclass
+class Analysis:
+    """What a report says, before any file is written: the runs, summary table, context, parts and findings."""
+
+    runs: list[Run]
+    varying: list[str]
+    table: pd.DataFrame
+    ctx: Context
+    outputs: list[PartOutput]
+    findings: list[Finding]
+    caveats: list[str]  # said once, above the findings
+    tests: int  # the report's tests corrected together (Holm)
+
+
+def analyze(root: Path, runs: list[Run], inspect_models: bool = True, plots: bool = True) -> Analysis:
+    """The report's content from runs (in memory: the simulations of its error rate call this without files)."""
     varying = varying_keys(runs)
     table = pd.DataFrame([run_row(r) for r in runs])
     labels = [model_label(r.info.get("config") or {}) for r in runs]
@@ -81,16 +95,50 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
         why = busy_reasons(table)
         table["busy"] = [bool(w) for w in why]
         table["busy_why"] = why
-    summary_path, report_path = root / "summary.csv", root / "report.md"
-    table.to_csv(summary_path, index=False, float_format=FLOAT_FORMAT)
     done = [r for r in runs if r.status == "complete" and len(r.epochs)]
-    ctx = Context(root, runs, done, table, varying, inspect_models)
+    keys = [k for k in varying if k != "seed"]
+    confounded = confounded_groups(done, keys) if done else []
+    ctx = Context(root, runs, done, table, varying, inspect_models, confounded, plots)
     outputs = [part(ctx) for part in PARTS]
     findings = [f for o in outputs for f in o.findings]
     busy = [r.name for r, b in zip(runs, table["busy"] if len(table) else []) if b and r in done]
-    if busy:
-        for f in findings:
-            _distrust(f, busy)
+    caveats = []
+    if busy and any([_distrust(f) for f in findings]):
+        caveats.append(
+            f"**Busy machine:** run(s) {', '.join(busy[:8])} were measured while other processes used the CPU "
+            "(`busy_why` in summary.csv), so no timing finding below is a verdict (each is marked *busy*): re-run "
+            "them on a quiet machine."
+        )
+    for g in confounded:
+        caveats.append(
+            f"**Confounded:** {', '.join(g)} always vary together in these runs, so no finding can tell their "
+            "effects apart and none names a winner for any of them: vary one key at a time (the others fixed)."
+        )
+    tests = holm(findings)  # one error rate for the whole report
+    if tests:
+        caveats.append(
+            f"Significance: Welch's t at {ALPHA:g}, two-sided, Holm-corrected over this report's {tests} test(s) "
+            "together, so that with no real difference anywhere at most 5 % of reports name any winner. `winner` "
+            "(findings.json) is set only for a significant finding; `leading` is the better-looking setting either way."
+        )
+    return Analysis(runs, varying, table, ctx, outputs, findings, caveats, tests)
+
+
+def summarize(root: Path, inspect_models: bool = True, sources: list[Path] | None = None) -> Summary:
+    """Write summary.csv, findings.json, tables/*.csv, plots/*.png and report.md under root, for the runs under root
+    (or, with sources, the runs under each of those dirs: existing runs compared without copying them)."""
+    root = Path(root)
+    if sources:
+        root.mkdir(parents=True, exist_ok=True)
+        runs = [r for src in sources for r in find_runs(Path(src), prefix=f"{Path(src)}/")]
+    else:
+        runs = find_runs(root)
+    a = analyze(root, runs, inspect_models)
+    runs, varying, table, findings, outputs = a.runs, a.varying, a.table, a.findings, a.outputs
+    summary_path, report_path = root / "summary.csv", root / "report.md"
+    table.to_csv(summary_path, index=False, float_format=FLOAT_FORMAT)
+    done = a.ctx.done
+    labels = [model_label(r.info.get("config") or {}) for r in runs]
     tables = {k: v for o in outputs for k, v in o.tables.items()}
     plots = [p for o in outputs for p in o.plots]
     md = [
@@ -102,7 +150,7 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
     if set(labels) - {"resnet18"}:
         md[0] += f" ({', '.join(dict.fromkeys(labels))})"
     if findings:
-        md += ["## Findings", "", *[f"- {f.text}" for f in findings], ""]
+        md += ["## Findings", "", *[f"{c}\n" for c in a.caveats], *[f"- {f.text}" for f in findings], ""]
     for o in outputs:
         md += o.md
     if plots:
@@ -116,32 +164,40 @@ def summarize(root: Path, inspect_models: bool = True) -> Summary:
     return Summary(runs, varying, table, summary_path, report_path, tables, findings, refused_jobs(root))
 
 
-def _distrust(f: Finding, busy: list[str]) -> None:
-    """A timing finding built on runs measured on a busy machine: said, and never crowned."""
+def _distrust(f: Finding) -> bool:
+    """A timing finding built on runs measured on a busy machine: marked (the caveat is said once, above the
+    findings), and never crowned. Returns whether f is a timing finding."""
     if "time" not in f.metric and f.metric not in ("diagnosis", "explanation"):
-        return  # accuracy and loss do not depend on the machine's load
-    f.text += (
-        f" **Busy machine:** run(s) {', '.join(busy[:8])} were measured while other processes used the "
-        "CPU (`busy_why` in summary.csv), so these times are not a fair comparison: re-run them on a quiet "
-        "machine."
-    )
-    f.significant, f.winner = False, None
+        return False  # accuracy and loss do not depend on the machine's load
+    f.text += " *(busy: see above)*"
+    f.significant, f.winner, f.demoted = False, None, None
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: summarize a sweep dir or any tree of run dirs."""
+    """CLI: summarize a sweep dir or any tree of run dirs; several dirs are compared into --out."""
     p = argparse.ArgumentParser(prog="python -m trainbench.summarize", description=__doc__.splitlines()[0])
-    p.add_argument("dir", type=Path, help="a sweep dir (multirun/...) or any dir of run dirs")
+    p.add_argument("dirs", type=Path, nargs="+", help="a sweep dir (multirun/...), any dir of run dirs, or several")
+    where = "where the report of several dirs goes (default: outputs/compare/<date>/<time>)"
+    p.add_argument("--out", type=Path, default=None, help=where)
     p.add_argument("--no-inspect", action="store_true", help="leave out the Q1-Q4 model facts")
     a = p.parse_args(argv)
-    if not a.dir.is_dir():
-        p.error(f"{a.dir} is not a directory")
-    s = summarize(a.dir, inspect_models=not a.no_inspect)
+    for d in a.dirs:
+        if not d.is_dir():
+            p.error(f"{d} is not a directory")
+    if len(a.dirs) == 1 and a.out is None:
+        root, sources = a.dirs[0], None
+    else:
+        root = a.out or Path("outputs/compare") / time.strftime("%Y-%m-%d/%H-%M-%S")
+        if root.is_dir() and any(root.rglob("run.json")):
+            p.error(f"--out {root} holds runs of its own: choose an empty or new folder")
+        sources = a.dirs
+    s = summarize(root, inspect_models=not a.no_inspect, sources=sources)
     if not s.runs:
-        print(f"no runs (no run.json) under {a.dir}", file=sys.stderr)
+        print(f"no runs (no run.json) under {', '.join(map(str, a.dirs))}", file=sys.stderr)
         return 1
     print(s.report_path.read_text())
-    print(f"\nwrote {s.summary_path}, {a.dir / 'findings.json'} and {s.report_path}")
+    print(f"\nwrote {s.summary_path}, {root / 'findings.json'} and {s.report_path}")
     return 0
 
 

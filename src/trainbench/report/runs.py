@@ -6,6 +6,7 @@ Only runs whose status is `complete` enter a table or an average; the others are
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ SHORT = {
 }
 
 
-IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "data.root", "tune.")
+IGNORED = ("faults.", "progress", "resume.", "checkpoint.", "tune.")
 
 
 TIME_COLS = ["epoch_time_s", "data_time_s", "compute_time_s", "other_time_s"]
@@ -71,6 +72,12 @@ class Context:
     table: pd.DataFrame  # one row per run (summary.csv)
     varying: list[str]
     inspect_models: bool = True
+    confounded: list[tuple[str, ...]] = field(default_factory=list)  # keys that always vary together
+    plots: bool = True  # false: findings and tables only (the simulations of the report's error rate)
+
+    def free(self, key: str) -> bool:
+        """key can be compared on its own: it does not always vary together with another key."""
+        return not any(key in g for g in self.confounded)
 
     @property
     def by(self) -> list[str]:
@@ -123,6 +130,31 @@ class PartOutput:
     plots: list[Path] = field(default_factory=list)
 
 
+def confounded_groups(runs: list[Run], keys: list[str]) -> list[tuple[str, ...]]:
+    """Groups of keys (2 or more) whose values determine each other across the complete runs: they always vary
+    together (workers=0 with precision=fp32, workers=4 with precision=bf16), so no comparison can tell them apart."""
+    rows = [[repr(r.settings.get(k)) for k in keys] for r in runs]
+    groups: list[list[str]] = []
+    for i, k in enumerate(keys):
+        for g in groups:
+            j = keys.index(g[0])
+            n_i, n_j = len({row[i] for row in rows}), len({row[j] for row in rows})
+            if n_i > 1 and len({(row[i], row[j]) for row in rows}) == n_i == n_j:
+                g.append(k)
+                break
+        else:
+            groups.append([k])
+    return [tuple(g) for g in groups if len(g) > 1]
+
+
+def in_cells(table: pd.DataFrame, match: list[str], cells: set) -> pd.DataFrame:
+    """The rows of table whose values of the `match` keys form one of `cells` (stats.estimates' cell keys)."""
+    if not len(table) or not match:
+        return table
+    keys = [tuple(repr(row.get(k)) for k in match) for row in table.to_dict("records")]
+    return table[[k in cells for k in keys]]
+
+
 def refused_jobs(root: Path) -> list[dict]:
     """Jobs of the latest sweep invocation that were refused (their run dir held other settings)."""
     out = [read_json(p) for p in sorted((root / ".refused").glob("*.json"))]
@@ -141,23 +173,44 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def find_runs(root: Path) -> list[Run]:
-    """Every run dir under root (a dir holding run.json), in natural order of their paths (= job order)."""
+def _run_files(root: Path) -> list[Path]:
+    """Every run.json under root, symlinked folders followed (each real folder once, so a link loop ends)."""
+    seen, out = set(), []
+    for here, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        if "run.json" in files:
+            out.append(Path(here) / "run.json")
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .submitit, .refused: no runs
+    return out
+
+
+def read_run(run_dir: Path, name: str) -> Run:
+    """One run dir as the summarizer sees it (run.json and epochs.csv; batches.csv on first use)."""
+    info = read_json(run_dir / "run.json") or {"status": "unreadable", "error": "run.json could not be parsed"}
+    cols = epoch_columns()
+    rows = read_rows(run_dir / "epochs.csv", cols)  # tolerates a truncated last line
+    df = pd.DataFrame(rows, columns=cols)
+    text = df[TEXT_COLUMNS].replace("", None)
+    df = df.apply(pd.to_numeric, errors="coerce")
+    df[TEXT_COLUMNS] = text
+    return Run(run_dir, name, str(info.get("status", "unknown")), info.get("error"), info, df)
+
+
+def find_runs(root: Path, prefix: str = "") -> list[Run]:
+    """Every run dir under root (a dir holding run.json; symlinks followed), in natural order of their paths (= job
+    order); names are paths relative to root, after `prefix` (the runs of several roots)."""
 
     def key(p: Path) -> list:
         return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(root).parts]
 
     runs = []
-    for rj in sorted(root.rglob("run.json"), key=lambda p: key(p.parent)):
-        info = read_json(rj) or {"status": "unreadable", "error": "run.json could not be parsed"}
-        cols = epoch_columns()
-        rows = read_rows(rj.parent / "epochs.csv", cols)  # tolerates a truncated last line
-        df = pd.DataFrame(rows, columns=cols)
-        text = df[TEXT_COLUMNS].replace("", None)
-        df = df.apply(pd.to_numeric, errors="coerce")
-        df[TEXT_COLUMNS] = text
+    for rj in sorted(_run_files(root), key=lambda p: key(p.parent)):
         name = str(rj.parent.relative_to(root)) if rj.parent != root else rj.parent.name
-        runs.append(Run(rj.parent, name, str(info.get("status", "unknown")), info.get("error"), info, df))
+        runs.append(read_run(rj.parent, f"{prefix}{name}" if prefix and rj.parent != root else prefix or name))
     return runs
 
 
@@ -175,14 +228,51 @@ def _flat(r: Run) -> dict[str, Any]:
     return {**flatten(c), "model.label": model_label(c)} if c else {}
 
 
+# Keys a run resolves before it trains (from the data): null in the run.json of a job that failed before that, which
+# is "not known", not another value.
+RESOLVED_BY_THE_PLAN = ("model.num_classes", "data.image_size")
+
+
+def _ignored(key: str, flat: list[dict[str, Any]]) -> bool:
+    """Keys that never make a setting; data.root is one except where it names the dataset (data=imagefolder)."""
+    if key == "data.root":
+        return not any(f.get("data.name") == "imagefolder" for f in flat)
+    return key.startswith(IGNORED)
+
+
+def _values(key: str, runs: list[Run], flat: list[dict[str, Any]]) -> set[str]:
+    known = [f[key] for r, f in zip(runs, flat) if key in f]
+    if key in RESOLVED_BY_THE_PLAN:  # a failed job's unresolved null is unknown
+        known = [
+            v for (r, f) in zip(runs, flat) if key in f for v in [f[key]] if v is not None or r.status == "complete"
+        ]
+    return {repr(v) for v in known}
+
+
+def _explained_by_choice(key: str, choice: str, flat: list[dict[str, Any]]) -> bool:
+    """True when key inside a group takes one value per choice of the group (optimizer.momentum per optimizer): the
+    choice explains it. A key that differs within one choice (optimizer.lr=0.1,0.01 with sgd) is a setting."""
+    per_choice: dict[str, set[str]] = {}
+    for f in flat:
+        if key in f:
+            per_choice.setdefault(repr(f.get(choice)), set()).add(repr(f[key]))
+    return all(len(v) == 1 for v in per_choice.values())
+
+
 def varying_keys(runs: list[Run]) -> list[str]:
+    """Every key whose value differs among the runs (a failed job's run.json may record less: the runs that record a
+    key decide), as summary.csv's setting columns; keys inside a group whose choice varies are settings of their own
+    unless the choice explains them."""
     flat = [_flat(r) for r in runs]
     keys = list(dict.fromkeys(k for f in flat for k in f))
-    # a key varies when the runs that record it disagree (a failed job's run.json may record less)
-    vary = [k for k in keys if len({repr(f[k]) for f in flat if k in f}) > 1 and not k.startswith(IGNORED)]
-    groups_varying = {k.split(".")[0] for k in vary if k in SHORT}
-    # keys inside a group whose choice varies are explained by the choice (e.g. optimizer.momentum)
-    vary = [k for k in vary if k in SHORT or k.split(".")[0] not in groups_varying]
+    vary = [k for k in keys if len(_values(k, runs, flat)) > 1 and not _ignored(k, flat)]
+    choice_of = {k.split(".")[0]: k for k in vary if k in SHORT}  # group -> its varying choice key
+    group = lambda k: k.split(".")[0]  # noqa: E731
+    vary = [
+        k
+        for k in vary
+        if k in SHORT or group(k) not in choice_of or not _explained_by_choice(k, choice_of[group(k)], flat)
+    ]
     for r, f in zip(runs, flat):
         r.settings = {SHORT.get(k, k): f.get(k) for k in vary}
     return [SHORT.get(k, k) for k in vary]

@@ -13,8 +13,14 @@ accuracy only from seeds.
 Two settings differ when Welch's t-test (unequal variances, Student-t with Welch-Satterthwaite degrees of
 freedom) rejects equal means at ALPHA = 0.05, two-sided. When other keys vary, the effect is measured in each
 cell and pooled over the cells (mean of the per-cell differences; variance and degrees of freedom from every
-cell's components), so the other keys' effects never count as noise. Its false-positive rate on identical
-settings is checked by simulation in the tests (about 5 % at 2, 3 and 5 repeats).
+cell's components), so the other keys' effects never count as noise.
+
+One comparison engine: `compare` ranks the settings by the numbers its test uses (the replicates' means over the
+cells every compared setting ran in: the same epochs, the same matched cells, the same runs), tests the best
+against the runner-up on those cells, and names a `winner` only when that test is significant; the better-looking
+setting is `leading` either way. A finding is significant only when every compared setting carries measured noise
+(n >= 2). The report's significant candidates are then corrected together (Holm, `holm`), so that with no effect
+anywhere at most ALPHA of reports carry any significant finding (simulated in the tests).
 """
 
 from __future__ import annotations
@@ -49,16 +55,27 @@ class Finding:
 
     part: str
     metric: str
-    winner: Any
+    winner: Any  # null unless significant
     significant: bool
     text: str
     noise: str = "none"  # seeds | epochs | none (| repeats: the tuner's interleaved repeats)
     n: int = 0  # replicates per setting (the fewest of the compared settings)
+    leading: Any = None  # the better-looking setting, significant or not (what a student must not copy as a winner)
+    p: float | None = None  # the test's own p-value (before the report's correction)
+    p_adjusted: float | None = None  # Holm-adjusted over the report's tests (significant iff below ALPHA)
+    demoted: str | None = field(default=None, repr=False)  # the text if the report's correction takes it back
+
+    def __post_init__(self) -> None:
+        if self.leading is None:
+            self.leading = self.winner
+        if not self.significant:
+            self.winner = None  # a winner is only ever a significant one
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        w = d["winner"]
-        d["winner"] = w.item() if hasattr(w, "item") else w  # numpy scalars are not JSON
+        d.pop("demoted")
+        for k in ("winner", "leading"):
+            d[k] = d[k].item() if hasattr(d[k], "item") else d[k]  # numpy scalars are not JSON
         return d
 
 
@@ -165,9 +182,9 @@ class Test:
         return self.noise != "none" and not math.isnan(self.p) and self.p < ALPHA
 
 
-def welch(a: Estimate, b: Estimate) -> Test:
-    """a against b over the cells both have; p = NaN when there is no noise to test against."""
-    keys = [k for k in a.cells if k in b.cells]
+def welch(a: Estimate, b: Estimate, cells: set | None = None) -> Test:
+    """a against b over the cells both have (of `cells`, when given); p = NaN when there is no noise to test against."""
+    keys = [k for k in a.cells if k in b.cells and (cells is None or k in cells)]
     if not keys:
         return Test(math.nan, math.nan, math.nan, math.nan, {}, "none")
     levels = {k: a.cells[k].mean - b.cells[k].mean for k in keys}
@@ -226,6 +243,35 @@ def _levels_note(t: Test, match: list[str] | None, fmt: str) -> str:
     )
 
 
+def common_cells(ests: list[Estimate]) -> set:
+    """The cells every one of ests ran in (a failed job's cell counts for none)."""
+    return set.intersection(*(set(e.cells) for e in ests)) if ests else set()
+
+
+def matched(e: Estimate, cells: set) -> float:
+    """e's value on the numbers its test uses: the mean of its replicates' means over `cells`."""
+    return sum(e.cells[k].mean for k in cells) / len(cells)
+
+
+def _incomparable(
+    part: str,
+    key: str,
+    metric: str,
+    ests: list[Estimate],
+    what: str,
+    missing: list[str] | None,
+    match: list[str] | None,
+) -> Finding:
+    """Why no setting of key can be named: one setting only, or no cell holding every setting."""
+    have = ", ".join(f"{key}={e.setting}" for e in ests) or "none"
+    miss = f"; missing: {', '.join(missing)}" if missing else ""
+    why = f"Only one {key} completed ({have}){miss}"
+    if len(ests) >= 2:
+        others = ", ".join(match or [])
+        why = f"No cell of the other varying keys ({others}) holds a completed run of every {key} ({have}){miss}"
+    return Finding(part, metric, None, False, f"{why}: no {what} can be named.")
+
+
 def compare(
     part: str,
     key: str,
@@ -237,47 +283,67 @@ def compare(
     missing: list[str] | None = None,
     match: list[str] | None = None,
 ) -> Finding:
-    """A finding naming the best setting of `key` by `metric`; significant only when it beats the runner-up past
-    the measured noise (with no noise, the better-looking setting is named and significant is false)."""
-    if len(ests) < 2:
-        have = ", ".join(f"{key}={e.setting}" for e in ests) or "none"
-        miss = f"; missing: {', '.join(missing)}" if missing else ""
-        return Finding(
-            part,
-            metric,
-            None,
-            False,
-            f"Only one {key} completed ({have}){miss}: no {what} can be named from a single setting.",
-        )
-    ranked = sorted(ests, key=lambda e: e.value if lower_is_better else -e.value)
+    """A finding on the best setting of `key` by `metric`: ranked, tested and shown on the same numbers (the
+    replicates over the cells every setting ran in); `winner` only when the best beats the runner-up past the
+    measured noise of every compared setting."""
+    cells = common_cells(ests)
+    if len(ests) < 2 or not cells:
+        return _incomparable(part, key, metric, ests, what, missing, match)
+    sign = 1 if lower_is_better else -1
+    ranked = sorted(ests, key=lambda e: sign * matched(e, cells))
     best, second = ranked[0], ranked[1]
-    t = welch(best, second)
-    n = min(e.n for e in ests)
-    noise = "none" if any(e.noise == "none" for e in ests) else t.noise
+    t = welch(best, second, cells)
+    n = min(min(len(e.cells[k].reps) for k in cells) for e in ests)
+    noise = "none" if any(e.noise == "none" for e in ests) or n < 2 else t.noise
+    p = t.p if noise != "none" and not math.isnan(t.p) else None
+    sig = p is not None and p < ALPHA and sign * t.diff < 0  # (best is ranked on these cells: never the wrong sign)
     se = lambda e: "" if math.isnan(e.se) else f" ± {format(e.se, '.2g')}"  # noqa: E731
-    vals = "; ".join(f"{key}={e.setting}: {format(e.value, fmt)}{se(e)}" for e in ests)
+    basis = " (per-epoch means over the epochs after the first)" if noise == "epochs" else ""
+    vals = "; ".join(f"{key}={e.setting}: {format(matched(e, cells), fmt)}{se(e)}" for e in ranked)
     pair = (
-        f"{key}={best.setting} ({format(best.value, fmt)}) against {key}={second.setting} ({format(second.value, fmt)})"
+        f"{key}={best.setting} ({format(matched(best, cells), fmt)}) against {key}={second.setting} "
+        f"({format(matched(second, cells), fmt)})"
     )
-    levels = _levels_note(t, match, fmt)
-    if t.significant:
+    dropped = [e.setting for e in ests if set(e.cells) - cells]
+    scope = ""
+    if dropped:
+        scope = f" Compared where every {key} ran (cells of {', '.join(match or [])} missing a setting left out)."
+    levels = _levels_note(t, match, fmt) + scope
+    tail = f"{levels} All ({metric}{basis}, ± standard error): {vals}."
+    within = (
+        f"{what.capitalize()}: the settings are indistinguishable here; {pair} is within the noise "
+        f"({noise_note(ests)}, p={t.p:.2g}): {firm_answer_hint(ests)}.{tail}"
+    )
+    if sig:
         text = (
             f"{what.capitalize()}: **{best.setting}**; {pair} differ beyond the noise ({noise_note(ests)}, "
-            f"p={t.p:.2g}).{levels} All ({metric}, ± standard error): {vals}."
+            f"p={t.p:.2g}).{tail}"
         )
-        return Finding(part, metric, best.setting, True, text, noise, n)
+        demoted = within.replace(f"p={t.p:.2g})", f"p={t.p:.2g}, not significant after the report's correction)")
+        return Finding(part, metric, best.setting, True, text, noise, n, best.setting, p, demoted=demoted)
     if noise == "none":
         text = (
             f"{what.capitalize()}: {key}={best.setting} looks best ({pair}), but {noise_note(ests)}, so this "
             f"is not a verdict: {firm_answer_hint(ests)}.{levels} All ({metric}): {vals}."
         )
-        return Finding(part, metric, best.setting, False, text, "none", n)
-    text = (
-        f"{what.capitalize()}: the settings are indistinguishable here; {pair} is within the noise "
-        f"({noise_note(ests)}, p={t.p:.2g}): {firm_answer_hint(ests)}.{levels} All ({metric}, ± standard error): "
-        f"{vals}."
-    )
-    return Finding(part, metric, None, False, text, noise, n)
+        return Finding(part, metric, None, False, text, "none", n, best.setting)
+    return Finding(part, metric, None, False, within, noise, n, best.setting, p)
+
+
+def holm(findings: list[Finding], alpha: float = ALPHA) -> int:
+    """Holm's step-down correction over every finding that carries a p-value (the report's tests): a finding stays
+    significant only if its p is below alpha / (m - rank); the others lose their winner (their text says so).
+    Sets p_adjusted on each tested finding; returns m, the number of tests corrected over."""
+    tested = sorted((f for f in findings if f.p is not None), key=lambda f: f.p)
+    m, running, stop = len(tested), 0.0, False
+    for i, f in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * f.p))  # the adjusted p is monotone in the rank
+        f.p_adjusted = running
+        stop = stop or f.p > alpha / (m - i)
+        if f.significant and (stop or running >= alpha):
+            f.significant, f.winner = False, None
+            f.text = f.demoted or f.text + " (Not significant after the report's correction.)"
+    return m
 
 
 def accuracy_finding(

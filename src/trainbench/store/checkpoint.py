@@ -54,7 +54,8 @@ def training_config(cfg: DictConfig, device_type: str | None = None) -> dict:
     assert isinstance(c, dict)
     for k in RESUMABLE_KEYS:
         c.pop(k, None)
-    c.get("data", {}).pop("root", None)  # the same data may be moved
+    if c.get("data", {}).get("name") != "imagefolder":
+        c.get("data", {}).pop("root", None)  # the same data may be moved (an image folder's root is its dataset)
     if c.get("data", {}).get("augment") == "lab":
         c["data"].pop("augment")  # the default, as before data.augment existed (older run dirs keep their fingerprint)
     dist = c.get("dist")

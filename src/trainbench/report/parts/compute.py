@@ -10,7 +10,7 @@ from ...figures import phase_columns
 from ..plots import PHASE_NAMES, plot_phases
 from ..render import md_table
 from ..runs import Context, PartOutput, Run
-from ..stats import Estimate, Finding, compare, differ, estimates
+from ..stats import ALPHA, Estimate, Finding, common_cells, estimates, firm_answer_hint, matched, noise_note, welch
 
 
 def _op_categories(run: Run, top: int = 5) -> str | None:
@@ -27,42 +27,34 @@ def _op_categories(run: Run, top: int = 5) -> str | None:
     return ", ".join(f"{c} {s:.0%}" for c, s in cats.items())
 
 
-# Phases a setting cannot change: a change beyond the noise there is a disturbed measurement (another process,
-# a busy machine between runs), not a finding. The optimizer runs after backward and touches no forward kernel;
-# DataLoader workers prepare batches before the step, so the optimizer's step itself does not depend on them.
-CANNOT_CHANGE = {"optimizer": ("copy", "forward"), "workers": ("optimizer",)}
-IMPLAUSIBLE_RATIO = 1.25  # and only when the change is this large: small real side effects (caches) are tolerated
+# The phases each key can move. Its compute finding is about those only; a change in a phase the key cannot move
+# is a measurement flag (another process, a busy machine between runs), never a winner. The optimizer runs after
+# backward and touches no forward or backward kernel; DataLoader workers and the loader prepare batches before the
+# step (pinned memory can move the copy). Keys not listed can move every phase (model, precision, batch size, ...).
+PHASES = ("copy", "forward", "backward", "optimizer")
+MOVES = {
+    "optimizer": ("optimizer",),
+    "workers": ("copy",),
+    "loader": ("copy",),
+    "norm": ("forward", "backward", "optimizer"),
+    "seed": (),
+}
+IMPLAUSIBLE_RATIO = 1.25  # a flag without measured noise only past this ratio: small side effects are tolerated
 
 
-def _spread_in_se(es: list[Estimate]) -> float:
-    """(highest - lowest) in combined standard errors (the difference in seconds when the noise is unknown or 0)."""
-    hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
-    se = math.hypot(hi.se, lo.se)
-    return (hi.value - lo.value) / se if se > 0 and not math.isnan(se) else hi.value - lo.value
+def movable(key: str) -> tuple[str, ...]:
+    """The phases key can move (`optimizer.lr` as `optimizer`, `loader.pin_memory` as `loader`)."""
+    return MOVES.get(key, MOVES.get(key.split(".")[0], PHASES))
 
 
-def implausible(key: str, per_phase: dict[str, list[Estimate]]) -> Finding | None:
-    """A phase that `key` cannot change, changing beyond the noise and by IMPLAUSIBLE_RATIO: flagged, never crowned."""
-    for ph in CANNOT_CHANGE.get(key, ()):
-        es = per_phase.get(ph) or []
-        if len(es) < 2:
-            continue
-        hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
-        if lo.value > 0 and hi.value / lo.value >= IMPLAUSIBLE_RATIO and differ(hi, lo):
-            return Finding(
-                "compute",
-                f"avg_{ph}_time_s",
-                None,
-                False,
-                f"**Disturbed measurement:** the {ph} phase, which {key} cannot change, takes "
-                f"{hi.value / lo.value:.3g}x as long at {key}={hi.setting} ({hi.value:.3g} s) as at "
-                f"{key}={lo.setting} ({lo.value:.3g} s), beyond the noise. That is evidence of another "
-                "load on the machine while some runs were measured (see `busy` in summary.csv), not an "
-                f"effect of {key}: re-run on a quiet machine before reading the other {key} figures.",
-                hi.noise,
-                min(hi.n, lo.n),
-            )
-    return None
+def _extremes(es: list[Estimate], cells: set, pairs: int) -> tuple[Estimate, Estimate, float | None, str]:
+    """(highest, lowest) on the engine's numbers, the Bonferroni-corrected p of their difference (max against min of
+    k settings is one of `pairs` comparisons), and the noise (none: no p)."""
+    hi, lo = max(es, key=lambda e: matched(e, cells)), min(es, key=lambda e: matched(e, cells))
+    t = welch(hi, lo, cells)
+    noise = "none" if any(e.noise == "none" for e in es) or min(e.n for e in es) < 2 else t.noise
+    p = min(1.0, t.p * pairs) if noise != "none" and not math.isnan(t.p) else None
+    return hi, lo, p, noise
 
 
 def part_compute(ctx: Context) -> PartOutput:
@@ -100,40 +92,84 @@ def part_compute(ctx: Context) -> PartOutput:
             "batches.csv): their times are not comparable with unprofiled runs.",
             "",
         ]
-    for key in ctx.by:
+    for key in (k for k in ctx.by if ctx.free(k)):
         out.findings += _phase_findings(ctx, key, phase_cols)
-    out.plots.append(plot_phases(t, [runs[n].label() if n in runs else n for n in t["run"]], ctx.root / "plots"))
+    if ctx.plots:
+        out.plots.append(plot_phases(t, [runs[n].label() if n in runs else n for n in t["run"]], ctx.root / "plots"))
     return out
 
 
 def _phase_findings(ctx: Context, key: str, phase_cols: list[str]) -> list[Finding]:
-    """The phase that changes most with key, against its noise (or the implausible-figures flag); none or one."""
+    """For key: the movable phase that changes most (one finding: a winner only past the noise, Bonferroni over the
+    phases and pairs it chose from), and a flag for each phase key cannot move that changed anyway."""
     groups = [(v, [g for g in gs if not pd.isna(g[0].get(phase_cols[0]))]) for v, gs in ctx.groups(key)]
     groups = [(v, gs) for v, gs in groups if gs]
     if len(groups) < 2:
         return []
     match = ctx.others(key)
-    per_phase = {ph: estimates(groups, f"avg_{ph}_time_s", match) for ph in PHASE_NAMES}
-    flag = implausible(key, per_phase)
-    if flag is not None:
-        return [flag]
-    spread = {ph: _spread_in_se(es) for ph, es in per_phase.items() if len(es) > 1}
-    if not spread:
+    per_phase = {ph: estimates(groups, f"avg_{ph}_time_s", match) for ph in PHASES}
+    cells = common_cells(per_phase["copy"])
+    if not cells:
         return []
-    ph = max(spread, key=spread.get)  # the phase whose change with this setting stands out most from its noise
+    k = len(per_phase["copy"])
+    pairs = k * (k - 1) // 2
+    out = [f for ph in PHASES if ph not in movable(key) and (f := _flag(key, ph, per_phase[ph], cells, pairs))]
+    can = [ph for ph in movable(key) if len(per_phase[ph]) > 1]
+    if can:
+        out.append(_phase_verdict(key, can, per_phase, cells, pairs * len(can)))
+    return out
+
+
+def _phase_verdict(key: str, can: list[str], per_phase: dict, cells: set, tests: int) -> Finding:
+    """The phase (of those key can move) whose change is clearest: the smallest corrected p, else the largest ratio."""
+    got = {ph: _extremes(per_phase[ph], cells, tests) for ph in can}
+
+    def clearest(ph: str) -> tuple:
+        hi, lo, p, _ = got[ph]
+        ratio = matched(hi, cells) / matched(lo, cells) if matched(lo, cells) else math.inf
+        return (p if p is not None else 2.0, -ratio)
+
+    ph = min(can, key=clearest)
+    hi, lo, p, noise = got[ph]
     es = per_phase[ph]
-    hi, lo = max(es, key=lambda e: e.value), min(es, key=lambda e: e.value)
-    f = compare("compute", key, f"avg_{ph}_time_s", es, True, f"lowest {ph} time per epoch", ".3g", match=match)
-    vals = ", ".join(f"{key}={e.setting} {e.value:.3g} s" for e in es)
-    sig = (
-        "a difference beyond the measured noise"
-        if differ(hi, lo)
-        else "no run-to-run noise was measured to judge it"
-        if "none" in (hi.noise, lo.noise)
-        else "a difference within the measured noise: it may not be real"
+    vals = ", ".join(f"{key}={e.setting} {matched(e, cells):.3g} s" for e in es)
+    ratio = matched(hi, cells) / matched(lo, cells) if matched(lo, cells) else math.inf
+    head = (
+        f"Compute phases across {key} (of the phases {key} can move: {', '.join(can)}): the {ph} phase changes most "
+        f"({vals}; {key}={hi.setting} takes {ratio:.3g}x {key}={lo.setting}'s)"
     )
-    f.text = (
-        f"Compute phases across {key}: the {ph} phase changes most ({vals}; {key}={hi.setting} takes "
-        f"{hi.value / lo.value if lo.value else math.inf:.3g}x {key}={lo.setting}'s), {sig}. " + f.text
+    n = min(e.n for e in es)
+    if p is None:
+        text = f"{head}, but {noise_note(es)}, so this is not a verdict: {firm_answer_hint(es)}."
+        return Finding("compute", f"avg_{ph}_time_s", None, False, text, "none", n, lo.setting)
+    corr = f"p={p:.2g}, Bonferroni over {tests} comparisons"
+    within = f"{head}, within the noise ({noise_note(es)}, {corr})."
+    if p < ALPHA:
+        text = f"{head}, beyond the measured noise ({noise_note(es)}, {corr}). Lowest {ph} time: **{lo.setting}**."
+        demoted = f"{head} ({noise_note(es)}, {corr}): not beyond the noise after the report's correction."
+        return Finding("compute", f"avg_{ph}_time_s", lo.setting, True, text, noise, n, lo.setting, p, demoted=demoted)
+    return Finding("compute", f"avg_{ph}_time_s", None, False, within, noise, n, lo.setting, p)
+
+
+def _flag(key: str, ph: str, es: list[Estimate], cells: set, pairs: int) -> Finding | None:
+    """A phase key cannot move that changed: past the noise (a p in the report's correction), or without measured
+    noise by IMPLAUSIBLE_RATIO. Never a winner."""
+    if len(es) < 2:
+        return None
+    hi, lo, p, noise = _extremes(es, cells, pairs)
+    lo_v, hi_v = matched(lo, cells), matched(hi, cells)
+    ratio = hi_v / lo_v if lo_v > 0 else math.inf
+    if ratio < IMPLAUSIBLE_RATIO or (p is not None and p >= ALPHA):
+        return None
+    how = f"beyond the noise ({noise_note(es)}, p={p:.2g})" if p is not None else f"with {noise_note(es)}"
+    text = (
+        f"**Measurement flag:** the {ph} phase, which {key} cannot move, takes {ratio:.3g}x as long at "
+        f"{key}={hi.setting} ({hi_v:.3g} s) as at {key}={lo.setting} ({lo_v:.3g} s), {how}. That points at another "
+        f"load on the machine while some runs were measured (see `busy` in summary.csv), not at {key}: re-run on a "
+        f"quiet machine before reading the other {key} figures."
     )
-    return [f]
+    demoted = (
+        f"{text.split(', beyond the noise')[0]}: not beyond the noise after the report's correction." if p else None
+    )
+    n = min(e.n for e in es)
+    return Finding("compute", f"avg_{ph}_time_s", None, p is not None, text, noise, n, None, p, demoted=demoted)

@@ -11,8 +11,20 @@ import pandas as pd
 
 from ..plots import plot_c3
 from ..render import agg_by, md_table
-from ..runs import Context, PartOutput, Run, core_count
-from ..stats import Estimate, Finding, accuracy_finding, compare, differ, estimates, noise_note
+from ..runs import Context, PartOutput, Run, core_count, in_cells
+from ..stats import (
+    ALPHA,
+    Estimate,
+    Finding,
+    accuracy_finding,
+    common_cells,
+    compare,
+    differ,
+    estimates,
+    matched,
+    noise_note,
+    welch,
+)
 
 C2_IN_REPORT = 3  # C2 tables shown in report.md; the others are only in tables/
 
@@ -70,7 +82,8 @@ def _lab_rule(ctx: Context) -> tuple[dict[int, Estimate], int, bool]:
     Shared by C3 and C4, so that both parts always name the same best count."""
     groups = sorted(ctx.groups("workers"), key=lambda g: g[0])
     data = {e.setting: e for e in estimates(groups, "total_data_time_s", ctx.others("workers"))}
-    best, more = best_workers(list(data), [e.value for e in data.values()])
+    cells = common_cells(list(data.values()))
+    best, more = best_workers(list(data), [matched(e, cells) if cells else e.value for e in data.values()])
     return data, best, more
 
 
@@ -85,38 +98,44 @@ C3_COLUMNS = [
 
 
 def _rule_finding(data: dict[Any, Estimate], best: Any, more: bool) -> Finding:
-    """The lab's rule as a finding: significant when the step that made `best` the best is beyond the noise."""
+    """The lab's rule as a finding, on the engine's numbers (the cells every count ran in): significant when the step
+    that made `best` the best (the decrease into it, or at the smallest count the increase after it) is beyond the
+    measured noise of every count."""
+    ests = list(data.values())
+    cells = common_cells(ests)
     ws = list(data)
     i = ws.index(best)
-    prev = data[ws[i - 1]] if i > 0 else None
-    nxt = data[ws[i + 1]] if i + 1 < len(ws) else None
-    # significant: the decrease that made `best` the best is beyond the noise (or, at the smallest count,
-    # the increase after it is)
-    sig = (prev is not None and differ(prev, data[best])) or (
-        prev is None and nxt is not None and differ(nxt, data[best])
-    )
-    rule = (
-        f"By the lab's rule (data-loading time stops decreasing after it) the best worker count is **{best}**"
+    other = data[ws[i - 1]] if i > 0 else (data[ws[i + 1]] if i + 1 < len(ws) else None)
+    t = welch(other, data[best], cells) if other is not None else None
+    n = min((min(len(e.cells[k].reps) for k in cells) for e in ests), default=0) if cells else 0
+    noise = "none" if t is None or any(e.noise == "none" for e in ests) or n < 2 else t.noise
+    p = t.p if noise != "none" and not math.isnan(t.p) else None
+    sig = p is not None and p < ALPHA and t.diff > 0  # the other count's data time is higher than best's
+    low = min(ests, key=lambda e: matched(e, cells)) if cells else None
+    head = (
+        "By the lab's rule (data-loading time stops decreasing after it) the best worker count is "
+        + (f"**{best}**" if sig else f"{best}")
         + (" (still decreasing at the largest count tried: try more workers)" if more else "")
-        + f"; lowest data-loading time {min(e.value for e in data.values()):.3g} s with "
-        f"{min(data.values(), key=lambda e: e.value).setting} workers. "
-        + (
-            "The step to it is beyond the noise."
-            if sig
-            else f"The data-time differences around it are within the noise ({noise_note(list(data.values()))}), "
-            "so the rule's choice is not firm here: repeat each count (e.g. `seed=0,1,2`) for a firm answer."
-        )
+        + (f"; lowest data-loading time {matched(low, cells):.3g} s with {low.setting} workers. " if low else ". ")
     )
-    n = min(e.n for e in data.values())
-    noise = "none" if any(e.noise == "none" for e in data.values()) else data[best].noise
-    return Finding("c3", "total_data_time_s", best, bool(sig), rule, noise, n)
+    firm = "repeat each count (e.g. `seed=0,1,2`) for a firm answer"
+    if noise == "none":
+        tail = f"But {noise_note(ests)}, so the rule's choice is not firm here: {firm}."
+    else:
+        tail = f"The data-time step around it is within the noise ({noise_note(ests)}, p={t.p:.2g}): {firm}."
+    text = head + ("The step to it is beyond the noise." if sig else tail)
+    demoted = None
+    if p is not None:
+        demoted = head + f"The data-time step to it (p={p:.2g}) is not beyond the noise after the report's correction: "
+        demoted += f"{firm}."
+    return Finding("c3", "total_data_time_s", best, sig, text, noise, n, best, p, demoted=demoted)
 
 
 def part_c3(ctx: Context) -> PartOutput:
     """C3: data-loading time per worker count, the lab's best, the fastest by epoch time, and a diagnosis."""
     counts = _worker_counts(ctx)
-    if len(counts) < 2 or _is_c4_sweep(counts):
-        return PartOutput()
+    if len(counts) < 2 or _is_c4_sweep(counts) or not ctx.free("workers"):
+        return PartOutput()  # (workers confounded with another key: the report says so once, at the top)
     out = PartOutput()
     agg = agg_by(ctx.ok, "workers", C3_COLUMNS, sorted(ctx.order("workers")))
     out.tables["c3_workers"] = agg
@@ -141,7 +160,8 @@ def part_c3(ctx: Context) -> PartOutput:
             "to compare (try the fastest count by epoch time instead).",
             "",
         ]
-    out.plots.append(plot_c3(agg, ctx.root / "plots"))
+    if ctx.plots:
+        out.plots.append(plot_c3(agg, ctx.root / "plots"))
     return out
 
 
@@ -187,7 +207,7 @@ def _c3_diagnosis(ctx: Context, agg: pd.DataFrame, best: int, epoch: list[Estima
 def part_c4(ctx: Context) -> PartOutput:
     """C4: 1 worker against the best count (from a C3 sweep, or the other count of a C4 sweep), explained."""
     counts = _worker_counts(ctx)
-    if 1 not in counts or len(counts) < 2:
+    if 1 not in counts or len(counts) < 2 or not ctx.free("workers"):
         return PartOutput()
     if _is_c4_sweep(counts):
         best = next(c for c in counts if c != 1)
@@ -239,7 +259,7 @@ def part_c4(ctx: Context) -> PartOutput:
 def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) -> PartOutput:
     """C5/C6/C7 and models: a table per value of key, the fastest setting and (where training differs) the most
     accurate; the findings' part is `part` up to its first underscore (c6_optimizer: c6)."""
-    if key not in ctx.by and not ctx.missing(key):
+    if (key not in ctx.by and not ctx.missing(key)) or not ctx.free(key):
         return PartOutput()
     if not ctx.done:
         return PartOutput()
@@ -253,12 +273,14 @@ def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) ->
         "final_train_acc",
         "final_test_acc",
     ]
-    agg = agg_by(ctx.ok, key, cols, ctx.order(key)) if key in ctx.ok else pd.DataFrame()
-    out = PartOutput(tables={part: agg}, md=[f"## {title}", "", md_table(agg), ""])
     groups = ctx.groups(key)
     missing = ctx.missing(key)
     match = ctx.others(key)
     ests = estimates(groups, "avg_epoch_time_s", match)
+    # the table holds the runs the findings compare: those in the cells every setting of key ran in
+    ok = in_cells(ctx.ok, match, common_cells(ests)) if len(ests) > 1 else ctx.ok
+    agg = agg_by(ok, key, cols, ctx.order(key)) if key in ok else pd.DataFrame()
+    out = PartOutput(tables={part: agg}, md=[f"## {title}", "", md_table(agg), ""])
     out.findings.append(
         compare(
             part.split("_")[0], key, "avg_epoch_time_s", ests, True, f"fastest {key} per epoch", ".3g", missing, match
@@ -271,7 +293,10 @@ def group_part(ctx: Context, key: str, part: str, title: str, accuracy: bool) ->
         acc = estimates(groups, "avg_train_acc", match)
         out.findings.append(accuracy_finding(part.split("_")[0], key, acc, ctx.classes(), missing, match))
     if key == "norm":
-        per_epoch = pd.DataFrame({r.settings["norm"]: r.epochs.set_index("epoch")["train_acc"] for r in ctx.done[:4]}).T
+        first = {}  # one run per norm value (the first of each), whatever the sweep's loop order
+        for r in ctx.done:
+            first.setdefault(r.settings["norm"], r)
+        per_epoch = pd.DataFrame({v: r.epochs.set_index("epoch")["train_acc"] for v, r in first.items()}).T
         per_epoch.columns = [f"epoch {int(c)}" for c in per_epoch.columns]
         out.md += ["Per-epoch training top-1:", "", md_table(per_epoch.reset_index(names="norm")), ""]
     return out

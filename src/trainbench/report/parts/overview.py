@@ -132,4 +132,4 @@ def part_plots(ctx: Context) -> PartOutput:
     """Where the epoch goes (stacked bars) and the training curves (per batch when runs have one epoch)."""
     if not ctx.done:
         return PartOutput()
-    return PartOutput(plots=plot_epochs(ctx.done, ctx.root / "plots"))
+    return PartOutput(plots=plot_epochs(ctx.done, ctx.root / "plots") if ctx.plots else [])

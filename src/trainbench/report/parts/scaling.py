@@ -175,7 +175,7 @@ def part_scaling(ctx: Context) -> PartOutput:
     out.md += [""]
     flags = sanity_flags(t, ok)
     out.findings += flags
-    key = next((k for k in ctx.by if k.endswith("nproc")), None)
+    key = next((k for k in ctx.by if k.endswith("nproc") and ctx.free(k)), None)
     if key is not None:
         ests = estimates(ctx.groups(key), "avg_epoch_time_s", ctx.others(key))
         f = compare(
@@ -193,7 +193,8 @@ def part_scaling(ctx: Context) -> PartOutput:
             f.significant, f.winner = False, None
             f.text += " Not crowned: the scaling table has implausible figures (flagged above)."
         out.findings.append(f)
-    out.plots.append(plot_scaling(ok, ctx.root / "plots"))
+    if ctx.plots:
+        out.plots.append(plot_scaling(ok, ctx.root / "plots"))
     return out
 
 
