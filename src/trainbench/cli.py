@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -95,7 +96,9 @@ def run_job(cfg: DictConfig) -> None:
             )
         if read_json(run_dir / "run.json") is None:
             _record_failure(cfg, run_dir, e)
-        log.exception("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)
+        # an error a user can cause (divergence, bad data, a locked dir) is one line; a bug keeps its traceback
+        report = log.error if isinstance(e, EXPECTED) and os.environ.get("HYDRA_FULL_ERROR") != "1" else log.exception
+        report("job %s (%s) ended with %s: %s", hc.job.num, run_dir, type(e).__name__, e)
 
 
 def _may_start(cfg: DictConfig, run_dir: Path, job: int) -> bool:

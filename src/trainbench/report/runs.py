@@ -249,9 +249,13 @@ def _values(key: str, runs: list[Run], flat: list[dict[str, Any]]) -> set[str]:
     return {repr(v) for v in known}
 
 
-def _explained_by_choice(key: str, choice: str, flat: list[dict[str, Any]]) -> bool:
-    """True when key inside a group takes one value per choice of the group (optimizer.momentum per optimizer): the
-    choice explains it. A key that differs within one choice (optimizer.lr=0.1,0.01 with sgd) is a setting."""
+def _explained_by_choice(key: str, choice: str, flat: list[dict[str, Any]], runs: list[Run]) -> bool:
+    """True when key inside a group takes one value per choice of the group and no run set it on the command line
+    (optimizer.momentum per optimizer YAML): the choice explains it. A key that differs within one choice
+    (optimizer.lr=0.1,0.01 with sgd), or that the command line set, is a setting (tied one-to-one to the choice, it is
+    then reported as confounded with it)."""
+    if any(o.lstrip("+").startswith(f"{key}=") for r in runs for o in r.info.get("overrides") or []):
+        return False
     per_choice: dict[str, set[str]] = {}
     for f in flat:
         if key in f:
@@ -271,7 +275,7 @@ def varying_keys(runs: list[Run]) -> list[str]:
     vary = [
         k
         for k in vary
-        if k in SHORT or group(k) not in choice_of or not _explained_by_choice(k, choice_of[group(k)], flat)
+        if k in SHORT or group(k) not in choice_of or not _explained_by_choice(k, choice_of[group(k)], flat, runs)
     ]
     for r, f in zip(runs, flat):
         r.settings = {SHORT.get(k, k): f.get(k) for k in vary}

@@ -63,6 +63,7 @@ class Finding:
     leading: Any = None  # the better-looking setting, significant or not (what a student must not copy as a winner)
     p: float | None = None  # the test's own p-value (before the report's correction)
     p_adjusted: float | None = None  # Holm-adjusted over the report's tests (significant iff below ALPHA)
+    key: str | None = None  # the setting compared (optimizer, workers, ...), where the finding compares one
     demoted: str | None = field(default=None, repr=False)  # the text if the report's correction takes it back
 
     def __post_init__(self) -> None:
@@ -269,7 +270,7 @@ def _incomparable(
     if len(ests) >= 2:
         others = ", ".join(match or [])
         why = f"No cell of the other varying keys ({others}) holds a completed run of every {key} ({have}){miss}"
-    return Finding(part, metric, None, False, f"{why}: no {what} can be named.")
+    return Finding(part, metric, None, False, f"{why}: no {what} can be named.", key=key)
 
 
 def compare(
@@ -320,14 +321,14 @@ def compare(
             f"p={t.p:.2g}).{tail}"
         )
         demoted = within.replace(f"p={t.p:.2g})", f"p={t.p:.2g}, not significant after the report's correction)")
-        return Finding(part, metric, best.setting, True, text, noise, n, best.setting, p, demoted=demoted)
+        return Finding(part, metric, best.setting, True, text, noise, n, best.setting, p, key=key, demoted=demoted)
     if noise == "none":
         text = (
             f"{what.capitalize()}: {key}={best.setting} looks best ({pair}), but {noise_note(ests)}, so this "
             f"is not a verdict: {firm_answer_hint(ests)}.{levels} All ({metric}): {vals}."
         )
-        return Finding(part, metric, None, False, text, "none", n, best.setting)
-    return Finding(part, metric, None, False, within, noise, n, best.setting, p)
+        return Finding(part, metric, None, False, text, "none", n, best.setting, key=key)
+    return Finding(part, metric, None, False, within, noise, n, best.setting, p, key=key)
 
 
 def holm(findings: list[Finding], alpha: float = ALPHA) -> int:

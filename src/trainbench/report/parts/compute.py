@@ -141,14 +141,16 @@ def _phase_verdict(key: str, can: list[str], per_phase: dict, cells: set, tests:
     n = min(e.n for e in es)
     if p is None:
         text = f"{head}, but {noise_note(es)}, so this is not a verdict: {firm_answer_hint(es)}."
-        return Finding("compute", f"avg_{ph}_time_s", None, False, text, "none", n, lo.setting)
+        return Finding("compute", f"avg_{ph}_time_s", None, False, text, "none", n, lo.setting, key=key)
     corr = f"p={p:.2g}, Bonferroni over {tests} comparisons"
     within = f"{head}, within the noise ({noise_note(es)}, {corr})."
     if p < ALPHA:
         text = f"{head}, beyond the measured noise ({noise_note(es)}, {corr}). Lowest {ph} time: **{lo.setting}**."
         demoted = f"{head} ({noise_note(es)}, {corr}): not beyond the noise after the report's correction."
-        return Finding("compute", f"avg_{ph}_time_s", lo.setting, True, text, noise, n, lo.setting, p, demoted=demoted)
-    return Finding("compute", f"avg_{ph}_time_s", None, False, within, noise, n, lo.setting, p)
+        return Finding(
+            "compute", f"avg_{ph}_time_s", lo.setting, True, text, noise, n, lo.setting, p, key=key, demoted=demoted
+        )
+    return Finding("compute", f"avg_{ph}_time_s", None, False, within, noise, n, lo.setting, p, key=key)
 
 
 def _flag(key: str, ph: str, es: list[Estimate], cells: set, pairs: int) -> Finding | None:
@@ -172,4 +174,6 @@ def _flag(key: str, ph: str, es: list[Estimate], cells: set, pairs: int) -> Find
         f"{text.split(', beyond the noise')[0]}: not beyond the noise after the report's correction." if p else None
     )
     n = min(e.n for e in es)
-    return Finding("compute", f"avg_{ph}_time_s", None, p is not None, text, noise, n, None, p, demoted=demoted)
+    return Finding(
+        "compute", f"avg_{ph}_time_s", None, p is not None, text, noise, n, None, p, key=key, demoted=demoted
+    )

@@ -128,7 +128,7 @@ def _rule_finding(data: dict[Any, Estimate], best: Any, more: bool) -> Finding:
     if p is not None:
         demoted = head + f"The data-time step to it (p={p:.2g}) is not beyond the noise after the report's correction: "
         demoted += f"{firm}."
-    return Finding("c3", "total_data_time_s", best, sig, text, noise, n, best, p, demoted=demoted)
+    return Finding("c3", "total_data_time_s", best, sig, text, noise, n, best, p, key="workers", demoted=demoted)
 
 
 def part_c3(ctx: Context) -> PartOutput:
@@ -345,6 +345,11 @@ def _c4_why(ctx: Context, best: int, groups: list, match: list[str], one: tuple,
             why.append(
                 f"Compute rose from {c1:.3g} s to {c2:.3g} s per epoch with {best} workers, beyond the noise: "
                 f"the workers compete with training for the {cores or 'few'} CPU cores."
+            )
+        elif any(e.noise == "none" for e in comp.values()):
+            why.append(
+                f"Compute went from {c1:.3g} s to {c2:.3g} s per epoch, but {noise_note(list(comp.values()))}: "
+                "not explained as an effect."
             )
         else:
             why.append(
