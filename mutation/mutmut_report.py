@@ -1,6 +1,6 @@
 """Kill rate per module from mutmut's result files (mutants/**/*.py.meta), and the survivors by name.
 
-    python mutation/mutmut_report.py [--min 85 config.py records.py checkpoint.py]
+    python mutation/mutmut_report.py [--min 85 schema.py records.py checkpoint.py]
 
 Equivalent mutants (changes no test here can observe) are listed in EQUIVALENT with the reason; the first
 rate counts them as survivors (the --min bar uses it), the second leaves them out. Mutant names are per
@@ -45,7 +45,7 @@ EQUIVALENT: dict[str, str] = {
     "read_rows(path, columns), which holds every column",
     "trainbench.store.records.xǁRunLockǁ__init____mutmut_5": "the initial fh value is replaced in __enter__ before any use",
     "trainbench.config.x__visible_gpus__mutmut_1": "the default nproc is never used: launcher=local passes dist.nproc",
-    "trainbench.config.x_cpus_for_workers__mutmut_1": "the default nproc is never used: launcher=slurm passes all three",
+    "trainbench.config.schema.x_cpus_for_workers__mutmut_1": "the default nproc is never used: launcher=slurm passes all three",
     "trainbench.config.x_cpus_for_workers__mutmut_2": "the default nnodes is never used: as above",
 }
 

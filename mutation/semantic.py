@@ -238,7 +238,7 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/report/parts/lab.py",
-                "best, more = best_workers(list(data), [e.value for e in data.values()])",
+                "best, more = best_workers(list(data), [matched(e, cells) if cells else e.value for e in data.values()])",
                 "best, more = min(data, key=lambda w: data[w].value), False",
             ),
         ),
@@ -374,7 +374,7 @@ MUTANTS: list[Mutant] = [
     M(
         "skipped-not-counted",
         "fp16 steps skipped by the grad scaler counted as taken",
-        (("src/trainbench/timing/epoch.py", "        self.skipped_steps += rec.skipped", "        pass"),),
+        (("src/trainbench/figures.py", 'batch="skipped", ranks=FIRST', 'batch="skipped", epoch=NONE, ranks=FIRST'),),
         ("tests/test_timing.py",),
     ),
     M(
@@ -541,8 +541,8 @@ MUTANTS: list[Mutant] = [
         (
             (
                 "src/trainbench/models/__init__.py",
-                '    k = kind(model_cfg)\n    if k == "custom":\n        return\n    allowed',
-                "    k = kind(model_cfg)\n    if True:\n        return\n    allowed",
+                '    k = kind(model_cfg)\n    if k != "custom":',
+                "    k = kind(model_cfg)\n    if False:",
             ),
         ),
         ("tests/test_models.py::test_unknown_model_key_in_composed_config_is_refused",),

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simsweeps import SHARES, report, run
 from trainbench.figures import epoch_columns
+from trainbench.report.simulate import SHARES, report, run
 from trainbench.summarize import summarize
 
 
@@ -318,3 +318,16 @@ def one_key_sweeps(draw):
 @given(one_key_sweeps())
 def test_generated_one_key_sweeps_keep_the_findings_invariants(runs):
     check_invariants(report(runs))
+
+
+def test_the_keys_a_choice_is_made_of_are_not_settings_of_their_own():
+    """-m model=torchvision model.name=a,b: model.name (on the command line) is what `model` names, not a second,
+    confounded setting."""
+    runs = []
+    for name in ("mobilenet_v3_small", "shufflenet_v2_x0_5"):
+        r = run(str(len(runs)), {"model._target_": "trainbench.models.torchvision_model", "model.name": name},
+                eps([5, 5, 5]))  # fmt: skip
+        r.info["overrides"] = ["model=torchvision", f"model.name={name}"]
+        runs.append(r)
+    a = report(runs)
+    assert a.varying == ["model"] and not a.ctx.confounded

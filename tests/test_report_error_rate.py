@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simsweeps import KINDS, report, sweep
+from trainbench.report.simulate import KINDS, report, sweep
 
 REPORTS_PER_KIND = 70  # x 5 kinds x 3 repeat counts = 1,050 null reports
 

@@ -155,5 +155,6 @@ def test_finding_as_json_dict_carries_noise_and_n():
         "leading": 4,
         "p": None,
         "p_adjusted": None,
+        "key": None,
     }
     assert type(d["winner"]) is int and type(d["leading"]) is int

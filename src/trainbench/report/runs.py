@@ -249,11 +249,17 @@ def _values(key: str, runs: list[Run], flat: list[dict[str, Any]]) -> set[str]:
     return {repr(v) for v in known}
 
 
+# Keys a choice is made of (model.label is built from model._target_ and model.name): never settings of their own.
+CHOICE_IDENTITY = {"model.label": ("model._target_", "model.name")}
+
+
 def _explained_by_choice(key: str, choice: str, flat: list[dict[str, Any]], runs: list[Run]) -> bool:
     """True when key inside a group takes one value per choice of the group and no run set it on the command line
     (optimizer.momentum per optimizer YAML): the choice explains it. A key that differs within one choice
     (optimizer.lr=0.1,0.01 with sgd), or that the command line set, is a setting (tied one-to-one to the choice, it is
     then reported as confounded with it)."""
+    if key in CHOICE_IDENTITY.get(choice, ()):
+        return True  # model.name is what model.label names: the choice itself
     if any(o.lstrip("+").startswith(f"{key}=") for r in runs for o in r.info.get("overrides") or []):
         return False
     per_choice: dict[str, set[str]] = {}
