@@ -331,3 +331,20 @@ def test_the_keys_a_choice_is_made_of_are_not_settings_of_their_own():
         runs.append(r)
     a = report(runs)
     assert a.varying == ["model"] and not a.ctx.confounded
+
+
+def test_9_the_scaling_table_matches_cells_like_its_finding():
+    """dist.nproc x workers: one scaling row per worker count, each against the 1-rank run at that count (never an
+    average over worker counts), as the finding compares matched cells."""
+    runs = []
+    for w, base, gain in ((0, 10.0, 2.0), (2, 6.0, 1.5)):  # 2 ranks: 2x faster at workers=0, 1.5x at workers=2
+        for nproc in (1, 2):
+            for seed in range(2):
+                t = base / (gain if nproc == 2 else 1.0) + 0.01 * seed
+                runs.append(run(str(len(runs)), {"workers": w, "dist.nproc": nproc, "seed": seed}, eps([t, t, t])))
+    a = report(runs)
+    t = next(o.tables["scaling"] for o in a.outputs if "scaling" in o.tables)
+    weak = t[(t["world_size"] == 2) & (t["scaling"] == "weak")]
+    assert sorted(weak["workers"]) == [0, 2]
+    # each against its own 1-rank baseline (averaged over worker counts both would read 8 / 4.5 = 1.78)
+    assert weak.sort_values("workers")["speedup"].tolist() == pytest.approx([2.0, 1.5], rel=0.03)

@@ -252,21 +252,22 @@ def log_line(row: dict[str, Any], epochs: int) -> str:
     return " | ".join([f"epoch {row['epoch'] + 1}/{epochs}", *(" ".join(g) for g in groups.values())])
 
 
-def _summary_value(kind: str, s: Any) -> Any:
-    """One summary.csv figure of a run from its epochs' column s (a pandas Series; empty: the run has no epochs)."""
-    if not len(s):
+def _summary_value(kind: str, v: Any) -> Any:
+    """One summary.csv figure of a run from its epochs' column v (a float array; empty: the run has no epochs)."""
+    if not len(v):
         return {"sum0": 0.0, "count": 0}.get(kind, math.nan)
-    if kind in ("mean", "max"):
-        vals = s.dropna()
-        return getattr(vals, kind)() if len(vals) else math.nan
-    return {
-        "total": s.sum,
-        "avg": s.mean,
-        "final": lambda: s.iloc[-1],
-        "avg0": lambda: s.fillna(0).mean(),
-        "sum0": lambda: s.fillna(0).sum(),
-        "count": s.sum,
-    }[kind]()
+    if kind == "final":
+        return float(v[-1])
+    if kind == "avg0":
+        filled = v.copy()
+        filled[v != v] = 0.0  # empty cells count as 0 (a run without ranks has no communication)
+        return float(filled.mean())
+    real = v[v == v]  # NaN (empty cells) left out, as pandas' skipna
+    if kind in ("total", "sum0", "count"):
+        return float(real.sum())
+    if not len(real):
+        return math.nan
+    return float({"avg": real.mean, "mean": real.mean, "max": real.max}[kind]())
 
 
 SUMMARY_NAME = {
@@ -285,8 +286,10 @@ def summary_figures(epochs: Any) -> dict[str, Any]:
     """summary.csv's per-run figures from a run's epochs (a DataFrame of epochs.csv), per each figure's summary."""
     out: dict[str, Any] = {}
     for f in FIGURES:
-        for kind in f.summary:
-            out[SUMMARY_NAME[kind].format(f.name)] = _summary_value(kind, epochs[f.name])
+        if f.summary:
+            v = epochs[f.name].to_numpy(dtype=float)  # one conversion per column (the report's hot path)
+            for kind in f.summary:
+                out[SUMMARY_NAME[kind].format(f.name)] = _summary_value(kind, v)
     return out
 
 

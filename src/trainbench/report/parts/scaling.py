@@ -30,9 +30,14 @@ SCALING_COLUMNS = [
 ]
 
 
-def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
-    """tables/scaling.csv: per (world size, per-rank batch), against 1 rank at the same per-rank batch (weak
-    scaling) and, where a 1-rank run at the same global batch exists, against it (strong scaling)."""
+def scaling_table(ok: pd.DataFrame, others: list[str] | None = None) -> pd.DataFrame:
+    """tables/scaling.csv: per (world size, per-rank batch) and per level of the other varying keys (`others`: the
+    matched cells the finding compares, never averaged together), against 1 rank at the same per-rank batch and
+    level (weak scaling) and, where a 1-rank run at the same global batch exists, against it (strong scaling)."""
+    others = [k for k in others or [] if k in ok and k not in ("world_size", "batch_size")]
+    if others:  # group keys must be hashable and never NaN (pandas drops NaN groups)
+        ok = ok.assign(**{k: ok[k].map(repr) for k in others})
+    by = ["world_size", "batch_size", *others]
     ok = ok.assign(avg_comm_busy_s=ok["avg_comm_busy_s"] if "avg_comm_busy_s" in ok else math.nan)
     cols = [
         "avg_epoch_time_s",
@@ -43,14 +48,13 @@ def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
         "steps_per_epoch",
         "avg_comm_busy_s",
     ]
-    g = ok.groupby(["world_size", "batch_size"])[cols].mean()
-    threads = ok.groupby(["world_size", "batch_size"])["torch_threads"].agg(
-        lambda v: "/".join(str(int(x)) for x in sorted(set(v.dropna())))
-    )
-    n_runs = ok.groupby(["world_size", "batch_size"]).size()
+    g = ok.groupby(by)[cols].mean()
+    threads = ok.groupby(by)["torch_threads"].agg(lambda v: "/".join(str(int(x)) for x in sorted(set(v.dropna()))))
+    n_runs = ok.groupby(by).size()
     rows = []
-    for (ws, bs), v in g.iterrows():
-        bases = [("weak", (1, bs))] + ([("strong", (1, ws * bs))] if ws > 1 else [])
+    for idx, v in g.iterrows():
+        ws, bs, *level = idx
+        bases = [("weak", (1, bs, *level))] + ([("strong", (1, ws * bs, *level))] if ws > 1 else [])
         for kind, key in bases:
             if key not in g.index:
                 continue
@@ -71,6 +75,7 @@ def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
             )
             rows.append(
                 {
+                    **{k: eval_repr(x) for k, x in zip(others, level)},
                     "world_size": ws,
                     "batch_size": bs,
                     "global_batch": ws * bs,
@@ -84,11 +89,21 @@ def scaling_table(ok: pd.DataFrame) -> pd.DataFrame:
                     "bandwidth_gb_s": bw,
                     "comm_exposed_s": v["avg_comm_exposed_s"],
                     "comm_busy_s": v["avg_comm_busy_s"],
-                    "threads_per_rank": threads.get((ws, bs), ""),
-                    "runs": int(n_runs[(ws, bs)]),
+                    "threads_per_rank": threads.get(idx, ""),
+                    "runs": int(n_runs[idx]),
                 }
             )
-    return pd.DataFrame(rows, columns=SCALING_COLUMNS)
+    return pd.DataFrame(rows, columns=[*others, *SCALING_COLUMNS])
+
+
+def eval_repr(text: str) -> object:
+    """A setting's value back from its repr (the grouping key)."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def sanity_flags(t: pd.DataFrame, ok: pd.DataFrame) -> list[Finding]:
@@ -150,7 +165,8 @@ def part_scaling(ctx: Context) -> PartOutput:
     ok = ctx.ok
     if not len(ok) or "world_size" not in ok or ok["world_size"].nunique() < 2:
         return PartOutput()
-    t = scaling_table(ok)
+    nproc = next((k for k in ctx.by if k.endswith("nproc")), "dist.nproc")
+    t = scaling_table(ok, [k for k in ctx.others(nproc) if k != "batch_size"])
     out = PartOutput(tables={"scaling": t})
     out.md += [
         "## Scaling: data-parallel training",
