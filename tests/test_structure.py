@@ -179,3 +179,14 @@ def test_the_formatter_owns_the_layout():
     assert len(exemptions) <= 10, exemptions
     assert all(ok for *_, ok in exemptions), f"exemptions without a reason: {exemptions}"
     assert long_lines == []
+
+
+@pytest.mark.parametrize("group", ["device", "optimizer", "norm", "data", "loader", "model", "launcher"])
+def test_readmes_config_table_lists_exactly_the_choices_in_conf(group):
+    """A group's choices have one source, conf/<group>/; the README's table is checked against it."""
+    from trainbench.config import group_choices
+
+    readme = (PKG.parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith(f"| `{group}=` |"))
+    listed = {c.strip(" `") for c in row.split("|")[2].split(",")}
+    assert listed == set(group_choices(group)), (group, listed)
