@@ -348,3 +348,12 @@ def test_9_the_scaling_table_matches_cells_like_its_finding():
     assert sorted(weak["workers"]) == [0, 2]
     # each against its own 1-rank baseline (averaged over worker counts both would read 8 / 4.5 = 1.78)
     assert weak.sort_values("workers")["speedup"].tolist() == pytest.approx([2.0, 1.5], rel=0.03)
+
+
+def test_9_a_diverged_job_in_a_sweep_is_one_line_not_a_traceback(tmp_path):
+    from conftest import TINY, train_cli
+
+    p = train_cli(["-m", "faults.nan_at_step=0", *TINY, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "ended with Diverged: training diverged" in out
+    assert "Traceback" not in out
