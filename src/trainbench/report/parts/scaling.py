@@ -30,6 +30,17 @@ SCALING_COLUMNS = [
 ]
 
 
+AVERAGED = [
+    "avg_epoch_time_s",
+    "avg_compute_time_s",
+    "avg_comm_time_s",
+    "avg_comm_exposed_s",
+    "comm_bytes_per_step",
+    "steps_per_epoch",
+    "avg_comm_busy_s",
+]
+
+
 def scaling_table(ok: pd.DataFrame, others: list[str] | None = None) -> pd.DataFrame:
     """tables/scaling.csv: per (world size, per-rank batch) and per level of the other varying keys (`others`: the
     matched cells the finding compares, never averaged together), against 1 rank at the same per-rank batch and
@@ -39,16 +50,7 @@ def scaling_table(ok: pd.DataFrame, others: list[str] | None = None) -> pd.DataF
         ok = ok.assign(**{k: ok[k].map(repr) for k in others})
     by = ["world_size", "batch_size", *others]
     ok = ok.assign(avg_comm_busy_s=ok["avg_comm_busy_s"] if "avg_comm_busy_s" in ok else math.nan)
-    cols = [
-        "avg_epoch_time_s",
-        "avg_compute_time_s",
-        "avg_comm_time_s",
-        "avg_comm_exposed_s",
-        "comm_bytes_per_step",
-        "steps_per_epoch",
-        "avg_comm_busy_s",
-    ]
-    g = ok.groupby(by)[cols].mean()
+    g = ok.groupby(by)[AVERAGED].mean()
     threads = ok.groupby(by)["torch_threads"].agg(lambda v: "/".join(str(int(x)) for x in sorted(set(v.dropna()))))
     n_runs = ok.groupby(by).size()
     rows = []
