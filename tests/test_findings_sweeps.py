@@ -177,6 +177,7 @@ def test_a_run_next_to_a_burner_is_busy_and_a_quiet_one_is_not(tmp_path):
 
 
 @pytest.mark.slow  # 70 s: two sweeps of a 1-rank and a 2-rank job (make test-all runs it)
+@pytest.mark.timing  # it reads the machine's load: in make test-all's serial pass, never beside another test
 def test_real_scaling_sweep_with_a_burner_is_flagged_busy(tmp_path):
     """python train.py -m dist.nproc=1,2 ... with a process burning both cores during the 1-rank job: summary.csv
     marks it busy and the scaling finding crowns nothing; the same sweep on the quiet machine is not flagged."""
