@@ -271,7 +271,7 @@ def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
             "tune.precisions=[fp32]",
             "tune.channels_last=[false]",
             "tune.write_preset=false",
-            f"tune.out={out}",
+            f"hydra.run.dir={out}",  # issue 27.7: the tuner's output goes where hydra.run.dir says
         ],
         capture_output=True,
         text=True,
@@ -288,6 +288,8 @@ def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
     rows = list(csv.DictReader(open(out / "tune.csv")))
     assert rows and rows[0]["rank"] == "1" and all(r["status"] == "measured" for r in rows)
     assert "settings:" in (out / "preset.yaml").read_text()
+    commands = [line for line in p.stdout.splitlines() if "python train.py" in line]
+    assert commands and not any("hydra.run.dir" in c for c in commands)  # not the tuner's own output dir
     bad = subprocess.run(
         [sys.executable, "-m", "trainbench.tune", "tune.steps=0"],
         capture_output=True,
@@ -296,3 +298,33 @@ def test_tune_command_prints_the_table_and_writes_its_files(tmp_path):
         cwd=tmp_path,
     )
     assert bad.returncode == 1 and "tune.steps" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_candidate_that_fails_mid_measurement_is_recorded_and_the_tune_goes_on(tmp_path, monkeypatch):
+    """Issue 27.7: an exception in one candidate's pass (a divergence, an out-of-memory) no longer ends the tune:
+    that candidate is `failed: ...` in tune.csv, every other one is measured and a verdict is reached."""
+    base = _fake_prepare(_speed, [])
+
+    class Flaky(base):
+        def one_pass(self, steps):
+            if self.cand.settings["precision"] == "bf16" and self.cand.settings["channels_last"] and self.cand.ips:
+                raise RuntimeError("training diverged: loss=nan")
+            return super().one_pass(steps)
+
+    monkeypatch.setattr(T, "prepare", Flaky)
+    monkeypatch.setattr(T, "precisions", lambda device, facts=None: (["fp32", "bf16"], "test"))
+    res = T.tune(_cfg(tmp_path, "tune.compile=false"))
+    bad = [c for c in res.candidates if c.settings["precision"] == "bf16" and c.settings["channels_last"]]
+    assert bad and all(c.status == "failed: RuntimeError: training diverged: loss=nan" and not c.ips for c in bad)
+    assert res.winner is not None and res.winner not in bad
+    with open(tmp_path / "tune" / "tune.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r["status"].startswith("failed: RuntimeError") for r in rows)
+
+
+def test_a_bf16_winner_says_it_changes_the_numerics(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "prepare", _fake_prepare(_speed, []))
+    monkeypatch.setattr(T, "precisions", lambda device, facts=None: (["fp32", "bf16"], "test"))
+    res = T.tune(_cfg(tmp_path, "tune.compile=false"))
+    assert res.winner.settings["precision"] == "bf16"
+    assert "precision=bf16 changes the numerics" in T.render(res) and "seed=0,1,2" in T.render(res)

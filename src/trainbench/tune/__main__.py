@@ -22,9 +22,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        cfg = compose(args)
+        cfg = compose([a for a in args if not a.startswith("hydra.")])
+        run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+        if run_dir and cfg.tune.out is None:
+            cfg.tune.out = run_dir  # the tuner's output goes where the user's hydra.run.dir says
         result = tune(cfg)
-        result.base = [a for a in args if not a.startswith(("tune.", "+tune.", "-"))]
+        # the printed commands carry the user's settings, never the tuner's own output dir or tune.* keys
+        result.base = [a for a in args if not a.startswith(("tune.", "+tune.", "-", "hydra."))]
     except (ConfigError, DataError, ValueError) as e:
         exit_with(e)
         return 1

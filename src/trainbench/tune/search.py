@@ -107,6 +107,12 @@ def render(result: TuneResult) -> str:
         text += (
             f"\n  python train.py {base}experiment=fastest   (on this machine, with this model, batch size and data)"
         )
+    if result.winner is not None and result.winner.settings.get("precision") in ("bf16", "fp16"):
+        prec = result.winner.settings["precision"]
+        text += (
+            f"\nnote: precision={prec} changes the numerics (autocast regions compute in {prec}), so it may change "
+            "accuracy: compare a few seeds of both (`-m seed=0,1,2 precision=fp32," + prec + "`) before adopting it"
+        )
     for n in result.notes:
         text += f"\nnote: {n}"
     return text
@@ -194,7 +200,17 @@ class _Session:
             for cand in cands:
                 if id(cand) not in prepared or self._left() <= 0:
                     continue
-                ips = prepared[id(cand)].one_pass(tc.steps)
+                try:
+                    ips = prepared[id(cand)].one_pass(tc.steps)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # a candidate that fails mid-measurement (diverged, out of memory): the
+                    # others go on, and tune.csv says why this one has no figure
+                    cand.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                    cand.ips.clear()
+                    del prepared[id(cand)]
+                    print(f"{name}: {cand.label}: {cand.status}", flush=True)
+                    continue
                 print(
                     f"[{tc.budget_s - self._left():5.0f}s/{tc.budget_s:.0f}s] {name}, round {r + 1}/{tc.repeats}: "
                     f"{cand.label}: {ips:.1f} images/s",
