@@ -11,33 +11,9 @@ import json
 from pathlib import Path
 
 from trainbench.figures import batch_columns, epoch_columns
+from trainbench.report.simulate import config as _config  # one fake config for the golden and simulated sweeps
 
 SWEEPS = ("workers_seeds", "optimizer_norm", "scaling", "c4_pair")
-
-
-def _config(settings: dict) -> dict:
-    c = {
-        "epochs": 3,
-        "batch_size": 32,
-        "seed": 0,
-        "workers": 2,
-        "precision": "fp32",
-        "timing": "sync",
-        "device": {"name": "cpu"},
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
-        "norm": {"name": "batchnorm"},
-        "model": {"width": 8, "num_classes": 10},
-        "data": {"name": "synthetic", "root": "data", "train_size": 256},
-        "loader": {"name": "torch"},
-        "dist": {"nproc": 1, "nnodes": 1, "backend": "auto"},
-    }
-    for k, v in settings.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return c
 
 
 def _epoch_rows(n: int, data: float, compute: float, acc0: float, ws: int = 1, comm: float = 0.0) -> list[dict]:

@@ -81,6 +81,7 @@ class Analysis:
     findings: list[Finding]
     caveats: list[str]  # said once, above the findings
     tests: int  # the report's tests corrected together (Holm)
+    labels: list[str]  # each run's model, as the report names it
 
 
 def analyze(root: Path, runs: list[Run], inspect_models: bool = True, plots: bool = True) -> Analysis:
@@ -121,7 +122,7 @@ def analyze(root: Path, runs: list[Run], inspect_models: bool = True, plots: boo
             "together, so that with no real difference anywhere at most 5 % of reports name any winner. `winner` "
             "(findings.json) is set only for a significant finding; `leading` is the better-looking setting either way."
         )
-    return Analysis(runs, varying, table, ctx, outputs, findings, caveats, tests)
+    return Analysis(runs, varying, table, ctx, outputs, findings, caveats, tests, labels)
 
 
 def summarize(root: Path, inspect_models: bool = True, sources: list[Path] | None = None) -> Summary:
@@ -137,8 +138,7 @@ def summarize(root: Path, inspect_models: bool = True, sources: list[Path] | Non
     runs, varying, table, findings, outputs = a.runs, a.varying, a.table, a.findings, a.outputs
     summary_path, report_path = root / "summary.csv", root / "report.md"
     table.to_csv(summary_path, index=False, float_format=FLOAT_FORMAT)
-    done = a.ctx.done
-    labels = [model_label(r.info.get("config") or {}) for r in runs]
+    done, labels = a.ctx.done, a.labels
     tables = {k: v for o in outputs for k, v in o.tables.items()}
     plots = [p for o in outputs for p in o.plots]
     md = [

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..figures import batch_columns, epoch_columns, in_summary_order, summary_figures
 from ..store.records import read_json, read_rows
-from .stats import Finding
+from .stats import Finding, cell_key
 
 SHORT = {
     "device.name": "device",
@@ -151,7 +151,7 @@ def in_cells(table: pd.DataFrame, match: list[str], cells: set) -> pd.DataFrame:
     """The rows of table whose values of the `match` keys form one of `cells` (stats.estimates' cell keys)."""
     if not len(table) or not match:
         return table
-    keys = [tuple(repr(row.get(k)) for k in match) for row in table.to_dict("records")]
+    keys = [cell_key(row, match) for row in table.to_dict("records")]
     return table[[k in cells for k in keys]]
 
 

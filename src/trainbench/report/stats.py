@@ -136,6 +136,11 @@ def _cell(runs: list[tuple[dict, pd.DataFrame, Any]], metric: str) -> Cell | Non
     return Cell(shown, vals, "none")
 
 
+def cell_key(row: dict, match: list[str] | None) -> tuple:
+    """The cell a summary row belongs to: its values of the other varying keys (`match`), as text."""
+    return tuple(repr(row.get(k)) for k in (match or []))
+
+
 def estimates(
     groups: list[tuple[Any, list[tuple[dict, pd.DataFrame, Any]]]], metric: str, match: list[str] | None = None
 ) -> list[Estimate]:
@@ -147,7 +152,7 @@ def estimates(
     for setting, runs in groups:
         by_cell: dict[tuple, list] = {}
         for r in runs:
-            by_cell.setdefault(tuple(repr(r[0].get(k)) for k in (match or [])), []).append(r)
+            by_cell.setdefault(cell_key(r[0], match), []).append(r)
         cells = {k: c for k, rs in by_cell.items() if (c := _cell(rs, metric)) is not None}
         if not cells:
             continue
@@ -254,6 +259,14 @@ def matched(e: Estimate, cells: set) -> float:
     return sum(e.cells[k].mean for k in cells) / len(cells)
 
 
+def measured(ests: list[Estimate], cells: set, t: Test | None) -> tuple[str, int, float | None]:
+    """(noise, n, p) of a test t between two of ests over `cells`: noise is none (and p None) unless every one of
+    ests carries measured noise with at least 2 replicates in each of the cells."""
+    n = min(min(len(e.cells[k].reps) for k in cells) for e in ests) if cells and ests else 0
+    noise = "none" if t is None or any(e.noise == "none" for e in ests) or n < 2 else t.noise
+    return noise, n, (t.p if noise != "none" and not math.isnan(t.p) else None)
+
+
 def _incomparable(
     part: str,
     key: str,
@@ -294,9 +307,7 @@ def compare(
     ranked = sorted(ests, key=lambda e: sign * matched(e, cells))
     best, second = ranked[0], ranked[1]
     t = welch(best, second, cells)
-    n = min(min(len(e.cells[k].reps) for k in cells) for e in ests)
-    noise = "none" if any(e.noise == "none" for e in ests) or n < 2 else t.noise
-    p = t.p if noise != "none" and not math.isnan(t.p) else None
+    noise, n, p = measured(ests, cells, t)
     sig = p is not None and p < ALPHA and sign * t.diff < 0  # (best is ranked on these cells: never the wrong sign)
     se = lambda e: "" if math.isnan(e.se) else f" ± {format(e.se, '.2g')}"  # noqa: E731
     basis = " (per-epoch means over the epochs after the first)" if noise == "epochs" else ""

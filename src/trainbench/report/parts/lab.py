@@ -22,6 +22,7 @@ from ..stats import (
     differ,
     estimates,
     matched,
+    measured,
     noise_note,
     welch,
 )
@@ -107,9 +108,7 @@ def _rule_finding(data: dict[Any, Estimate], best: Any, more: bool) -> Finding:
     i = ws.index(best)
     other = data[ws[i - 1]] if i > 0 else (data[ws[i + 1]] if i + 1 < len(ws) else None)
     t = welch(other, data[best], cells) if other is not None else None
-    n = min((min(len(e.cells[k].reps) for k in cells) for e in ests), default=0) if cells else 0
-    noise = "none" if t is None or any(e.noise == "none" for e in ests) or n < 2 else t.noise
-    p = t.p if noise != "none" and not math.isnan(t.p) else None
+    noise, n, p = measured(ests, cells, t)
     sig = p is not None and p < ALPHA and t.diff > 0  # the other count's data time is higher than best's
     low = min(ests, key=lambda e: matched(e, cells)) if cells else None
     head = (
